@@ -1,0 +1,226 @@
+//! The VM configuration types: the `--config` JSON file and, later, the
+//! HTTP API request bodies, in Firecracker's shape so existing configs and
+//! tooling carry over.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ConfigError, MacAddr};
+
+/// A whole microVM's configuration: what to boot and which devices to give it.
+///
+/// Parsed from the file given to `flint run --config`, and the same shape the
+/// API will accept, so a config can move between the two unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// The kernel and how to start it; the one section with no usable default.
+    #[serde(rename = "boot-source")]
+    pub boot_source: BootSourceConfig,
+    /// vCPUs, memory and CPU features; defaults give a small working VM.
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: MachineConfig,
+    /// Block devices, attached in this order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<DriveConfig>,
+    /// Network devices backed by host TAP interfaces, attached in this order.
+    #[serde(
+        rename = "network-interfaces",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub network_interfaces: Vec<NetConfig>,
+}
+
+/// What to boot: the guest kernel, an optional initramfs and the command line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSourceConfig {
+    /// Uncompressed kernel (ELF `vmlinux`) or bzImage on the host.
+    pub kernel_image_path: PathBuf,
+    /// Initramfs loaded next to the kernel, for guests without a root drive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<PathBuf>,
+    /// Kernel command line; flint may append parameters of its own after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+}
+
+/// The VM's size and CPU model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MachineConfig {
+    /// Number of vCPUs, 1..=[`crate::MAX_VCPUS`].
+    pub vcpu_count: u8,
+    /// Guest RAM in MiB, at least [`crate::MIN_MEM_MIB`].
+    pub mem_size_mib: u64,
+    /// CPUID template, to hide host CPU differences from the guest.
+    pub cpu_template: CpuTemplate,
+    /// Whether to add the kernel parameters a guest needs when the host's KVM
+    /// emulates guest code instead of running it on VT-x/AMD-V (see
+    /// [`EmulationQuirks`]).
+    pub emulation_quirks: EmulationQuirks,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            cpu_template: CpuTemplate::default(),
+            emulation_quirks: EmulationQuirks::default(),
+        }
+    }
+}
+
+/// CPUID template: which CPU model the guest is shown, so that snapshots and
+/// fleets of mixed hosts see one consistent CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum CpuTemplate {
+    /// The host's CPUID, filtered only for what KVM cannot virtualize.
+    #[default]
+    None,
+    /// Firecracker's T2 template (an Intel Skylake-like subset).
+    T2,
+}
+
+/// Whether to add guest kernel parameters for hosts whose KVM *emulates*
+/// guest kernel code in software instead of running it on VT-x/AMD-V.
+/// There the guest needs extra kernel parameters to boot (steering it away
+/// from features the emulation lacks or gets wrong); with hardware
+/// virtualization they are unneeded and only cost performance, hence the
+/// switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmulationQuirks {
+    /// Detect the host's KVM mode at start-up and add the parameters only if
+    /// it emulates.
+    #[default]
+    Auto,
+    /// Always add the parameters (for when detection gets it wrong).
+    On,
+    /// Never add them.
+    Off,
+}
+
+/// One virtio block device backed by a host file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    /// Name used to refer to the drive (API updates, logs); unique per VM.
+    pub drive_id: String,
+    /// Backing file (raw disk image) on the host.
+    pub path_on_host: PathBuf,
+    /// Whether the kernel should mount this drive as `/` (adds `root=` to the
+    /// command line); at most one drive may be.
+    pub is_root_device: bool,
+    /// Expose the drive read-only, and open the host file read-only.
+    #[serde(default)]
+    pub is_read_only: bool,
+    /// I/O throttling for this drive; none means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// One virtio network device backed by a host TAP interface.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Name used to refer to the interface (API updates, logs); unique per VM.
+    pub iface_id: String,
+    /// Name of the host TAP device to attach to.
+    pub host_dev_name: String,
+    /// MAC the guest sees; none lets the guest driver pick a random one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<MacAddr>,
+    /// Throttling of guest-bound traffic; none means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Throttling of host-bound traffic; none means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// A device's I/O limits, so one VM cannot starve its neighbours; both
+/// buckets apply at once.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiterConfig {
+    /// Limit in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucketConfig>,
+    /// Limit in operations (requests or packets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucketConfig>,
+}
+
+/// A token bucket: up to `size` tokens, refilled completely every
+/// `refill_time` ms, plus a one-off allowance at start so boot is not slowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucketConfig {
+    /// Bucket capacity in tokens; 0 means unlimited.
+    pub size: u64,
+    /// Extra tokens available once, before the steady-state limit applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    /// Time in milliseconds to refill an empty bucket to `size`.
+    pub refill_time: u64,
+}
+
+impl VmConfig {
+    /// Parses a config from JSON text, without checking it against the host.
+    ///
+    /// Errors carry the JSON path of the offending field (via
+    /// `serde_path_to_error`) so a user can find it in a long file.
+    pub fn from_json(text: &str) -> Result<VmConfig, ConfigError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let config: VmConfig =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError::Parse {
+                path: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        // Reject trailing garbage after the object, like serde_json::from_str.
+        de.end().map_err(|e| ConfigError::Parse {
+            path: ".".to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// Reads, parses, resolves and validates a config file: everything
+    /// `flint run --config` needs before it starts building the VM.
+    ///
+    /// Relative paths inside the file are taken relative to the file's own
+    /// directory, so example configs work from any working directory.
+    pub fn from_file(path: &Path) -> Result<VmConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = VmConfig::from_json(&text)?;
+        let base = path.parent().unwrap_or_else(|| Path::new(""));
+        config.resolve_relative_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Makes every relative host path (kernel, initrd, drive backing files)
+    /// relative to `base_dir` instead of the process's working directory;
+    /// absolute paths are left alone.
+    pub fn resolve_relative_paths(&mut self, base_dir: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base_dir.join(&*p);
+            }
+        };
+        resolve(&mut self.boot_source.kernel_image_path);
+        if let Some(initrd) = self.boot_source.initrd_path.as_mut() {
+            resolve(initrd);
+        }
+        for drive in &mut self.drives {
+            resolve(&mut drive.path_on_host);
+        }
+    }
+}

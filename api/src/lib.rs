@@ -1,0 +1,56 @@
+//! flint's external interface: the VM configuration that `flint run --config`
+//! reads and the HTTP API will accept, with its validation.
+//!
+//! Kept in its own crate, free of KVM, so the config format can be parsed,
+//! checked and tested without a VM, and the VMM receives only checked input.
+
+#![deny(missing_docs)]
+
+mod config;
+mod mac;
+mod validate;
+
+#[cfg(test)]
+mod config_tests;
+#[cfg(test)]
+mod validate_tests;
+
+use std::path::PathBuf;
+
+pub use config::{
+    BootSourceConfig, CpuTemplate, DriveConfig, EmulationQuirks, MachineConfig, NetConfig,
+    RateLimiterConfig, TokenBucketConfig, VmConfig,
+};
+pub use mac::{MacAddr, MacParseError};
+pub use validate::{MAX_BOOT_ARGS_LEN, MAX_HOST_DEV_NAME_LEN, MAX_ID_LEN, MAX_VCPUS, MIN_MEM_MIB};
+
+/// Why a config could not be loaded; every variant names where the problem is
+/// (a file, a JSON path or a dotted field) so the user can fix it directly.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file itself could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file that could not be read.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The text is not valid JSON or does not have the config's shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// JSON path of the bad field, e.g. `machine-config.vcpu_count`, or
+        /// `.` for the top level.
+        path: String,
+        /// serde_json's description, with line and column.
+        message: String,
+    },
+    /// The config is well-formed but a value is unusable on this host.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Dotted path of the field, in the same style as `Parse::path`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}

@@ -1,0 +1,321 @@
+//! Validation and file-loading tests, against real files in a temp dir.
+
+use std::path::Path;
+
+use tempfile::TempDir;
+
+use crate::validate::parse_mem_total_mib;
+use crate::*;
+
+/// A temp dir holding the files a config refers to.
+fn host_files() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["vmlinux", "initramfs.cpio", "rootfs.ext4", "data.ext4"] {
+        std::fs::write(dir.path().join(name), b"x").unwrap();
+    }
+    dir
+}
+
+/// A valid config with absolute paths into `dir`.
+fn good_config(dir: &Path) -> VmConfig {
+    let mut c = VmConfig::from_json(crate::config_tests::FULL).unwrap();
+    c.resolve_relative_paths(dir);
+    c
+}
+
+fn field_of(result: Result<(), ConfigError>) -> (String, String) {
+    match result {
+        Err(ConfigError::Invalid { field, message }) => (field, message),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+fn add_drive(c: &mut VmConfig, dir: &Path, id: &str, root: bool) {
+    c.drives.push(DriveConfig {
+        drive_id: id.to_owned(),
+        path_on_host: dir.join("data.ext4"),
+        is_root_device: root,
+        is_read_only: true,
+        rate_limiter: None,
+    });
+}
+
+fn add_nic(c: &mut VmConfig, id: &str, tap: &str, mac: Option<&str>) {
+    c.network_interfaces.push(NetConfig {
+        iface_id: id.to_owned(),
+        host_dev_name: tap.to_owned(),
+        guest_mac: mac.map(|m| m.parse().unwrap()),
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
+    });
+}
+
+#[test]
+fn good_config_validates() {
+    let dir = host_files();
+    let mut c = good_config(dir.path());
+    c.machine_config.mem_size_mib = MIN_MEM_MIB;
+    c.validate().unwrap();
+}
+
+#[test]
+fn from_file_resolves_relative_paths_against_config_dir() {
+    let dir = host_files();
+    let file = dir.path().join("vm.json");
+    std::fs::write(&file, crate::config_tests::FULL.replace("256", "16")).unwrap();
+    let c = VmConfig::from_file(&file).unwrap();
+    assert_eq!(c.boot_source.kernel_image_path, dir.path().join("vmlinux"));
+    assert_eq!(
+        c.boot_source.initrd_path,
+        Some(dir.path().join("initramfs.cpio"))
+    );
+    assert_eq!(c.drives[0].path_on_host, dir.path().join("rootfs.ext4"));
+
+    // Absolute paths stay as they are.
+    let abs = dir.path().join("vmlinux");
+    let mut c = VmConfig::from_json(&format!(
+        r#"{{"boot-source": {{"kernel_image_path": {abs:?}}}}}"#
+    ))
+    .unwrap();
+    c.resolve_relative_paths(Path::new("/elsewhere"));
+    assert_eq!(c.boot_source.kernel_image_path, abs);
+}
+
+#[test]
+fn from_file_names_unreadable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("missing.json");
+    let err = VmConfig::from_file(&file).unwrap_err();
+    assert!(matches!(err, ConfigError::Io { .. }));
+    assert!(
+        err.to_string().starts_with(&file.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn from_file_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vm.json");
+    std::fs::write(
+        &file,
+        r#"{"boot-source": {"kernel_image_path": "vmlinux"}}"#,
+    )
+    .unwrap();
+    let err = VmConfig::from_file(&file).unwrap_err();
+    let expected = format!(
+        "boot-source.kernel_image_path: {}: No such file or directory",
+        dir.path().join("vmlinux").display()
+    );
+    assert_eq!(err.to_string(), expected);
+}
+
+#[test]
+fn missing_or_irregular_files_are_named() {
+    let dir = host_files();
+    let mut c = good_config(dir.path());
+    c.boot_source.kernel_image_path = dir.path().join("nope");
+    let (field, message) = field_of(c.validate());
+    assert_eq!(field, "boot-source.kernel_image_path");
+    assert!(message.ends_with("No such file or directory"), "{message}");
+
+    let mut c = good_config(dir.path());
+    c.boot_source.initrd_path = Some(dir.path().to_owned());
+    let (field, message) = field_of(c.validate());
+    assert_eq!(field, "boot-source.initrd_path");
+    assert!(message.ends_with("not a regular file"), "{message}");
+
+    let mut c = good_config(dir.path());
+    c.drives[0].path_on_host = dir.path().join("gone.ext4");
+    assert_eq!(field_of(c.validate()).0, "drives[0].path_on_host");
+}
+
+#[test]
+fn vcpu_count_range() {
+    let dir = host_files();
+    for n in [0, MAX_VCPUS + 1] {
+        let mut c = good_config(dir.path());
+        c.machine_config.vcpu_count = n;
+        let (field, message) = field_of(c.validate());
+        assert_eq!(field, "machine-config.vcpu_count");
+        assert!(message.contains("out of range 1..=32"), "{message}");
+    }
+    let mut c = good_config(dir.path());
+    c.machine_config.vcpu_count = MAX_VCPUS;
+    c.validate_with_host_mem(None).unwrap();
+}
+
+#[test]
+fn memory_limits() {
+    let dir = host_files();
+    let mut c = good_config(dir.path());
+    c.machine_config.mem_size_mib = 0;
+    let (field, message) = field_of(c.validate());
+    assert_eq!(field, "machine-config.mem_size_mib");
+    assert!(message.contains("too small"), "{message}");
+
+    c.machine_config.mem_size_mib = 4096;
+    let err = c.validate_with_host_mem(Some(1024)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "machine-config.mem_size_mib: 4096 MiB does not fit: host has 1024 MiB"
+    );
+    c.validate_with_host_mem(Some(4096)).unwrap();
+
+    // Against the real host: nobody has this much memory; and even when
+    // /proc/meminfo is unreadable it overflows a byte count.
+    c.machine_config.mem_size_mib = u64::MAX / 2;
+    let (field, message) = field_of(c.validate());
+    assert_eq!(field, "machine-config.mem_size_mib");
+    assert!(message.contains("does not fit") || message.contains("too large"));
+    let (_, message) = field_of(c.validate_with_host_mem(None));
+    assert!(message.contains("too large"), "{message}");
+}
+
+#[test]
+fn meminfo_parsing() {
+    let text = "MemFree:  1 kB\nMemTotal:       16384000 kB\n";
+    assert_eq!(parse_mem_total_mib(text), Some(16000));
+    assert_eq!(parse_mem_total_mib("MemFree: 1 kB\n"), None);
+    assert_eq!(parse_mem_total_mib("MemTotal: lots kB\n"), None);
+}
+
+#[test]
+fn boot_args_limits() {
+    let dir = host_files();
+    let mut c = good_config(dir.path());
+    c.boot_source.boot_args = Some("console=ttyS0\0".to_owned());
+    let (field, message) = field_of(c.validate());
+    assert_eq!(field, "boot-source.boot_args");
+    assert!(message.contains("NUL"));
+
+    c.boot_source.boot_args = Some("x".repeat(MAX_BOOT_ARGS_LEN));
+    assert_eq!(field_of(c.validate()).0, "boot-source.boot_args");
+    c.boot_source.boot_args = Some("x".repeat(MAX_BOOT_ARGS_LEN - 1));
+    c.validate_with_host_mem(None).unwrap();
+}
+
+#[test]
+fn drive_ids_must_be_unique_and_well_formed() {
+    let dir = host_files();
+    let mut c = good_config(dir.path());
+    add_drive(&mut c, dir.path(), "rootfs", false);
+    let (field, message) = field_of(c.validate());
+    assert_eq!(field, "drives[1].drive_id");
+    assert!(
+        message.contains("duplicate \"rootfs\" (also drives[0])"),
+        "{message}"
+    );
+
+    for bad in ["", "has space", "dot.ext4", &"a".repeat(MAX_ID_LEN + 1)] {
+        let mut c = good_config(dir.path());
+        c.drives[0].drive_id = bad.to_owned();
+        assert_eq!(field_of(c.validate()).0, "drives[0].drive_id", "{bad:?}");
+    }
+    let mut c = good_config(dir.path());
+    c.drives[0].drive_id = "A_b-9".repeat(12);
+    c.validate_with_host_mem(None).unwrap();
+}
+
+#[test]
+fn at_most_one_root_drive() {
+    let dir = host_files();
+    let mut c = good_config(dir.path());
+    add_drive(&mut c, dir.path(), "data", false);
+    c.validate_with_host_mem(None).unwrap();
+    add_drive(&mut c, dir.path(), "other", true);
+    let (field, message) = field_of(c.validate_with_host_mem(None));
+    assert_eq!(field, "drives[2].is_root_device");
+    assert!(message.contains("drives[0]"), "{message}");
+}
+
+#[test]
+fn network_names_and_macs() {
+    let dir = host_files();
+
+    let mut c = good_config(dir.path());
+    add_nic(&mut c, "eth0", "tap1", None);
+    assert_eq!(
+        field_of(c.validate_with_host_mem(None)).0,
+        "network-interfaces[1].iface_id"
+    );
+
+    let mut c = good_config(dir.path());
+    add_nic(&mut c, "eth1", "tap0", None);
+    assert_eq!(
+        field_of(c.validate_with_host_mem(None)).0,
+        "network-interfaces[1].host_dev_name"
+    );
+
+    for bad in ["", "tap-name-too-long", "a/b", "a b"] {
+        let mut c = good_config(dir.path());
+        c.network_interfaces[0].host_dev_name = bad.to_owned();
+        let (field, _) = field_of(c.validate_with_host_mem(None));
+        assert_eq!(field, "network-interfaces[0].host_dev_name", "{bad:?}");
+    }
+    let mut c = good_config(dir.path());
+    c.network_interfaces[0].host_dev_name = "a".repeat(MAX_HOST_DEV_NAME_LEN);
+    c.validate_with_host_mem(None).unwrap();
+
+    let mut c = good_config(dir.path());
+    add_nic(&mut c, "eth1", "tap1", Some("06:00:ac:10:00:02"));
+    let (field, message) = field_of(c.validate_with_host_mem(None));
+    assert_eq!(field, "network-interfaces[1].guest_mac");
+    assert!(message.contains("duplicate"), "{message}");
+
+    for bad in [
+        "01:00:5e:00:00:01",
+        "ff:ff:ff:ff:ff:ff",
+        "00:00:00:00:00:00",
+    ] {
+        let mut c = good_config(dir.path());
+        c.network_interfaces[0].guest_mac = Some(bad.parse().unwrap());
+        let (field, _) = field_of(c.validate_with_host_mem(None));
+        assert_eq!(field, "network-interfaces[0].guest_mac", "{bad}");
+    }
+}
+
+#[test]
+fn bad_mac_in_file_names_the_field() {
+    let text = crate::config_tests::FULL.replace("06:00:AC:10:00:02", "06:00:AC:10:00:ZZ");
+    let err = VmConfig::from_json(&text).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("network-interfaces[0].guest_mac: invalid MAC address"),
+        "{text}"
+    );
+}
+
+#[test]
+fn token_bucket_rules() {
+    let dir = host_files();
+    let bucket = |size, burst, refill| TokenBucketConfig {
+        size,
+        one_time_burst: burst,
+        refill_time: refill,
+    };
+
+    let mut c = good_config(dir.path());
+    c.drives[0].rate_limiter.as_mut().unwrap().bandwidth = Some(bucket(1000, None, 0));
+    let (field, _) = field_of(c.validate_with_host_mem(None));
+    assert_eq!(field, "drives[0].rate_limiter.bandwidth.refill_time");
+
+    let mut c = good_config(dir.path());
+    c.network_interfaces[0].tx_rate_limiter = Some(RateLimiterConfig {
+        bandwidth: None,
+        ops: Some(bucket(0, Some(5), 100)),
+    });
+    let (field, _) = field_of(c.validate_with_host_mem(None));
+    assert_eq!(
+        field,
+        "network-interfaces[0].tx_rate_limiter.ops.one_time_burst"
+    );
+
+    // size 0 with no burst means unlimited, whatever refill_time says.
+    let mut c = good_config(dir.path());
+    c.network_interfaces[0].rx_rate_limiter = Some(RateLimiterConfig {
+        bandwidth: Some(bucket(0, Some(0), 0)),
+        ops: Some(bucket(0, None, 0)),
+    });
+    c.validate_with_host_mem(None).unwrap();
+}
