@@ -1,0 +1,7 @@
+//! The legacy PC devices a Linux guest without ACPI expects on port I/O.
+
+pub mod i8042;
+pub mod serial;
+
+pub use i8042::I8042;
+pub use serial::Serial;
