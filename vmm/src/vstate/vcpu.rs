@@ -1,0 +1,462 @@
+//! vCPUs: their boot configuration and the thread that runs each one.
+//!
+//! Each vCPU runs `KVM_RUN` on its own thread, dispatches port-I/O and MMIO
+//! exits to the buses, and reports anything that ends its run (a guest reset,
+//! a fatal exit) to the VMM's event loop over a channel plus an eventfd.
+//! The VMM talks back through a command channel; a real-time signal kicks the
+//! thread out of `KVM_RUN` so it reads the command promptly.
+
+use std::fmt::Write as _;
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arch::cpuid::{normalize_cpuid, CpuTemplate, VcpuTopology};
+use devices::Bus;
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::memory::GuestMemory;
+use crate::vstate::vm::Vm;
+
+/// `kvm_run.system_event.type` values (linux/kvm.h).
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+
+/// Why a vCPU could not be created, configured or started.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM ioctl failed.
+    #[error("vCPU {id}: {op} failed: {source}")]
+    Kvm {
+        /// vCPU index.
+        id: u8,
+        /// The ioctl.
+        op: &'static str,
+        /// KVM's error.
+        source: kvm_ioctls::Error,
+    },
+    /// CPUID normalization failed.
+    #[error("vCPU {id}: CPUID: {source}")]
+    Cpuid {
+        /// vCPU index.
+        id: u8,
+        /// What was wrong.
+        source: arch::cpuid::CpuidError,
+    },
+    /// Boot register setup failed.
+    #[error("vCPU {id}: {source}")]
+    Regs {
+        /// vCPU index.
+        id: u8,
+        /// What failed.
+        source: arch::regs::RegsError,
+    },
+    /// Building the MSR list failed.
+    #[error("vCPU {id}: MSR list: {source:?}")]
+    Msrs {
+        /// vCPU index.
+        id: u8,
+        /// FAM wrapper error.
+        source: vmm_sys_util::fam::Error,
+    },
+    /// An eventfd, signal handler or thread could not be created.
+    #[error("vCPU {id}: {what}: {source}")]
+    Os {
+        /// vCPU index.
+        id: u8,
+        /// What was being created.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// What a vCPU thread tells the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// The guest asked for a reset or shutdown (KVM system event).
+    GuestStop {
+        /// Which vCPU saw it.
+        id: u8,
+    },
+    /// The vCPU hit an exit it cannot continue from; registers were logged.
+    Fatal {
+        /// Which vCPU.
+        id: u8,
+        /// What happened.
+        reason: String,
+    },
+    /// The thread finished after an [`VcpuCommand::Exit`].
+    Exited {
+        /// Which vCPU.
+        id: u8,
+    },
+}
+
+/// What the VMM tells a vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuCommand {
+    /// Leave the run loop and end the thread.
+    Exit,
+}
+
+/// The sending side of the vCPU → VMM channel: a message plus an eventfd
+/// kick, so the VMM's epoll loop wakes up for it.
+pub struct VcpuEventSender {
+    tx: Sender<VcpuEvent>,
+    wake: EventFd,
+}
+
+impl VcpuEventSender {
+    /// A sender for `tx` waking `wake`.
+    pub fn new(tx: Sender<VcpuEvent>, wake: EventFd) -> Self {
+        Self { tx, wake }
+    }
+
+    /// Another sender on the same channel and eventfd.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            tx: self.tx.clone(),
+            wake: self.wake.try_clone()?,
+        })
+    }
+
+    fn send(&self, event: VcpuEvent) {
+        // The VMM may already be gone while tearing down; nothing to tell then.
+        if self.tx.send(event).is_ok() {
+            if let Err(e) = self.wake.write(1) {
+                log::error!("waking the VMM: {e}");
+            }
+        }
+    }
+}
+
+/// The buses a vCPU dispatches exits to.
+#[derive(Clone)]
+pub struct VcpuBuses {
+    /// Port I/O.
+    pub pio: Arc<Bus>,
+    /// Memory-mapped I/O.
+    pub mmio: Arc<Bus>,
+}
+
+/// A configured vCPU, not yet running.
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+    buses: VcpuBuses,
+    events: VcpuEventSender,
+    commands: Receiver<VcpuCommand>,
+    command_tx: Sender<VcpuCommand>,
+    started: Instant,
+}
+
+/// How the run loop goes on after one exit.
+enum Step {
+    Continue,
+    GuestStop,
+    Fatal(String),
+}
+
+static KICK_HANDLER: Once = Once::new();
+
+/// The signal that interrupts `KVM_RUN` so a vCPU thread sees a command.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: being interrupted (KVM_RUN returns EINTR) is the point.
+}
+
+fn install_kick_handler() -> std::io::Result<()> {
+    let mut result = Ok(());
+    KICK_HANDLER.call_once(|| {
+        result = register_signal_handler(kick_signal(), on_kick)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
+    });
+    result
+}
+
+impl Vcpu {
+    /// Creates vCPU `id` of `vm`. `started` is when flint started (for the
+    /// boot-time log line).
+    pub fn new(
+        id: u8,
+        vm: &Vm,
+        buses: VcpuBuses,
+        events: VcpuEventSender,
+        started: Instant,
+    ) -> Result<Self, VcpuError> {
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VcpuError::Kvm {
+                id,
+                op: "KVM_CREATE_VCPU",
+                source,
+            })?;
+        let (command_tx, commands) = channel();
+        Ok(Self {
+            id,
+            fd,
+            buses,
+            events,
+            commands,
+            command_tx,
+            started,
+        })
+    }
+
+    /// Sets CPUID, MSRs, FPU and LAPIC; for the boot vCPU (`boot_entry` given)
+    /// also the long-mode registers that enter the kernel.
+    pub fn configure(
+        &self,
+        kvm: &Kvm,
+        mem: &GuestMemory,
+        boot_entry: Option<GuestAddress>,
+        vcpu_count: u8,
+        template: CpuTemplate,
+    ) -> Result<(), VcpuError> {
+        let id = self.id;
+        let kvm_err = |op| move |source| VcpuError::Kvm { id, op, source };
+        let mut cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let topo = VcpuTopology {
+            vcpu_id: id,
+            vcpu_count,
+        };
+        normalize_cpuid(&mut cpuid, topo, template)
+            .map_err(|source| VcpuError::Cpuid { id, source })?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(kvm_err("KVM_SET_CPUID2"))?;
+
+        let msrs = arch::msr::boot_msrs().map_err(|source| VcpuError::Msrs { id, source })?;
+        let set = self.fd.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+        if set != msrs.as_slice().len() {
+            let index = msrs.as_slice()[set].index;
+            log::warn!("vCPU {id}: KVM refused boot MSR {index:#x}; continuing with its default");
+        }
+
+        arch::regs::setup_fpu(&self.fd).map_err(|source| VcpuError::Regs { id, source })?;
+        if let Some(entry) = boot_entry {
+            arch::regs::setup_boot_vcpu(&self.fd, mem, entry)
+                .map_err(|source| VcpuError::Regs { id, source })?;
+        }
+        arch::lapic::setup_lapic(&self.fd).map_err(kvm_err("KVM_GET/SET_LAPIC"))
+    }
+
+    /// Starts the vCPU's thread.
+    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+        let id = self.id;
+        install_kick_handler().map_err(|source| VcpuError::Os {
+            id,
+            what: "installing the kick signal handler",
+            source,
+        })?;
+        let commands = self.command_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("flint_vcpu{id}"))
+            .spawn(move || self.run())
+            .map_err(|source| VcpuError::Os {
+                id,
+                what: "spawning its thread",
+                source,
+            })?;
+        Ok(VcpuHandle {
+            id,
+            commands,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(mut self) {
+        let mut first_entry = true;
+        loop {
+            match self.commands.try_recv() {
+                Ok(VcpuCommand::Exit) | Err(TryRecvError::Disconnected) => {
+                    self.events.send(VcpuEvent::Exited { id: self.id });
+                    return;
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            if first_entry {
+                first_entry = false;
+                log::info!(
+                    "vCPU {} entering the guest {:.1} ms after flint started",
+                    self.id,
+                    self.started.elapsed().as_secs_f64() * 1000.0
+                );
+            }
+            match self.run_once() {
+                Step::Continue => {}
+                Step::GuestStop => {
+                    self.events.send(VcpuEvent::GuestStop { id: self.id });
+                    self.wait_for_exit();
+                    return;
+                }
+                Step::Fatal(reason) => {
+                    log::error!("vCPU {}: {reason}\n{}", self.id, self.dump_registers());
+                    self.events.send(VcpuEvent::Fatal {
+                        id: self.id,
+                        reason,
+                    });
+                    self.wait_for_exit();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After reporting the end of its run, a vCPU waits to be told to exit so
+    /// that it never re-enters a guest the VMM is tearing down.
+    fn wait_for_exit(&self) {
+        while let Ok(command) = self.commands.recv() {
+            if command == VcpuCommand::Exit {
+                break;
+            }
+        }
+        self.events.send(VcpuEvent::Exited { id: self.id });
+    }
+
+    fn run_once(&mut self) -> Step {
+        let buses = &self.buses;
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                buses.pio.read(u64::from(port), data);
+                Step::Continue
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                buses.pio.write(u64::from(port), data);
+                Step::Continue
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                buses.mmio.read(addr, data);
+                Step::Continue
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                buses.mmio.write(addr, data);
+                Step::Continue
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN | KVM_SYSTEM_EVENT_RESET => Step::GuestStop,
+                other => Step::Fatal(format!("KVM_EXIT_SYSTEM_EVENT of type {other}")),
+            },
+            Ok(VcpuExit::Shutdown) => Step::Fatal("triple fault (KVM_EXIT_SHUTDOWN)".to_string()),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Step::Fatal(format!(
+                "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason {reason:#x} on host CPU {cpu}"
+            )),
+            Ok(VcpuExit::InternalError) => Step::Fatal(self.internal_error_text()),
+            Ok(VcpuExit::Hlt) => {
+                Step::Fatal("unexpected KVM_EXIT_HLT with an in-kernel irqchip".into())
+            }
+            Ok(other) => Step::Fatal(format!("unexpected exit {other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // Kicked: clear the flag KVM may have set and look at commands.
+                self.fd.set_kvm_immediate_exit(0);
+                Step::Continue
+            }
+            Err(e) => Step::Fatal(format!("KVM_RUN failed: {e}")),
+        }
+    }
+
+    fn internal_error_text(&mut self) -> String {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: KVM filled the `internal` member of the exit union because the
+        // exit reason is KVM_EXIT_INTERNAL_ERROR; every bit pattern of its plain
+        // integer fields is valid.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let count = (internal.ndata as usize).min(internal.data.len());
+        let data: Vec<String> = internal.data[..count]
+            .iter()
+            .map(|d| format!("{d:#x}"))
+            .collect();
+        let kind = match internal.suberror {
+            1 => " (emulation failure: an instruction this host's KVM cannot emulate)",
+            2 => " (simultaneous exception)",
+            3 => " (delivery event failure)",
+            _ => "",
+        };
+        format!(
+            "KVM_EXIT_INTERNAL_ERROR suberror {}{kind}, data [{}]",
+            internal.suberror,
+            data.join(", ")
+        )
+    }
+
+    fn dump_registers(&self) -> String {
+        let mut out = String::new();
+        match self.fd.get_regs() {
+            Ok(r) => {
+                let _ = writeln!(
+                    out,
+                    "  rip={:#018x} rsp={:#018x} rbp={:#018x} rflags={:#x}\n  rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}\n  rsi={:#018x} rdi={:#018x} r8={:#018x} r9={:#018x}",
+                    r.rip, r.rsp, r.rbp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.r8, r.r9
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  (registers unavailable: {e})");
+            }
+        }
+        match self.fd.get_sregs() {
+            Ok(s) => {
+                let _ = write!(
+                    out,
+                    "  cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}(l={}) ss={:#x}",
+                    s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector, s.cs.l, s.ss.selector
+                );
+            }
+            Err(e) => {
+                let _ = write!(out, "  (special registers unavailable: {e})");
+            }
+        }
+        out
+    }
+}
+
+/// The VMM's handle on a running vCPU thread.
+pub struct VcpuHandle {
+    id: u8,
+    commands: Sender<VcpuCommand>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VcpuHandle {
+    /// The vCPU's index.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// Tells the vCPU to exit and waits for its thread. The kick signal is
+    /// repeated until the thread is gone, because a kick that lands just before
+    /// the thread enters `KVM_RUN` would otherwise be lost.
+    pub fn stop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // A send error means the thread already ended; joining is all that is left.
+        let _ = self.commands.send(VcpuCommand::Exit);
+        while !thread.is_finished() {
+            if let Err(e) = thread.kill(kick_signal()) {
+                log::debug!("kicking vCPU {}: {e}", self.id);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if thread.join().is_err() {
+            log::error!("vCPU {} thread panicked", self.id);
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
