@@ -7,7 +7,9 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod rate_limiter;
 pub mod trigger;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use trigger::EventFdTrigger;

@@ -1,0 +1,1 @@
+//! Token-bucket rate limiting of device I/O (bytes and operations).

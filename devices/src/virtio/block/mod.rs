@@ -1,0 +1,1 @@
+//! virtio-blk: a raw image file as the guest's disk.

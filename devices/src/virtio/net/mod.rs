@@ -1,0 +1,1 @@
+//! virtio-net: a host TAP device as the guest's network card.
