@@ -20,6 +20,11 @@ impl EventFdTrigger {
         Ok(Self(EventFd::new(EFD_NONBLOCK)?))
     }
 
+    /// The underlying eventfd (e.g. for an epoll loop to watch).
+    pub fn into_eventfd(self) -> EventFd {
+        self.0
+    }
+
     /// Another handle on the same eventfd (e.g. one for KVM, one for the device).
     pub fn try_clone(&self) -> io::Result<Self> {
         Ok(Self(self.0.try_clone()?))

@@ -168,7 +168,13 @@ impl MmioTransport {
             0x34 => self.selected_queue().map_or(0, |q| u32::from(q.max_size)),
             0x44 => self.selected_queue().map_or(0, |q| u32::from(q.ready)),
             0x60 => self.interrupt.status(),
-            0x70 => self.regs.device_status,
+            0x70 => {
+                let mut value = self.regs.device_status;
+                if self.activated && lock(&self.device).needs_reset() {
+                    value |= status::DEVICE_NEEDS_RESET;
+                }
+                value
+            }
             0xfc => self.regs.config_generation,
             _ => {
                 log::debug!("virtio-mmio: read of unknown register {offset:#x}");
@@ -343,7 +349,9 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <&mut [u8; 4]>::try_from(&mut *data) {
-            Ok(word) if offset % 4 == 0 => *word = self.read_register(offset).to_le_bytes(),
+            Ok(word) if offset.is_multiple_of(4) => {
+                *word = self.read_register(offset).to_le_bytes()
+            }
             _ => {
                 data.fill(0);
                 log::warn!(
@@ -360,7 +368,9 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(word) if offset % 4 == 0 => self.write_register(offset, u32::from_le_bytes(word)),
+            Ok(word) if offset.is_multiple_of(4) => {
+                self.write_register(offset, u32::from_le_bytes(word))
+            }
             _ => log::warn!(
                 "virtio-mmio: {}-byte write at {offset:#x}; registers are 32-bit",
                 data.len()

@@ -135,6 +135,15 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// Stops processing and forgets the queues (the driver wrote status 0).
     fn reset(&mut self);
+    /// Whether the device hit a guest error it cannot continue from; the
+    /// transport then shows DEVICE_NEEDS_RESET in the status register.
+    fn needs_reset(&self) -> bool {
+        false
+    }
+    /// Cumulative counters (bytes, requests, errors) for the metrics file.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Copies `config[offset..]` into `data`, zero-filling what lies past the end.
