@@ -46,6 +46,15 @@ impl VmConfig {
     /// [`VmConfig::validate`] with the host's memory size given, so the check
     /// does not depend on the machine the tests run on.
     pub(crate) fn validate_with_host_mem(&self, host_mib: Option<u64>) -> Result<(), ConfigError> {
+        self.validate_boot_source()?;
+        self.validate_machine_config_with(host_mib)?;
+        self.validate_drives()?;
+        self.validate_network()
+    }
+
+    /// Checks the `boot-source` section alone (the API validates each section
+    /// as it is PUT, before the whole config exists).
+    pub fn validate_boot_source(&self) -> Result<(), ConfigError> {
         let boot = &self.boot_source;
         check_file("boot-source.kernel_image_path", &boot.kernel_image_path)?;
         if let Some(initrd) = &boot.initrd_path {
@@ -65,7 +74,15 @@ impl VmConfig {
                 ));
             }
         }
+        Ok(())
+    }
 
+    /// Checks the `machine-config` section alone.
+    pub fn validate_machine_config(&self) -> Result<(), ConfigError> {
+        self.validate_machine_config_with(host_mem_mib())
+    }
+
+    fn validate_machine_config_with(&self, host_mib: Option<u64>) -> Result<(), ConfigError> {
         let machine = &self.machine_config;
         if !(1..=MAX_VCPUS).contains(&machine.vcpu_count) {
             return Err(invalid(
@@ -73,13 +90,11 @@ impl VmConfig {
                 format!("{} is out of range 1..={MAX_VCPUS}", machine.vcpu_count),
             ));
         }
-        check_mem(machine.mem_size_mib, host_mib)?;
-
-        self.validate_drives()?;
-        self.validate_network()
+        check_mem(machine.mem_size_mib, host_mib)
     }
 
-    fn validate_drives(&self) -> Result<(), ConfigError> {
+    /// Checks the `drives` section alone.
+    pub fn validate_drives(&self) -> Result<(), ConfigError> {
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut root: Option<usize> = None;
         for (i, drive) in self.drives.iter().enumerate() {
@@ -106,7 +121,8 @@ impl VmConfig {
         Ok(())
     }
 
-    fn validate_network(&self) -> Result<(), ConfigError> {
+    /// Checks the `network-interfaces` section alone.
+    pub fn validate_network(&self) -> Result<(), ConfigError> {
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut taps: HashMap<&str, usize> = HashMap::new();
         let mut macs = HashMap::new();

@@ -1,0 +1,313 @@
+//! Checks `api/openapi.yaml` against the code: the same routes and methods
+//! as the router, request schemas whose fields, required sets, enums and
+//! nullability are exactly what serde accepts, and response schemas that
+//! accept what the server sends.
+
+use serde_json::{json, Map, Value};
+
+use crate::routes::{match_path, parse, Route};
+use crate::*;
+
+const METHODS: [&str; 8] = [
+    "get", "put", "patch", "post", "delete", "head", "options", "trace",
+];
+
+fn spec() -> Value {
+    let text = include_str!("../openapi.yaml");
+    serde_norway::from_str(text).expect("openapi.yaml parses")
+}
+
+fn resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let pointer = r.strip_prefix('#').expect("local $ref");
+            resolve(spec, spec.pointer(pointer).unwrap_or_else(|| panic!("{r}")))
+        }
+        None => schema,
+    }
+}
+
+/// A small validator for the schema subset the spec uses.
+fn validate(spec: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let schema = resolve(spec, schema);
+    let fail = |why: String| Err(format!("{at}: {why} (value {value})"));
+    if value.is_null() {
+        return match schema["nullable"].as_bool() {
+            Some(true) => Ok(()),
+            _ => fail("null not allowed".into()),
+        };
+    }
+    if let Some(options) = schema["enum"].as_array() {
+        if !options.contains(value) {
+            return fail(format!("not one of {options:?}"));
+        }
+    }
+    let number = |key: &str| schema[key].as_u64().or(schema[key].as_i64().map(|_| 0));
+    match schema["type"].as_str() {
+        Some("object") => {
+            let Some(object) = value.as_object() else {
+                return fail("not an object".into());
+            };
+            let properties = schema["properties"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            for name in schema["required"].as_array().into_iter().flatten() {
+                if !object.contains_key(name.as_str().unwrap_or_default()) {
+                    return fail(format!("missing {name}"));
+                }
+            }
+            for (name, field) in object {
+                match properties.get(name) {
+                    Some(sub) => validate(spec, sub, field, &format!("{at}.{name}"))?,
+                    None if schema["additionalProperties"] == json!(false) => {
+                        return fail(format!("unexpected property {name}"))
+                    }
+                    None => {}
+                }
+            }
+            Ok(())
+        }
+        Some("array") => {
+            let Some(items) = value.as_array() else {
+                return fail("not an array".into());
+            };
+            for (i, item) in items.iter().enumerate() {
+                validate(spec, &schema["items"], item, &format!("{at}[{i}]"))?;
+            }
+            Ok(())
+        }
+        Some("integer") => match value.as_u64() {
+            Some(n) if number("minimum").is_some_and(|min| n < min) => fail("below minimum".into()),
+            Some(n) if number("maximum").is_some_and(|max| n > max) => fail("above maximum".into()),
+            Some(_) => Ok(()),
+            None => fail("not a non-negative integer".into()),
+        },
+        Some("string") => match value.as_str() {
+            Some(s) if number("maxLength").is_some_and(|max| s.chars().count() as u64 > max) => {
+                fail("too long".into())
+            }
+            Some(_) => Ok(()),
+            None => fail("not a string".into()),
+        },
+        Some("boolean") if value.is_boolean() => Ok(()),
+        other => fail(format!("unexpected schema type {other:?}")),
+    }
+}
+
+/// How to build a request body from its schema.
+#[derive(Clone, Copy)]
+enum Fill {
+    /// Every property, enums at `variant` (mod their length).
+    All { variant: usize, nulls: bool },
+    /// Required properties only.
+    Required,
+}
+
+fn example(spec: &Value, schema: &Value, fill: Fill, name: &str) -> Value {
+    let schema = resolve(spec, schema);
+    if let Fill::All { nulls: true, .. } = fill {
+        if schema["nullable"] == json!(true) {
+            return Value::Null;
+        }
+    }
+    if let Some(options) = schema["enum"].as_array() {
+        let variant = if let Fill::All { variant, .. } = fill {
+            variant
+        } else {
+            0
+        };
+        return options[variant % options.len()].clone();
+    }
+    match schema["type"].as_str() {
+        Some("object") => {
+            let required: Vec<&Value> = schema["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .collect();
+            let mut object = Map::new();
+            for (key, sub) in schema["properties"].as_object().into_iter().flatten() {
+                if matches!(fill, Fill::All { .. }) || required.contains(&&json!(key)) {
+                    object.insert(key.clone(), example(spec, sub, fill, key));
+                }
+            }
+            Value::Object(object)
+        }
+        Some("array") => json!([]),
+        Some("integer") => json!(schema["minimum"].as_u64().unwrap_or(0).max(1)),
+        Some("boolean") => json!(true),
+        Some("string") if name == "guest_mac" => json!("06:00:00:00:00:01"),
+        Some("string") => json!("d"),
+        other => panic!("{name}: cannot fill schema type {other:?}"),
+    }
+}
+
+/// (path, method, request body schema) of every operation.
+fn operations(spec: &Value) -> Vec<(String, String, Option<Value>)> {
+    let mut out = Vec::new();
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for method in METHODS {
+            if let Some(op) = item.get(method) {
+                let body = op
+                    .pointer("/requestBody/content/application~1json/schema")
+                    .cloned();
+                out.push((path.clone(), method.to_uppercase(), body));
+            }
+        }
+    }
+    out
+}
+
+fn try_parse(template: &str, method: &str, body: &Value) -> Result<(), String> {
+    let path = template
+        .replace("{drive_id}", "d")
+        .replace("{iface_id}", "d");
+    let matched = match_path(&path).ok_or(format!("{path} does not route"))?;
+    parse(&matched, method, body.to_string().as_bytes())
+        .map(drop)
+        .map_err(|e| e.fault_message)
+}
+
+#[test]
+fn spec_lists_exactly_the_routers_routes_and_methods() {
+    let spec = spec();
+    let mut in_spec: Vec<(String, String)> = operations(&spec)
+        .into_iter()
+        .map(|(p, m, _)| (p, m))
+        .collect();
+    let mut in_router: Vec<(String, String)> = Route::ALL
+        .iter()
+        .flat_map(|r| {
+            r.methods()
+                .iter()
+                .map(|m| (r.template().to_owned(), m.to_string()))
+        })
+        .collect();
+    in_spec.sort();
+    in_router.sort();
+    assert_eq!(in_spec, in_router);
+}
+
+#[test]
+fn request_schemas_match_what_serde_accepts() {
+    let spec = spec();
+    for (path, method, schema) in operations(&spec) {
+        assert_eq!(
+            schema.is_some(),
+            routes::needs_body(&method),
+            "{method} {path}"
+        );
+        let Some(schema) = schema else { continue };
+        let at = format!("{method} {path}");
+        for variant in 0..6 {
+            for nulls in [false, true] {
+                let body = example(&spec, &schema, Fill::All { variant, nulls }, "");
+                try_parse(&path, &method, &body)
+                    .map_err(|e| format!("{at} {body}: {e}"))
+                    .unwrap();
+            }
+        }
+        let minimal = example(&spec, &schema, Fill::Required, "");
+        try_parse(&path, &method, &minimal)
+            .map_err(|e| format!("{at} {minimal}: {e}"))
+            .unwrap();
+        for key in minimal.as_object().expect("object body").keys() {
+            let mut without = minimal.clone();
+            without.as_object_mut().map(|o| o.remove(key));
+            assert!(
+                try_parse(&path, &method, &without).is_err(),
+                "{at}: {key} is optional"
+            );
+        }
+        let mut extra = minimal.clone();
+        extra
+            .as_object_mut()
+            .map(|o| o.insert("no_such_field".into(), json!(1)));
+        assert!(
+            try_parse(&path, &method, &extra).is_err(),
+            "{at}: unknown field accepted"
+        );
+    }
+}
+
+fn response_schema(spec: &Value, path: &str, method: &str, status: &str) -> Value {
+    let pointer = format!(
+        "/paths/{}/{method}/responses/{status}",
+        path.replace('~', "~0").replace('/', "~1")
+    );
+    let response = resolve(
+        spec,
+        spec.pointer(&pointer)
+            .unwrap_or_else(|| panic!("{pointer}")),
+    );
+    response["content"]["application/json"]["schema"].clone()
+}
+
+#[test]
+fn response_schemas_accept_what_the_server_sends() {
+    let spec = spec();
+    let check = |path: &str, status: &str, value: Value| {
+        let schema = response_schema(&spec, path, "get", status);
+        validate(&spec, &schema, &value, path).unwrap();
+    };
+    let info = InstanceInfo {
+        id: "vm0".into(),
+        state: InstanceState::NotStarted,
+        vmm_version: "0.1.0".into(),
+        app_name: "flint".into(),
+    };
+    check("/", "200", serde_json::to_value(info).unwrap());
+    let version = VersionInfo {
+        firecracker_version: FIRECRACKER_API_VERSION.into(),
+        flint_version: "0.1.0".into(),
+    };
+    check("/version", "200", serde_json::to_value(version).unwrap());
+    let full = VmConfig::from_json(crate::config_tests::FULL).unwrap();
+    check(
+        "/machine-config",
+        "200",
+        serde_json::to_value(&full.machine_config).unwrap(),
+    );
+    check("/vm/config", "200", serde_json::to_value(&full).unwrap());
+    let minimal = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "/k"}}"#).unwrap();
+    check("/vm/config", "200", serde_json::to_value(&minimal).unwrap());
+    check("/", "503", json!({"fault_message": "busy"}));
+    let bad = validate(
+        &spec,
+        &response_schema(&spec, "/", "get", "400"),
+        &json!({}),
+        "/",
+    );
+    assert!(bad.is_err(), "the error schema must require fault_message");
+}
+
+#[test]
+fn every_error_response_uses_the_error_schema() {
+    let spec = spec();
+    for (path, method, body) in operations(&spec) {
+        let op = &spec["paths"][&path][method.to_lowercase()];
+        let codes: Vec<&String> = op["responses"]
+            .as_object()
+            .expect("responses")
+            .keys()
+            .collect();
+        for code in &codes {
+            if code.starts_with('4') || code.starts_with('5') {
+                let schema = response_schema(&spec, &path, &method.to_lowercase(), code);
+                assert_eq!(
+                    schema["$ref"], "#/components/schemas/Error",
+                    "{method} {path} {code}"
+                );
+            }
+        }
+        if body.is_some() {
+            for needed in ["204", "400", "413", "503"] {
+                assert!(
+                    codes.iter().any(|c| *c == needed),
+                    "{method} {path}: no {needed}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! What the API server and the VMM say to each other: one parsed request in,
+//! one response out. Kept free of HTTP so the VMM never sees hyper types and
+//! can be driven by tests without a socket.
+
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    BootSourceConfig, ConfigError, CpuTemplate, DriveConfig, EmulationQuirks, MachineConfig,
+    NetConfig, RateLimiterConfig, VmConfig,
+};
+
+/// One API call, parsed and checked as far as possible without the VMM's
+/// state, for the VMM to carry out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ApiRequest {
+    /// `GET /`: who and in what state the instance is.
+    GetInstanceInfo,
+    /// `GET /machine-config`.
+    GetMachineConfig,
+    /// `PUT /machine-config`: replace the whole machine config (omitted
+    /// fields take their defaults).
+    PutMachineConfig(MachineConfig),
+    /// `PATCH /machine-config`: change only the given fields.
+    PatchMachineConfig(MachineConfigPatch),
+    /// `PUT /boot-source`.
+    PutBootSource(BootSourceConfig),
+    /// `PUT /drives/{drive_id}`: add or replace a drive (pre-boot).
+    PutDrive(DriveConfig),
+    /// `PATCH /drives/{drive_id}`: swap the backing file or the rate limiter.
+    PatchDrive(DrivePatch),
+    /// `PUT /network-interfaces/{iface_id}`: add or replace one (pre-boot).
+    PutNetworkInterface(NetConfig),
+    /// `PATCH /network-interfaces/{iface_id}`: change its rate limiters.
+    PatchNetworkInterface(NetPatch),
+    /// `PUT /actions`.
+    Action(ActionType),
+    /// `PATCH /vm`: pause or resume.
+    PatchVm(VmStateRequest),
+    /// `GET /vm/config`: the full current configuration.
+    GetVmConfig,
+    /// `PUT /logger`.
+    PutLogger(LoggerConfig),
+    /// `PUT /metrics`.
+    PutMetrics(MetricsConfig),
+}
+
+/// Body of `PATCH /machine-config`: absent fields keep their current value.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigPatch {
+    /// New vCPU count, 1..=[`crate::MAX_VCPUS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu_count: Option<u8>,
+    /// New guest RAM in MiB, at least [`crate::MIN_MEM_MIB`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_size_mib: Option<u64>,
+    /// New CPUID template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<CpuTemplate>,
+    /// New emulation-quirks setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulation_quirks: Option<EmulationQuirks>,
+}
+
+/// Body of `PATCH /drives/{drive_id}`: what may change on an existing drive
+/// (a new backing file, e.g. after the host swapped the image, or new limits).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrivePatch {
+    /// The drive to change; must equal the id in the path.
+    pub drive_id: String,
+    /// New backing file on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<PathBuf>,
+    /// New I/O limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// Body of `PATCH /network-interfaces/{iface_id}`: only the limits may change
+/// on an existing interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetPatch {
+    /// The interface to change; must equal the id in the path.
+    pub iface_id: String,
+    /// New limits on guest-bound traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// New limits on host-bound traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// Body of `PUT /actions`, in Firecracker's shape
+/// `{"action_type": "InstanceStart"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "crate::wire::ActionBody", into = "crate::wire::ActionBody")]
+pub enum ActionType {
+    /// Build and boot the VM from the configuration given so far.
+    InstanceStart,
+    /// Press Ctrl+Alt+Del on the guest's i8042 keyboard (a clean reboot
+    /// request the guest acts on).
+    SendCtrlAltDel,
+    /// Write the metrics file now instead of waiting for the next period.
+    FlushMetrics,
+}
+
+/// Body of `PATCH /vm`, in Firecracker's shape `{"state": "Paused"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "crate::wire::VmStateBody", into = "crate::wire::VmStateBody")]
+pub enum VmStateRequest {
+    /// Stop running the vCPUs.
+    Paused,
+    /// Run the vCPUs again.
+    Resumed,
+}
+
+/// Body of `PUT /logger`, Firecracker's shape; absent fields keep their
+/// current value.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggerConfig {
+    /// File (or FIFO) to write the log to instead of stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<PathBuf>,
+    /// Least severe level to log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<LogLevel>,
+    /// Whether each line names its level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    /// Whether each line names its source file and line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+}
+
+/// Log verbosity, spelled as Firecracker spells it (`"Warn"` is accepted too,
+/// since users write the `log` crate's name for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    /// Only errors.
+    Error,
+    /// Errors and warnings.
+    #[serde(alias = "Warn")]
+    Warning,
+    /// Also informational messages (the default).
+    Info,
+    /// Also debugging detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// Body of `PUT /metrics`: where to write the metrics (JSON lines).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// File (or FIFO) the metrics are appended to.
+    pub metrics_path: PathBuf,
+}
+
+/// The instance's lifecycle state, as `GET /` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceState {
+    /// Still being configured; no vCPU has run.
+    #[serde(rename = "Not started")]
+    NotStarted,
+    /// vCPUs are running.
+    Running,
+    /// Started, but vCPUs are stopped by `PATCH /vm`.
+    Paused,
+}
+
+/// Body of the `GET /` answer, Firecracker's shape, so tools that poll for
+/// the instance state work unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceInfo {
+    /// The instance id given on the command line (or a default).
+    pub id: String,
+    /// Where in its lifecycle the instance is.
+    pub state: InstanceState,
+    /// flint's version.
+    pub vmm_version: String,
+    /// Always `"flint"`, so a client can tell it from Firecracker.
+    pub app_name: String,
+}
+
+/// Body of the `GET /version` answer, which the server gives by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionInfo {
+    /// The Firecracker API version whose paths and bodies flint follows (a
+    /// subset of it), for tools that check it.
+    pub firecracker_version: String,
+    /// flint's own version.
+    pub flint_version: String,
+}
+
+/// The Firecracker API version flint's endpoints follow; see [`VersionInfo`].
+pub const FIRECRACKER_API_VERSION: &str = "1.7.0";
+
+/// The VMM's answer to one [`ApiRequest`]; the server turns it into HTTP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ApiResponse {
+    /// Done, nothing to return: `204 No Content`.
+    Empty,
+    /// `200` with the instance info (answer to `GetInstanceInfo`).
+    InstanceInfo(InstanceInfo),
+    /// `200` with the machine config (answer to `GetMachineConfig`).
+    MachineConfig(MachineConfig),
+    /// `200` with the full config (answer to `GetVmConfig`).
+    VmConfig(VmConfig),
+    /// The request was refused; sent as `{"fault_message": ...}`.
+    Error(ApiError),
+}
+
+/// A refused request: the HTTP status and a message for the user.
+///
+/// The spec (`api/openapi.yaml`) documents 400 for a request the VMM
+/// refuses (bad value, wrong lifecycle state, failure to carry it out) and
+/// 404 for a `PATCH` naming a device that does not exist; other statuses
+/// would make clients see an undocumented answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{status}: {fault_message}")]
+pub struct ApiError {
+    /// HTTP status code to answer with.
+    pub status: u16,
+    /// What went wrong, sent as the body's `fault_message`.
+    pub fault_message: String,
+}
+
+impl ApiError {
+    /// A refusal with any status.
+    pub fn new(status: u16, fault_message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            fault_message: fault_message.into(),
+        }
+    }
+
+    /// `400 Bad Request`: the usual refusal.
+    pub fn bad_request(fault_message: impl Into<String>) -> ApiError {
+        ApiError::new(400, fault_message)
+    }
+
+    /// `404 Not Found`: no such path, or a `PATCH` of a device that does not
+    /// exist.
+    pub fn not_found(fault_message: impl Into<String>) -> ApiError {
+        ApiError::new(404, fault_message)
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    /// A config problem is the client's: 400 with the problem's own message,
+    /// which names the field.
+    fn from(err: ConfigError) -> ApiError {
+        ApiError::bad_request(err.to_string())
+    }
+}
+
+impl From<ApiError> for ApiResponse {
+    fn from(err: ApiError) -> ApiResponse {
+        ApiResponse::Error(err)
+    }
+}
+
+/// What the server hands to the VMM: a request and where to send the answer.
+///
+/// The VMM must answer every message exactly once (dropping `reply` makes
+/// the client see 503); the server gives up waiting after its reply timeout.
+/// Sending the answer can fail when the client has gone or the server gave
+/// up; the VMM should ignore that.
+#[derive(Debug)]
+pub struct ApiMessage {
+    /// The parsed, pre-checked request.
+    pub request: ApiRequest,
+    /// Where the answer goes.
+    pub reply: Sender<ApiResponse>,
+}
