@@ -107,6 +107,9 @@ pub enum ActionType {
     SendCtrlAltDel,
     /// Write the metrics file now instead of waiting for the next period.
     FlushMetrics,
+    /// flint extension: stop the running VM's vCPUs and end the flint
+    /// process cleanly (exit 0), for guests that cannot be asked to reboot.
+    Stop,
 }
 
 /// Body of `PATCH /vm`, in Firecracker's shape `{"state": "Paused"}`.

@@ -18,6 +18,7 @@ enum ActionName {
     InstanceStart,
     SendCtrlAltDel,
     FlushMetrics,
+    Stop,
 }
 
 impl From<ActionBody> for ActionType {
@@ -26,6 +27,7 @@ impl From<ActionBody> for ActionType {
             ActionName::InstanceStart => ActionType::InstanceStart,
             ActionName::SendCtrlAltDel => ActionType::SendCtrlAltDel,
             ActionName::FlushMetrics => ActionType::FlushMetrics,
+            ActionName::Stop => ActionType::Stop,
         }
     }
 }
@@ -36,6 +38,7 @@ impl From<ActionType> for ActionBody {
             ActionType::InstanceStart => ActionName::InstanceStart,
             ActionType::SendCtrlAltDel => ActionName::SendCtrlAltDel,
             ActionType::FlushMetrics => ActionName::FlushMetrics,
+            ActionType::Stop => ActionName::Stop,
         };
         ActionBody { action_type }
     }

@@ -207,16 +207,17 @@ pub fn load_initrd(
     })
 }
 
-/// Builds the kernel command line from the configured arguments plus `extra`.
-pub fn build_cmdline(boot_args: &str, extra: Option<&str>) -> Result<Cmdline, BootError> {
+/// Builds the kernel command line from the configured arguments plus the
+/// words flint adds (devices, root, host quirks).
+pub fn build_cmdline(boot_args: &str, extra: &[&str]) -> Result<Cmdline, BootError> {
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BootError::Cmdline)?;
     if !boot_args.trim().is_empty() {
         cmdline
             .insert_str(boot_args.trim())
             .map_err(BootError::Cmdline)?;
     }
-    if let Some(extra) = extra {
-        cmdline.insert_str(extra).map_err(BootError::Cmdline)?;
+    for word in extra {
+        cmdline.insert_str(word).map_err(BootError::Cmdline)?;
     }
     Ok(cmdline)
 }
@@ -321,19 +322,19 @@ mod tests {
 
     #[test]
     fn cmdline_gets_the_extra_words_and_rejects_bad_text() {
-        let c = build_cmdline("console=ttyS0 reboot=k", Some("noxsave")).unwrap();
+        let c = build_cmdline("console=ttyS0 reboot=k", &["noxsave"]).unwrap();
         assert_eq!(
             c.as_cstring().unwrap().to_str().unwrap(),
             "console=ttyS0 reboot=k noxsave"
         );
-        assert!(build_cmdline("bad\u{7}byte", None).is_err());
-        assert!(build_cmdline(&"x".repeat(CMDLINE_MAX_SIZE + 1), None).is_err());
+        assert!(build_cmdline("bad\u{7}byte", &[]).is_err());
+        assert!(build_cmdline(&"x".repeat(CMDLINE_MAX_SIZE + 1), &[]).is_err());
     }
 
     #[test]
     fn system_configuration_writes_cmdline_mptable_and_zero_page() {
         let mem = create_guest_memory(64).unwrap();
-        let c = build_cmdline("console=ttyS0", None).unwrap();
+        let c = build_cmdline("console=ttyS0", &[]).unwrap();
         let kernel = LoadedKernel {
             entry: GuestAddress(0x100_0000),
             end: 0x180_0000,

@@ -1,17 +1,27 @@
 //! Creates the guest's devices and puts them on the buses.
 //!
-//! For now the legacy devices a Linux guest without ACPI needs: the COM1
-//! serial console (IRQ 4 through an irqfd) and the i8042, whose reset line is
-//! an eventfd the VMM's event loop watches.
+//! Legacy devices sit at their fixed ISA ports: the COM1 console (IRQ 4
+//! through an irqfd) and the i8042, whose reset line is an eventfd the VMM's
+//! event loop watches. virtio devices get a 4 KiB MMIO window and a GSI from
+//! allocators, KVM ioeventfds on their queue-notify register and an irqfd for
+//! their interrupt, and are announced on the kernel command line.
 
 use std::sync::{Arc, Mutex};
 
-use arch::layout::SERIAL_IRQ;
+use arch::layout::{
+    IRQ_DEVICES_END, IRQ_DEVICES_START, MMIO_DEVICES_SIZE, MMIO_DEVICES_START, SERIAL_IRQ,
+};
 use devices::legacy::i8042::{I8042_PORT_BASE, I8042_PORT_LEN};
 use devices::legacy::serial::{SerialOutput, COM1_PORT_BASE, SERIAL_PORT_LEN};
 use devices::legacy::{Serial, I8042};
+use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use devices::virtio::{IrqTrigger, VirtioDevice};
 use devices::{Bus, BusError, EventFdTrigger};
+use event_manager::MutEventSubscriber;
+use kvm_ioctls::IoEventAddress;
+use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
 
+use crate::memory::GuestMemory;
 use crate::vstate::vm::Vm;
 
 /// Why a device could not be created.
@@ -19,14 +29,23 @@ use crate::vstate::vm::Vm;
 pub enum DeviceError {
     /// An eventfd could not be created.
     #[error("creating an eventfd for {0}: {1}")]
-    EventFd(&'static str, std::io::Error),
-    /// KVM refused an irqfd.
-    #[error("registering the irqfd for {0}: {1}")]
-    Irqfd(&'static str, kvm_ioctls::Error),
+    EventFd(String, std::io::Error),
+    /// KVM refused an irqfd or ioeventfd.
+    #[error("registering the {1} for {0}: {2}")]
+    Kvm(String, &'static str, kvm_ioctls::Error),
     /// A device's range collides with another.
     #[error("placing {0} on the bus: {1}")]
-    Bus(&'static str, BusError),
+    Bus(String, BusError),
+    /// No MMIO window or IRQ left.
+    #[error("no {1} left for {0}: {2}")]
+    Exhausted(String, &'static str, vm_allocator::Error),
+    /// The device model refused its transport.
+    #[error("{0}: {1}")]
+    Transport(String, virtio_queue::Error),
 }
+
+/// A device that lives on the event loop.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// The devices of one VM and the buses they sit on.
 pub struct DeviceManager {
@@ -36,39 +55,99 @@ pub struct DeviceManager {
     pub mmio: Bus,
     /// The console UART (the event loop feeds it stdin).
     pub serial: Arc<Mutex<Serial>>,
-    /// Signalled when the guest resets itself through the i8042.
-    pub reset_evt: EventFdTrigger,
+    /// Devices whose work runs on the event loop, to be registered with it.
+    pub subscribers: Vec<Subscriber>,
+    /// `virtio_mmio.device=...` words for the kernel command line, in order.
+    pub cmdline_devices: Vec<String>,
+    /// The virtio devices by name (for metrics and run-time updates).
+    pub virtio: Vec<(String, Arc<Mutex<dyn VirtioDevice>>)>,
+    mmio_space: AddressAllocator,
+    irqs: IdAllocator,
 }
 
 impl DeviceManager {
-    /// Creates the legacy devices for `vm`, the console writing to `console_out`.
-    pub fn new(vm: &Vm, console_out: SerialOutput) -> Result<Self, DeviceError> {
+    /// Creates the legacy devices for `vm`, the console writing to
+    /// `console_out` and the i8042 signalling `reset_evt`.
+    pub fn new(
+        vm: &Vm,
+        console_out: SerialOutput,
+        reset_evt: EventFdTrigger,
+    ) -> Result<Self, DeviceError> {
         let mut pio = Bus::new();
 
-        let irq = EventFdTrigger::new().map_err(|e| DeviceError::EventFd("serial", e))?;
+        let irq = EventFdTrigger::new().map_err(|e| DeviceError::EventFd("serial".into(), e))?;
         vm.fd()
             .register_irqfd(&irq, SERIAL_IRQ)
-            .map_err(|e| DeviceError::Irqfd("serial", e))?;
+            .map_err(|e| DeviceError::Kvm("serial".into(), "irqfd", e))?;
         let serial = Arc::new(Mutex::new(Serial::new(irq, console_out)));
         pio.insert(serial.clone(), COM1_PORT_BASE, SERIAL_PORT_LEN)
-            .map_err(|e| DeviceError::Bus("serial", e))?;
+            .map_err(|e| DeviceError::Bus("serial".into(), e))?;
 
-        let reset_evt = EventFdTrigger::new().map_err(|e| DeviceError::EventFd("i8042", e))?;
-        let reset_for_device = reset_evt
-            .try_clone()
-            .map_err(|e| DeviceError::EventFd("i8042", e))?;
         pio.insert(
-            Arc::new(Mutex::new(I8042::new(reset_for_device))),
+            Arc::new(Mutex::new(I8042::new(reset_evt))),
             I8042_PORT_BASE,
             I8042_PORT_LEN,
         )
-        .map_err(|e| DeviceError::Bus("i8042", e))?;
+        .map_err(|e| DeviceError::Bus("i8042".into(), e))?;
 
         Ok(Self {
             pio,
             mmio: Bus::new(),
             serial,
-            reset_evt,
+            subscribers: Vec::new(),
+            cmdline_devices: Vec::new(),
+            virtio: Vec::new(),
+            mmio_space: AddressAllocator::new(MMIO_DEVICES_START, MMIO_DEVICES_SIZE)
+                .map_err(|e| DeviceError::Exhausted("virtio".into(), "MMIO space", e))?,
+            irqs: IdAllocator::new(IRQ_DEVICES_START, IRQ_DEVICES_END)
+                .map_err(|e| DeviceError::Exhausted("virtio".into(), "IRQ", e))?,
         })
+    }
+
+    /// Puts a virtio device on the MMIO bus: allocates its window and GSI,
+    /// wires its queue notifications (ioeventfds) and interrupt (irqfd), and
+    /// queues it for the event loop.
+    pub fn attach_virtio<D>(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemory,
+        name: &str,
+        device: D,
+    ) -> Result<(), DeviceError>
+    where
+        D: VirtioDevice + MutEventSubscriber + 'static,
+    {
+        let range = self
+            .mmio_space
+            .allocate(MMIO_WINDOW_SIZE, MMIO_WINDOW_SIZE, AllocPolicy::FirstMatch)
+            .map_err(|e| DeviceError::Exhausted(name.into(), "MMIO window", e))?;
+        let base = range.start();
+        let gsi = self
+            .irqs
+            .allocate_id()
+            .map_err(|e| DeviceError::Exhausted(name.into(), "IRQ", e))?;
+        let interrupt =
+            Arc::new(IrqTrigger::new().map_err(|e| DeviceError::EventFd(name.into(), e))?);
+        vm.fd()
+            .register_irqfd(interrupt.eventfd(), gsi)
+            .map_err(|e| DeviceError::Kvm(name.into(), "irqfd", e))?;
+        for (queue, evt) in device.queue_events().iter().enumerate() {
+            let notify = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
+            vm.fd()
+                .register_ioevent(evt, &notify, queue as u32)
+                .map_err(|e| DeviceError::Kvm(name.into(), "ioeventfd", e))?;
+        }
+        let device = Arc::new(Mutex::new(device));
+        let transport = MmioTransport::new(device.clone(), mem.clone(), interrupt)
+            .map_err(|e| DeviceError::Transport(name.into(), e))?;
+        self.mmio
+            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)
+            .map_err(|e| DeviceError::Bus(name.into(), e))?;
+        self.virtio.push((name.to_string(), device.clone()));
+        self.subscribers.push(device);
+        self.cmdline_devices
+            .push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
+        log::debug!("{name}: virtio-mmio at {base:#x}, GSI {gsi}");
+        Ok(())
     }
 }

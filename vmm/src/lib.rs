@@ -1,16 +1,22 @@
 //! flint's virtual machine monitor.
 //!
 //! Builds a KVM microVM from an [`api::VmConfig`] (guest memory, in-kernel
-//! irqchip, legacy devices, the kernel and its boot structures, vCPU threads)
-//! and runs its event loop until the guest stops.
+//! irqchip, legacy and virtio devices, the kernel and its boot structures,
+//! vCPU threads) and runs the control loop that drives it: the event loop,
+//! the API, pause/resume, metrics, and the end of the run.
 
 pub mod boot;
 pub mod console;
+pub mod controller;
 pub mod device_manager;
-pub mod exit_watcher;
+pub mod logger;
 pub mod memory;
+pub mod metrics;
 pub mod microvm;
 pub mod quirks;
+pub mod virtio_devices;
 pub mod vstate;
+pub mod wakeups;
 
-pub use microvm::{run, MicroVmError, RunEnd, RunOptions};
+pub use controller::{run, ApiEndpoint, RunEnd, VmmOptions};
+pub use microvm::MicroVmError;

@@ -1,26 +1,30 @@
-//! Building a microVM from its configuration and running it to the end.
+//! Building a microVM from its configuration, and the running microVM.
 //!
 //! The order matters and is KVM's: VM, memory, irqchip, devices (irqfds need
 //! the irqchip), kernel, vCPUs (their LAPICs need the irqchip), then the
-//! threads. The calling thread becomes the VMM's event loop.
+//! threads. The VM's devices join the VMM's event loop; the vCPUs run on
+//! their own threads and are paused, resumed and stopped through commands.
 
-use std::os::unix::net::UnixStream;
-use std::sync::mpsc::channel;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use api::VmConfig;
 use devices::legacy::serial::SerialOutput;
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use devices::virtio::VirtioDevice;
+use devices::EventFdTrigger;
+use event_manager::{EventManager, SubscriberOps};
 
 use crate::boot::{self, BootError};
-use crate::console::{ConsoleInput, TerminalMode};
-use crate::device_manager::{DeviceError, DeviceManager};
-use crate::exit_watcher::{ExitWatcher, Outcome};
-use crate::memory::{self, MemoryError};
+use crate::console::ConsoleInput;
+use crate::device_manager::{DeviceError, DeviceManager, Subscriber};
+use crate::memory::{self, GuestMemory, MemoryError};
 use crate::quirks;
-use crate::vstate::vcpu::{Vcpu, VcpuBuses, VcpuError, VcpuEventSender, VcpuHandle};
+use crate::virtio_devices::{self, VirtioConfigError};
+use crate::vstate::vcpu::{
+    ExitCounters, Vcpu, VcpuBuses, VcpuError, VcpuEventSender, VcpuHandle, VcpuTimeout,
+};
 use crate::vstate::vm::{Vm, VmError};
 
 /// Why a microVM could not be built or ended badly.
@@ -38,9 +42,15 @@ pub enum MicroVmError {
     /// A device could not be created.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// A configured drive or network interface could not be created.
+    #[error(transparent)]
+    VirtioConfig(#[from] VirtioConfigError),
     /// A vCPU could not be created, configured or started.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// A vCPU did not answer pause/resume.
+    #[error(transparent)]
+    VcpuTimeout(#[from] VcpuTimeout),
     /// The event loop failed.
     #[error("event loop: {0}")]
     EventLoop(String),
@@ -57,179 +67,191 @@ pub enum MicroVmError {
     },
 }
 
-/// How a run that did not fail ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunEnd {
-    /// The guest reset or shut itself down.
-    GuestStopped,
-    /// A signal asked flint to stop; the VM was stopped cleanly.
-    Signal(&'static str),
-}
-
-/// Knobs that are about this process, not the VM.
-pub struct RunOptions {
+/// What building a microVM needs from the VMM around it.
+pub struct BuildContext<'a> {
     /// When flint started (for boot-time figures in the log).
     pub started: Instant,
     /// Where guest console output goes.
     pub console_out: SerialOutput,
-    /// Whether to read the guest's console input from stdin.
+    /// Whether to feed stdin to the guest console.
     pub console_in: bool,
+    /// The guest's reset line (watched by the VMM's control loop).
+    pub reset_evt: &'a EventFdTrigger,
+    /// Where vCPU threads report.
+    pub vcpu_events: &'a VcpuEventSender,
+    /// The VMM's event loop, which the devices join.
+    pub event_manager: &'a mut EventManager<Subscriber>,
 }
 
-impl Default for RunOptions {
-    fn default() -> Self {
-        Self {
-            started: Instant::now(),
-            console_out: Box::new(std::io::stdout()),
-            console_in: true,
-        }
-    }
-}
-
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
-
-/// Builds the VM described by `config`, boots it and runs it until the guest
-/// stops, a signal arrives, or a vCPU fails.
-pub fn run(config: &VmConfig, options: RunOptions) -> Result<RunEnd, MicroVmError> {
-    let machine = &config.machine_config;
-    let vm = Vm::new()?;
-    let mem = memory::create_guest_memory(machine.mem_size_mib)?;
-    vm.register_memory(&mem)?;
-    vm.setup_irqchip()?;
-    let devices = DeviceManager::new(&vm, options.console_out)?;
-
-    let source = &config.boot_source;
-    let kernel = boot::load_kernel(&mem, &source.kernel_image_path)?;
-    let initrd = source
-        .initrd_path
-        .as_deref()
-        .map(|path| boot::load_initrd(&mem, path, &kernel, machine.mem_size_mib << 20))
-        .transpose()?;
-    let boot_args = source.boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS);
-    let extra = quirks::extra_boot_args(
-        machine.emulation_quirks,
-        quirks::host_emulates_guest_code,
-        boot_args,
-    );
-    if let Some(extra) = extra {
-        log::info!(
-            "this host's KVM emulates guest kernel code (no vmx/svm): adding '{extra}' to the kernel command line (machine-config.emulation_quirks=\"off\" disables this)"
-        );
-    }
-    let cmdline = boot::build_cmdline(boot_args, extra)?;
-    boot::configure_system(&mem, &cmdline, &kernel, initrd, machine.vcpu_count)?;
-
-    let (event_tx, event_rx) = channel();
-    let vcpu_wake = EventFd::new(EFD_NONBLOCK).map_err(|e| MicroVmError::Os("vCPU eventfd", e))?;
-    let sender = VcpuEventSender::new(
-        event_tx,
-        vcpu_wake
-            .try_clone()
-            .map_err(|e| MicroVmError::Os("vCPU eventfd", e))?,
-    );
-    let buses = VcpuBuses {
-        pio: Arc::new(devices.pio),
-        mmio: Arc::new(devices.mmio),
-    };
-    let template = cpu_template(machine.cpu_template);
-    let mut vcpus = Vec::with_capacity(usize::from(machine.vcpu_count));
-    for id in 0..machine.vcpu_count {
-        let events = sender
-            .try_clone()
-            .map_err(|e| MicroVmError::Os("vCPU eventfd", e))?;
-        let vcpu = Vcpu::new(id, &vm, buses.clone(), events, options.started)?;
-        let entry = (id == 0).then_some(kernel.entry);
-        vcpu.configure(vm.kvm(), &mem, entry, machine.vcpu_count, template)?;
-        vcpus.push(vcpu);
-    }
-
-    let (sigint_rx, sigterm_rx) = signal_pipes()?;
-    let reset_evt =
-        EventFd::try_clone(&devices.reset_evt).map_err(|e| MicroVmError::Os("reset eventfd", e))?;
-    let watcher = Arc::new(Mutex::new(ExitWatcher::new(
-        reset_evt, vcpu_wake, event_rx, sigint_rx, sigterm_rx,
-    )));
-    let mut event_manager =
-        EventManager::<Subscriber>::new().map_err(|e| MicroVmError::EventLoop(e.to_string()))?;
-    event_manager.add_subscriber(watcher.clone());
-    let _terminal = options.console_in.then(TerminalMode::enter);
-    if options.console_in {
-        let console = ConsoleInput::from_stdin(devices.serial.clone())
-            .map_err(|e| MicroVmError::Os("console input", e))?;
-        event_manager.add_subscriber(Arc::new(Mutex::new(console)));
-    }
-
-    let mut running: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
-    for vcpu in vcpus {
-        running.push(vcpu.start()?);
-    }
-    log::info!(
-        "microVM started: {} vCPU(s), {} MiB, kernel {}",
-        machine.vcpu_count,
-        machine.mem_size_mib,
-        source.kernel_image_path.display()
-    );
-
-    let outcome = loop {
-        if let Err(e) = event_manager.run() {
-            break Outcome::Fatal {
-                vcpu: 0,
-                reason: format!("event loop: {e}"),
-            };
-        }
-        let decided = watcher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take_outcome();
-        if let Some(outcome) = decided {
-            break outcome;
-        }
-    };
-    for vcpu in &mut running {
-        vcpu.stop();
-    }
-    let pio = buses.pio.unhandled();
-    let mmio = buses.mmio.unhandled();
-    log::debug!(
-        "unhandled accesses: PIO {} reads / {} writes, MMIO {} reads / {} writes",
-        pio.reads.load(std::sync::atomic::Ordering::Relaxed),
-        pio.writes.load(std::sync::atomic::Ordering::Relaxed),
-        mmio.reads.load(std::sync::atomic::Ordering::Relaxed),
-        mmio.writes.load(std::sync::atomic::Ordering::Relaxed),
-    );
-    match outcome {
-        Outcome::GuestStopped => Ok(RunEnd::GuestStopped),
-        Outcome::Signal(name) => Ok(RunEnd::Signal(name)),
-        Outcome::Fatal { vcpu, reason } => Err(MicroVmError::GuestFatal { vcpu, reason }),
-    }
+/// A booted microVM.
+pub struct MicroVm {
+    // Declared first so they are dropped (stopped and joined) before the VM
+    // and the memory they use.
+    vcpus: Vec<VcpuHandle>,
+    buses: VcpuBuses,
+    virtio: Vec<(String, Arc<Mutex<dyn VirtioDevice>>)>,
+    paused: bool,
+    _mem: GuestMemory,
+    _vm: Vm,
 }
 
 /// Boot arguments when the config gives none: a serial console, reboot through
 /// the i8042 (which flint turns into a clean exit), reboot on panic.
 pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=-1";
 
+impl MicroVm {
+    /// Builds the VM described by `config` and starts its vCPUs.
+    pub fn boot(config: &VmConfig, ctx: BuildContext) -> Result<Self, MicroVmError> {
+        let machine = &config.machine_config;
+        let vm = Vm::new()?;
+        let mem = memory::create_guest_memory(machine.mem_size_mib)?;
+        vm.register_memory(&mem)?;
+        vm.setup_irqchip()?;
+        let reset = ctx
+            .reset_evt
+            .try_clone()
+            .map_err(|e| MicroVmError::Os("reset eventfd", e))?;
+        let mut devices = DeviceManager::new(&vm, ctx.console_out, reset)?;
+        let root_args = virtio_devices::attach_drives(&mut devices, &vm, &mem, &config.drives)?;
+        virtio_devices::attach_nets(&mut devices, &vm, &mem, &config.network_interfaces)?;
+
+        let source = &config.boot_source;
+        let kernel = boot::load_kernel(&mem, &source.kernel_image_path)?;
+        let initrd = source
+            .initrd_path
+            .as_deref()
+            .map(|path| boot::load_initrd(&mem, path, &kernel, machine.mem_size_mib << 20))
+            .transpose()?;
+        let boot_args = source.boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS);
+        let extra = quirks::extra_boot_args(
+            machine.emulation_quirks,
+            quirks::host_emulates_guest_code,
+            boot_args,
+        );
+        if let Some(extra) = extra {
+            log::info!(
+                "this host's KVM emulates guest kernel code (no vmx/svm): adding '{extra}' to the kernel command line (machine-config.emulation_quirks=\"off\" disables this)"
+            );
+        }
+        let mut words: Vec<&str> = devices.cmdline_devices.iter().map(String::as_str).collect();
+        words.extend(root_args.as_deref());
+        words.extend(extra);
+        let cmdline = boot::build_cmdline(boot_args, &words)?;
+        boot::configure_system(&mem, &cmdline, &kernel, initrd, machine.vcpu_count)?;
+
+        let buses = VcpuBuses {
+            pio: Arc::new(std::mem::take(&mut devices.pio)),
+            mmio: Arc::new(std::mem::take(&mut devices.mmio)),
+            exits: Arc::new(ExitCounters::default()),
+        };
+        let template = cpu_template(machine.cpu_template);
+        let mut created = Vec::with_capacity(usize::from(machine.vcpu_count));
+        for id in 0..machine.vcpu_count {
+            let events = ctx
+                .vcpu_events
+                .try_clone()
+                .map_err(|e| MicroVmError::Os("vCPU eventfd", e))?;
+            let vcpu = Vcpu::new(id, &vm, buses.clone(), events, ctx.started)?;
+            let entry = (id == 0).then_some(kernel.entry);
+            vcpu.configure(vm.kvm(), &mem, entry, machine.vcpu_count, template)?;
+            created.push(vcpu);
+        }
+
+        for device in devices.subscribers.drain(..) {
+            ctx.event_manager.add_subscriber(device);
+        }
+        if ctx.console_in {
+            let console = ConsoleInput::from_stdin(devices.serial.clone())
+                .map_err(|e| MicroVmError::Os("console input", e))?;
+            ctx.event_manager
+                .add_subscriber(Arc::new(Mutex::new(console)));
+        }
+
+        let mut vcpus = Vec::with_capacity(created.len());
+        for vcpu in created {
+            vcpus.push(vcpu.start()?);
+        }
+        log::info!(
+            "microVM started: {} vCPU(s), {} MiB, kernel {}",
+            machine.vcpu_count,
+            machine.mem_size_mib,
+            source.kernel_image_path.display()
+        );
+        Ok(Self {
+            vcpus,
+            buses,
+            virtio: std::mem::take(&mut devices.virtio),
+            paused: false,
+            _mem: mem,
+            _vm: vm,
+        })
+    }
+
+    /// Whether the vCPUs are paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Takes every vCPU out of the guest; returns once all are out.
+    pub fn pause(&mut self) -> Result<(), MicroVmError> {
+        for vcpu in &self.vcpus {
+            vcpu.pause()?;
+        }
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Lets every vCPU run the guest again.
+    pub fn resume(&mut self) -> Result<(), MicroVmError> {
+        for vcpu in &self.vcpus {
+            vcpu.resume()?;
+        }
+        self.paused = false;
+        Ok(())
+    }
+
+    /// vCPU exit counters.
+    pub fn exits(&self) -> &ExitCounters {
+        &self.buses.exits
+    }
+
+    /// Accesses that hit no device, as (PIO reads, PIO writes, MMIO reads, MMIO writes).
+    pub fn unhandled_accesses(&self) -> [u64; 4] {
+        let (pio, mmio) = (self.buses.pio.unhandled(), self.buses.mmio.unhandled());
+        [
+            pio.reads.load(Ordering::Relaxed),
+            pio.writes.load(Ordering::Relaxed),
+            mmio.reads.load(Ordering::Relaxed),
+            mmio.writes.load(Ordering::Relaxed),
+        ]
+    }
+
+    /// Each virtio device's counters, by device name.
+    pub fn device_metrics(&self) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
+        self.virtio
+            .iter()
+            .map(|(name, device)| {
+                let device = device.lock().unwrap_or_else(|p| p.into_inner());
+                (name.clone(), device.counters().into_iter().collect())
+            })
+            .collect()
+    }
+
+    /// Stops and joins every vCPU thread.
+    pub fn stop(&mut self) {
+        for vcpu in &mut self.vcpus {
+            vcpu.stop();
+        }
+        let [pio_r, pio_w, mmio_r, mmio_w] = self.unhandled_accesses();
+        log::debug!(
+            "unhandled accesses: PIO {pio_r} reads / {pio_w} writes, MMIO {mmio_r} reads / {mmio_w} writes"
+        );
+    }
+}
+
 fn cpu_template(template: api::CpuTemplate) -> arch::cpuid::CpuTemplate {
     match template {
         api::CpuTemplate::None => arch::cpuid::CpuTemplate::None,
         api::CpuTemplate::T2 => arch::cpuid::CpuTemplate::T2,
     }
-}
-
-/// Self-pipes that SIGINT and SIGTERM write into; the read ends go into epoll.
-fn signal_pipes() -> Result<(UnixStream, UnixStream), MicroVmError> {
-    let mut read_ends = Vec::with_capacity(2);
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let (rx, tx) = UnixStream::pair().map_err(|e| MicroVmError::Os("signal pipe", e))?;
-        rx.set_nonblocking(true)
-            .map_err(|e| MicroVmError::Os("signal pipe", e))?;
-        signal_hook::low_level::pipe::register(signal, tx)
-            .map_err(|e| MicroVmError::Os("registering a signal handler", e))?;
-        read_ends.push(rx);
-    }
-    let sigterm = read_ends.pop();
-    let sigint = read_ends.pop();
-    sigint.zip(sigterm).ok_or(MicroVmError::Os(
-        "signal pipe",
-        std::io::Error::other("missing pipe"),
-    ))
 }

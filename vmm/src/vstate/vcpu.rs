@@ -7,6 +7,7 @@
 //! thread out of `KVM_RUN` so it reads the command promptly.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
@@ -101,8 +102,32 @@ pub enum VcpuEvent {
 /// What the VMM tells a vCPU thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VcpuCommand {
+    /// Stop running guest code until [`VcpuCommand::Resume`]; answered with
+    /// [`VcpuResponse::Paused`] once the thread is out of `KVM_RUN`.
+    Pause,
+    /// Run guest code again; answered with [`VcpuResponse::Resumed`].
+    Resume,
     /// Leave the run loop and end the thread.
     Exit,
+}
+
+/// A vCPU thread's answer to a command, on its own channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuResponse {
+    /// The vCPU is paused.
+    Paused,
+    /// The vCPU runs again.
+    Resumed,
+}
+
+/// A vCPU did not answer a command in time.
+#[derive(Debug, thiserror::Error)]
+#[error("vCPU {id} did not answer {command:?} in time")]
+pub struct VcpuTimeout {
+    /// Which vCPU.
+    pub id: u8,
+    /// The command.
+    pub command: VcpuCommand,
 }
 
 /// The sending side of the vCPU → VMM channel: a message plus an eventfd
@@ -143,6 +168,29 @@ pub struct VcpuBuses {
     pub pio: Arc<Bus>,
     /// Memory-mapped I/O.
     pub mmio: Arc<Bus>,
+    /// Exit counters shared by all vCPUs of the VM.
+    pub exits: Arc<ExitCounters>,
+}
+
+/// How often the vCPUs left the guest, by reason (for the metrics file).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ExitCounters {
+    /// Port-I/O reads.
+    pub io_in: AtomicU64,
+    /// Port-I/O writes.
+    pub io_out: AtomicU64,
+    /// MMIO reads.
+    pub mmio_read: AtomicU64,
+    /// MMIO writes.
+    pub mmio_write: AtomicU64,
+    /// `KVM_RUN` interrupted by a signal (pause, stop).
+    pub interrupted: AtomicU64,
+    /// Everything else (system events, fatal exits).
+    pub other: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A configured vCPU, not yet running.
@@ -153,6 +201,8 @@ pub struct Vcpu {
     events: VcpuEventSender,
     commands: Receiver<VcpuCommand>,
     command_tx: Sender<VcpuCommand>,
+    responses: Sender<VcpuResponse>,
+    response_rx: Option<Receiver<VcpuResponse>>,
     started: Instant,
 }
 
@@ -202,6 +252,7 @@ impl Vcpu {
                 source,
             })?;
         let (command_tx, commands) = channel();
+        let (responses, response_rx) = channel();
         Ok(Self {
             id,
             fd,
@@ -209,6 +260,8 @@ impl Vcpu {
             events,
             commands,
             command_tx,
+            responses,
+            response_rx: Some(response_rx),
             started,
         })
     }
@@ -254,8 +307,13 @@ impl Vcpu {
     }
 
     /// Starts the vCPU's thread.
-    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+    pub fn start(mut self) -> Result<VcpuHandle, VcpuError> {
         let id = self.id;
+        let responses = self.response_rx.take().ok_or(VcpuError::Os {
+            id,
+            what: "starting it twice",
+            source: std::io::Error::other("already started"),
+        })?;
         install_kick_handler().map_err(|source| VcpuError::Os {
             id,
             what: "installing the kick signal handler",
@@ -273,6 +331,7 @@ impl Vcpu {
         Ok(VcpuHandle {
             id,
             commands,
+            responses,
             thread: Some(thread),
         })
     }
@@ -284,6 +343,15 @@ impl Vcpu {
                 Ok(VcpuCommand::Exit) | Err(TryRecvError::Disconnected) => {
                     self.events.send(VcpuEvent::Exited { id: self.id });
                     return;
+                }
+                Ok(VcpuCommand::Pause) => {
+                    if !self.stay_paused() {
+                        self.events.send(VcpuEvent::Exited { id: self.id });
+                        return;
+                    }
+                }
+                Ok(VcpuCommand::Resume) => {
+                    let _ = self.responses.send(VcpuResponse::Resumed);
                 }
                 Err(TryRecvError::Empty) => {}
             }
@@ -298,11 +366,13 @@ impl Vcpu {
             match self.run_once() {
                 Step::Continue => {}
                 Step::GuestStop => {
+                    count(&self.buses.exits.other);
                     self.events.send(VcpuEvent::GuestStop { id: self.id });
                     self.wait_for_exit();
                     return;
                 }
                 Step::Fatal(reason) => {
+                    count(&self.buses.exits.other);
                     log::error!("vCPU {}: {reason}\n{}", self.id, self.dump_registers());
                     self.events.send(VcpuEvent::Fatal {
                         id: self.id,
@@ -315,12 +385,36 @@ impl Vcpu {
         }
     }
 
+    /// Blocks outside `KVM_RUN` until resumed. Returns false when told to exit.
+    fn stay_paused(&self) -> bool {
+        let _ = self.responses.send(VcpuResponse::Paused);
+        loop {
+            match self.commands.recv() {
+                Ok(VcpuCommand::Resume) => {
+                    let _ = self.responses.send(VcpuResponse::Resumed);
+                    return true;
+                }
+                Ok(VcpuCommand::Pause) => {
+                    let _ = self.responses.send(VcpuResponse::Paused);
+                }
+                Ok(VcpuCommand::Exit) | Err(_) => return false,
+            }
+        }
+    }
+
     /// After reporting the end of its run, a vCPU waits to be told to exit so
     /// that it never re-enters a guest the VMM is tearing down.
     fn wait_for_exit(&self) {
         while let Ok(command) = self.commands.recv() {
-            if command == VcpuCommand::Exit {
-                break;
+            match command {
+                VcpuCommand::Exit => break,
+                // It is out of the guest for good: as paused as it gets.
+                VcpuCommand::Pause => {
+                    let _ = self.responses.send(VcpuResponse::Paused);
+                }
+                VcpuCommand::Resume => {
+                    let _ = self.responses.send(VcpuResponse::Resumed);
+                }
             }
         }
         self.events.send(VcpuEvent::Exited { id: self.id });
@@ -330,18 +424,22 @@ impl Vcpu {
         let buses = &self.buses;
         match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
+                count(&buses.exits.io_in);
                 buses.pio.read(u64::from(port), data);
                 Step::Continue
             }
             Ok(VcpuExit::IoOut(port, data)) => {
+                count(&buses.exits.io_out);
                 buses.pio.write(u64::from(port), data);
                 Step::Continue
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
+                count(&buses.exits.mmio_read);
                 buses.mmio.read(addr, data);
                 Step::Continue
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
+                count(&buses.exits.mmio_write);
                 buses.mmio.write(addr, data);
                 Step::Continue
             }
@@ -359,6 +457,7 @@ impl Vcpu {
             }
             Ok(other) => Step::Fatal(format!("unexpected exit {other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                count(&buses.exits.interrupted);
                 // Kicked: clear the flag KVM may have set and look at commands.
                 self.fd.set_kvm_immediate_exit(0);
                 Step::Continue
@@ -425,13 +524,62 @@ impl Vcpu {
 pub struct VcpuHandle {
     id: u8,
     commands: Sender<VcpuCommand>,
+    responses: Receiver<VcpuResponse>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// How long a vCPU may take to answer pause/resume.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl VcpuHandle {
     /// The vCPU's index.
     pub fn id(&self) -> u8 {
         self.id
+    }
+
+    /// Sends `command` and waits for `expected`, kicking the thread out of
+    /// `KVM_RUN` until it answers.
+    fn command(&self, command: VcpuCommand, expected: VcpuResponse) -> Result<(), VcpuTimeout> {
+        let timeout = VcpuTimeout {
+            id: self.id,
+            command,
+        };
+        let thread = self.thread.as_ref().ok_or(VcpuTimeout {
+            id: self.id,
+            command,
+        })?;
+        // Answers to earlier, timed-out commands are stale now.
+        while self.responses.try_recv().is_ok() {}
+        self.commands.send(command).map_err(|_| VcpuTimeout {
+            id: self.id,
+            command,
+        })?;
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            match self.responses.recv_timeout(Duration::from_millis(1)) {
+                Ok(answer) if answer == expected => return Ok(()),
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if Instant::now() > deadline {
+                        return Err(timeout);
+                    }
+                    if command == VcpuCommand::Pause {
+                        let _ = thread.kill(kick_signal());
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(timeout),
+            }
+        }
+    }
+
+    /// Takes the vCPU out of the guest and keeps it out until [`Self::resume`].
+    pub fn pause(&self) -> Result<(), VcpuTimeout> {
+        self.command(VcpuCommand::Pause, VcpuResponse::Paused)
+    }
+
+    /// Lets a paused vCPU run the guest again.
+    pub fn resume(&self) -> Result<(), VcpuTimeout> {
+        self.command(VcpuCommand::Resume, VcpuResponse::Resumed)
     }
 
     /// Tells the vCPU to exit and waits for its thread. The kick signal is

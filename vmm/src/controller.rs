@@ -1,0 +1,527 @@
+//! The VMM's control loop: an explicit state machine driven by the event
+//! loop, the vCPU threads and the API.
+//!
+//! ```text
+//!   NotStarted --InstanceStart--> Running <--Paused/Resumed--> Paused
+//!        |                           |                            |
+//!        +------- signal ------------+---- guest reset / fatal ---+--> end
+//! ```
+//!
+//! Pre-boot, the API (or the config file) fills a pending configuration;
+//! `InstanceStart` validates it and boots. The calling thread runs the epoll
+//! loop; API requests arrive over a channel plus an eventfd and are handled
+//! here, between epoll rounds, with full access to the VMM.
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use api::{
+    ActionType, ApiError, ApiMessage, ApiRequest, ApiResponse, BootSourceConfig, InstanceInfo,
+    InstanceState, MachineConfig, VmConfig, VmStateRequest,
+};
+use devices::legacy::serial::SerialOutput;
+use devices::EventFdTrigger;
+use event_manager::{EventManager, SubscriberOps};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::device_manager::Subscriber;
+use crate::metrics::MetricsSink;
+use crate::microvm::{BuildContext, MicroVm, MicroVmError};
+use crate::vstate::vcpu::VcpuEventSender;
+use crate::wakeups::{Outcome, WakeupSources, Wakeups};
+
+/// The VMM's end of the API: requests, and the eventfd the server writes
+/// after queueing one.
+pub struct ApiEndpoint {
+    /// Queued requests.
+    pub requests: Receiver<ApiMessage>,
+    /// Written by the server after each request.
+    pub wake: EventFd,
+    /// The API server's own counters, for the metrics file.
+    pub metrics: Box<dyn Fn() -> serde_json::Value + Send>,
+}
+
+/// Knobs that are about this process, not the VM.
+pub struct VmmOptions {
+    /// When flint started (for boot-time figures in the log).
+    pub started: Instant,
+    /// Where guest console output goes (default: stdout).
+    pub console_out: Option<SerialOutput>,
+    /// Whether to feed stdin to the guest console.
+    pub console_in: bool,
+    /// The instance id reported by `GET /`.
+    pub instance_id: String,
+    /// The API, if flint serves one.
+    pub api: Option<ApiEndpoint>,
+}
+
+impl Default for VmmOptions {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            console_out: None,
+            console_in: true,
+            instance_id: "flint".into(),
+            api: None,
+        }
+    }
+}
+
+/// How a run that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The guest reset or shut itself down.
+    GuestStopped,
+    /// A signal asked flint to stop; the VM was stopped cleanly.
+    Signal(&'static str),
+    /// The API's `Stop` action ended the run; the VM was stopped cleanly.
+    ApiStop,
+}
+
+/// The configuration being assembled before boot (and kept after it, for
+/// `GET /vm/config`).
+#[derive(Debug, Clone, Default)]
+struct PendingConfig {
+    boot_source: Option<BootSourceConfig>,
+    machine: MachineConfig,
+    drives: Vec<api::DriveConfig>,
+    nets: Vec<api::NetConfig>,
+}
+
+impl PendingConfig {
+    fn from_config(config: VmConfig) -> Self {
+        Self {
+            boot_source: Some(config.boot_source),
+            machine: config.machine_config,
+            drives: config.drives,
+            nets: config.network_interfaces,
+        }
+    }
+
+    /// The config as it stands, with an empty kernel path when none was set
+    /// (section checks of other sections do not look at it).
+    fn candidate(&self) -> VmConfig {
+        VmConfig {
+            boot_source: self.boot_source.clone().unwrap_or(BootSourceConfig {
+                kernel_image_path: PathBuf::new(),
+                initrd_path: None,
+                boot_args: None,
+            }),
+            machine_config: self.machine.clone(),
+            drives: self.drives.clone(),
+            network_interfaces: self.nets.clone(),
+        }
+    }
+
+    fn complete(&self) -> Result<VmConfig, String> {
+        if self.boot_source.is_none() {
+            return Err("boot-source is not configured (PUT /boot-source first)".into());
+        }
+        Ok(self.candidate())
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiResponse {
+    ApiResponse::Error(ApiError {
+        status: 400,
+        fault_message: message.into(),
+    })
+}
+
+/// Runs flint's VMM: boots `initial` right away if given, serves the API if
+/// configured, and returns when the guest stops, a signal arrives, or a vCPU
+/// fails.
+pub fn run(initial: Option<VmConfig>, options: VmmOptions) -> Result<RunEnd, MicroVmError> {
+    Vmm::new(options)?.run(initial)
+}
+
+struct Vmm {
+    options: VmmOptions,
+    event_manager: EventManager<Subscriber>,
+    wakeups: Arc<Mutex<Wakeups>>,
+    reset_evt: EventFdTrigger,
+    vcpu_events: VcpuEventSender,
+    pending: PendingConfig,
+    vm: Option<MicroVm>,
+    metrics: Option<MetricsSink>,
+    api_requests: Option<Receiver<ApiMessage>>,
+    stop_requested: bool,
+}
+
+impl Vmm {
+    fn new(mut options: VmmOptions) -> Result<Self, MicroVmError> {
+        let os = |what| move |e| MicroVmError::Os(what, e);
+        let reset_evt = EventFdTrigger::new().map_err(os("reset eventfd"))?;
+        let (event_tx, event_rx) = channel();
+        let vcpu_wake = EventFd::new(EFD_NONBLOCK).map_err(os("vCPU eventfd"))?;
+        let vcpu_events =
+            VcpuEventSender::new(event_tx, vcpu_wake.try_clone().map_err(os("vCPU eventfd"))?);
+        let (sigint, sigterm) = signal_pipes()?;
+        let (api_requests, api_wake, api_metrics) = match options.api.take() {
+            Some(api) => (Some(api.requests), api.wake, Some(api.metrics)),
+            None => (
+                None,
+                EventFd::new(EFD_NONBLOCK).map_err(os("API eventfd"))?,
+                None,
+            ),
+        };
+        let wakeups = Wakeups::new(WakeupSources {
+            reset_evt: reset_evt
+                .try_clone()
+                .map_err(os("reset eventfd"))?
+                .into_eventfd(),
+            vcpu_wake,
+            vcpu_events: event_rx,
+            sigint,
+            sigterm,
+            api_wake,
+        })
+        .map_err(os("metrics timer"))?;
+        let wakeups = Arc::new(Mutex::new(wakeups));
+        let mut event_manager = EventManager::<Subscriber>::new()
+            .map_err(|e| MicroVmError::EventLoop(e.to_string()))?;
+        event_manager.add_subscriber(wakeups.clone());
+        Ok(Self {
+            options,
+            event_manager,
+            wakeups,
+            reset_evt,
+            vcpu_events,
+            pending: PendingConfig::default(),
+            vm: None,
+            metrics: Some(MetricsSink::new(api_metrics)),
+            api_requests,
+            stop_requested: false,
+        })
+    }
+
+    fn state(&self) -> InstanceState {
+        match &self.vm {
+            None => InstanceState::NotStarted,
+            Some(vm) if vm.is_paused() => InstanceState::Paused,
+            Some(_) => InstanceState::Running,
+        }
+    }
+
+    fn run(mut self, initial: Option<VmConfig>) -> Result<RunEnd, MicroVmError> {
+        if let Some(config) = initial {
+            self.pending = PendingConfig::from_config(config.clone());
+            self.boot(&config)?;
+        } else if self.api_requests.is_none() {
+            return Err(MicroVmError::EventLoop(
+                "nothing to run: no config and no API".into(),
+            ));
+        }
+        let outcome = loop {
+            if let Err(e) = self.event_manager.run() {
+                break Outcome::Fatal {
+                    vcpu: 0,
+                    reason: format!("event loop: {e}"),
+                };
+            }
+            let (outcome, api_pending, metrics_due) = {
+                let mut w = self.wakeups.lock().unwrap_or_else(|p| p.into_inner());
+                (w.take_outcome(), w.take_api_pending(), w.take_metrics_due())
+            };
+            if let Some(outcome) = outcome {
+                break outcome;
+            }
+            if api_pending {
+                self.serve_api();
+                if self.stop_requested {
+                    break Outcome::ApiStop;
+                }
+            }
+            if metrics_due {
+                self.flush_metrics();
+            }
+        };
+        if let Some(vm) = &mut self.vm {
+            vm.stop();
+        }
+        self.flush_metrics();
+        match outcome {
+            Outcome::GuestStopped => Ok(RunEnd::GuestStopped),
+            Outcome::Signal(name) => Ok(RunEnd::Signal(name)),
+            Outcome::ApiStop => Ok(RunEnd::ApiStop),
+            Outcome::Fatal { vcpu, reason } => Err(MicroVmError::GuestFatal { vcpu, reason }),
+        }
+    }
+
+    fn boot(&mut self, config: &VmConfig) -> Result<(), MicroVmError> {
+        let console_out = self
+            .options
+            .console_out
+            .take()
+            .unwrap_or_else(|| Box::new(std::io::stdout()));
+        let vm = MicroVm::boot(
+            config,
+            BuildContext {
+                started: self.options.started,
+                console_out,
+                console_in: self.options.console_in,
+                reset_evt: &self.reset_evt,
+                vcpu_events: &self.vcpu_events,
+                event_manager: &mut self.event_manager,
+            },
+        )?;
+        self.vm = Some(vm);
+        Ok(())
+    }
+
+    fn serve_api(&mut self) {
+        let Some(requests) = self.api_requests.take() else {
+            return;
+        };
+        while let Ok(message) = requests.try_recv() {
+            let response = self.handle(message.request);
+            // The client may have given up (timeout); nothing to do then.
+            let _ = message.reply.send(response);
+        }
+        self.api_requests = Some(requests);
+    }
+
+    fn handle(&mut self, request: ApiRequest) -> ApiResponse {
+        use ApiRequest as R;
+        let started = self.vm.is_some();
+        match request {
+            R::GetInstanceInfo => ApiResponse::InstanceInfo(InstanceInfo {
+                id: self.options.instance_id.clone(),
+                state: self.state(),
+                vmm_version: env!("CARGO_PKG_VERSION").into(),
+                app_name: "flint".into(),
+            }),
+            R::GetMachineConfig => ApiResponse::MachineConfig(self.pending.machine.clone()),
+            // Before PUT /boot-source the kernel path is empty.
+            R::GetVmConfig => ApiResponse::VmConfig(self.pending.candidate()),
+            R::PutMachineConfig(_) | R::PatchMachineConfig(_) | R::PutBootSource(_) | R::PutDrive(_)
+            | R::PutNetworkInterface(_)
+                if started =>
+            {
+                bad_request("the VM is already running: this can only be configured before InstanceStart")
+            }
+            R::PutMachineConfig(machine) => self.update_section(|p| p.machine = machine, VmConfig::validate_machine_config),
+            R::PatchMachineConfig(patch) => self.update_section(
+                |p| {
+                    let m = &mut p.machine;
+                    if let Some(v) = patch.vcpu_count {
+                        m.vcpu_count = v;
+                    }
+                    if let Some(v) = patch.mem_size_mib {
+                        m.mem_size_mib = v;
+                    }
+                    if let Some(v) = patch.cpu_template {
+                        m.cpu_template = v;
+                    }
+                    if let Some(v) = patch.emulation_quirks {
+                        m.emulation_quirks = v;
+                    }
+                },
+                VmConfig::validate_machine_config,
+            ),
+            R::PutBootSource(source) => {
+                self.update_section(|p| p.boot_source = Some(source), VmConfig::validate_boot_source)
+            }
+            R::PutDrive(drive) => self.update_section(
+                |p| match p.drives.iter_mut().find(|d| d.drive_id == drive.drive_id) {
+                    Some(existing) => *existing = drive,
+                    None => p.drives.push(drive),
+                },
+                VmConfig::validate_drives,
+            ),
+            R::PutNetworkInterface(net) => self.update_section(
+                |p| match p.nets.iter_mut().find(|n| n.iface_id == net.iface_id) {
+                    Some(existing) => *existing = net,
+                    None => p.nets.push(net),
+                },
+                VmConfig::validate_network,
+            ),
+            R::PatchDrive(patch) => {
+                if started {
+                    return bad_request("changing a drive of a running VM is not supported yet");
+                }
+                let Some(index) = self.pending.drives.iter().position(|d| d.drive_id == patch.drive_id) else {
+                    return ApiResponse::Error(ApiError::not_found(format!("no drive {:?}", patch.drive_id)));
+                };
+                self.update_section(
+                    |p| {
+                        let d = &mut p.drives[index];
+                        if let Some(path) = patch.path_on_host {
+                            d.path_on_host = path;
+                        }
+                        if patch.rate_limiter.is_some() {
+                            d.rate_limiter = patch.rate_limiter;
+                        }
+                    },
+                    VmConfig::validate_drives,
+                )
+            }
+            R::PatchNetworkInterface(patch) => {
+                if started {
+                    return bad_request("changing a network interface of a running VM is not supported yet");
+                }
+                let Some(index) = self.pending.nets.iter().position(|n| n.iface_id == patch.iface_id) else {
+                    return ApiResponse::Error(ApiError::not_found(format!(
+                        "no network interface {:?}",
+                        patch.iface_id
+                    )));
+                };
+                self.update_section(
+                    |p| {
+                        let n = &mut p.nets[index];
+                        if patch.rx_rate_limiter.is_some() {
+                            n.rx_rate_limiter = patch.rx_rate_limiter;
+                        }
+                        if patch.tx_rate_limiter.is_some() {
+                            n.tx_rate_limiter = patch.tx_rate_limiter;
+                        }
+                    },
+                    VmConfig::validate_network,
+                )
+            }
+            R::Action(ActionType::InstanceStart) => self.instance_start(),
+            R::Action(ActionType::Stop) => {
+                if !started {
+                    return bad_request("the VM is not started (send SIGTERM to end a flint that has not booted)");
+                }
+                log::info!("stop requested through the API");
+                self.stop_requested = true;
+                ApiResponse::Empty
+            }
+            R::Action(ActionType::SendCtrlAltDel) => {
+                bad_request("SendCtrlAltDel: this VM has no i8042 keyboard for the guest to read; use the guest's own reboot")
+            }
+            R::Action(ActionType::FlushMetrics) => match self.metrics.as_ref().map(|m| m.has_path()) {
+                Some(true) => {
+                    self.flush_metrics();
+                    ApiResponse::Empty
+                }
+                _ => bad_request("no metrics file configured (PUT /metrics first)"),
+            },
+            R::PatchVm(state) => self.change_vm_state(state),
+            R::PutLogger(config) => {
+                let level = match config.level {
+                    Some(level) => match crate::logger::parse_level(&format!("{level:?}")) {
+                        Some(l) => Some(l),
+                        None => return bad_request(format!("unknown log level {level:?}")),
+                    },
+                    None => None,
+                };
+                match crate::logger::configure(
+                    config.log_path.as_deref(),
+                    level,
+                    config.show_level,
+                    config.show_log_origin,
+                ) {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => bad_request(e.to_string()),
+                }
+            }
+            R::PutMetrics(config) => {
+                let Some(sink) = self.metrics.as_mut() else {
+                    return bad_request("metrics are unavailable");
+                };
+                if let Err(e) = sink.set_path(&config.metrics_path) {
+                    return bad_request(e.to_string());
+                }
+                let timer = self
+                    .wakeups
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .start_metrics_timer();
+                match timer {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => bad_request(format!("starting the metrics timer: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Applies `change` to the pending config if `check` accepts the result.
+    fn update_section(
+        &mut self,
+        change: impl FnOnce(&mut PendingConfig),
+        check: impl Fn(&VmConfig) -> Result<(), api::ConfigError>,
+    ) -> ApiResponse {
+        let mut candidate = self.pending.clone();
+        change(&mut candidate);
+        match check(&candidate.candidate()) {
+            Ok(()) => {
+                self.pending = candidate;
+                ApiResponse::Empty
+            }
+            Err(e) => bad_request(e.to_string()),
+        }
+    }
+
+    fn instance_start(&mut self) -> ApiResponse {
+        if self.vm.is_some() {
+            return bad_request("the VM is already started");
+        }
+        let config = match self.pending.complete() {
+            Ok(config) => config,
+            Err(e) => return bad_request(e),
+        };
+        if let Err(e) = config.validate() {
+            return bad_request(e.to_string());
+        }
+        match self.boot(&config) {
+            Ok(()) => ApiResponse::Empty,
+            Err(e) => {
+                log::error!("InstanceStart failed: {e}");
+                bad_request(format!("InstanceStart failed: {e}"))
+            }
+        }
+    }
+
+    fn change_vm_state(&mut self, state: VmStateRequest) -> ApiResponse {
+        let Some(vm) = self.vm.as_mut() else {
+            return bad_request("the VM is not started");
+        };
+        let result = match state {
+            VmStateRequest::Paused if vm.is_paused() => {
+                return bad_request("the VM is already paused")
+            }
+            VmStateRequest::Resumed if !vm.is_paused() => {
+                return bad_request("the VM is not paused")
+            }
+            VmStateRequest::Paused => vm.pause(),
+            VmStateRequest::Resumed => vm.resume(),
+        };
+        match result {
+            Ok(()) => {
+                log::info!("VM {}", if vm.is_paused() { "paused" } else { "resumed" });
+                ApiResponse::Empty
+            }
+            Err(e) => bad_request(e.to_string()),
+        }
+    }
+
+    fn flush_metrics(&mut self) {
+        let Some(sink) = self.metrics.as_mut() else {
+            return;
+        };
+        if let Err(e) = sink.write(self.vm.as_ref()) {
+            log::warn!("writing metrics: {e}");
+        }
+    }
+}
+
+/// Self-pipes that SIGINT and SIGTERM write into; the read ends go into epoll.
+fn signal_pipes() -> Result<(UnixStream, UnixStream), MicroVmError> {
+    let pipe = |signal| -> Result<UnixStream, MicroVmError> {
+        let (rx, tx) = UnixStream::pair().map_err(|e| MicroVmError::Os("signal pipe", e))?;
+        rx.set_nonblocking(true)
+            .map_err(|e| MicroVmError::Os("signal pipe", e))?;
+        signal_hook::low_level::pipe::register(signal, tx)
+            .map_err(|e| MicroVmError::Os("registering a signal handler", e))?;
+        Ok(rx)
+    };
+    Ok((
+        pipe(signal_hook::consts::SIGINT)?,
+        pipe(signal_hook::consts::SIGTERM)?,
+    ))
+}
