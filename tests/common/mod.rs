@@ -68,12 +68,23 @@ pub struct Flint {
 impl Flint {
     /// Writes `config` to a temporary file and starts `flint run` on it.
     pub fn start(config: &str) -> Self {
+        Self::start_with(config, |cmd| cmd)
+    }
+
+    /// Like [`Flint::start`], letting `wrap` change the command (e.g. run it
+    /// inside a network namespace).
+    pub fn start_with(config: &str, wrap: impl FnOnce(Command) -> Command) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("vm.json");
         std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flint"))
-            .args(["run", "--config"])
-            .arg(&path)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flint"));
+        cmd.args(["run", "--config"]).arg(&path);
+        Self::spawn(wrap(cmd), dir)
+    }
+
+    /// Starts an already prepared flint command (its stdio is captured here).
+    pub fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Self {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

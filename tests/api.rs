@@ -1,0 +1,225 @@
+//! The whole VM lifecycle driven through the HTTP API only, with `flint ctl`
+//! and the API client, against the real guest.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{guest_file, Flint, BOOT_LOCK, BOOT_TIMEOUT};
+
+fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "API socket {} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    api::client::request(sock, method, path, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+fn ctl(sock: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flint"))
+        .arg("ctl")
+        .arg("--api-sock")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn state(sock: &Path) -> String {
+    let (status, body) = call(sock, "GET", "/", None);
+    assert_eq!(status, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    info["state"].as_str().unwrap().to_string()
+}
+
+fn start_api_flint(dir: &Path) -> (Flint, PathBuf) {
+    let sock = dir.join("api.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flint"));
+    cmd.args(["run", "--id", "lifecycle", "--api-sock"])
+        .arg(&sock);
+    let vm = Flint::spawn(cmd, tempfile::tempdir().unwrap());
+    wait_for_socket(&sock);
+    (vm, sock)
+}
+
+#[test]
+fn lifecycle_through_the_api_only() {
+    let _one_vcpu = BOOT_LOCK.read().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut vm, sock) = start_api_flint(dir.path());
+    assert_eq!(state(&sock), "Not started");
+
+    let counter = r#"i=0; while true; do i=$((i+1)); echo TICK $i; sleep 1; done"#;
+    let boot = serde_json::json!({
+        "kernel_image_path": guest_file("vmlinux"),
+        "initrd_path": guest_file("initramfs.cpio"),
+        "boot_args": format!("console=ttyS0 reboot=k panic=-1 guest_cmd=\"{counter}\""),
+    });
+    let (status, body) = call(&sock, "PUT", "/boot-source", Some(&boot.to_string()));
+    assert_eq!(status, 204, "{body}");
+    let machine = r#"{"vcpu_count": 1, "mem_size_mib": 128}"#;
+    assert_eq!(call(&sock, "PUT", "/machine-config", Some(machine)).0, 204);
+    // Invalid in this state / bad values are refused with a reason.
+    let (status, body) = call(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
+    assert_eq!(status, 400);
+    assert!(body.contains("not started"), "{body}");
+    let (status, body) = call(
+        &sock,
+        "PATCH",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 0}"#),
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("vcpu_count"), "{body}");
+
+    let (ok, _, err) = ctl(&sock, &["boot"]);
+    assert!(ok, "flint ctl boot: {err}");
+    vm.wait_for("GUEST-READY", BOOT_TIMEOUT).unwrap();
+    vm.wait_for("TICK 2", BOOT_TIMEOUT).unwrap();
+    assert_eq!(state(&sock), "Running");
+    let (status, body) = call(&sock, "PUT", "/machine-config", Some(machine));
+    assert_eq!(status, 400, "pre-boot configuration after boot: {body}");
+
+    // 200 concurrent GET / from 8 clients while the guest runs.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let sock = sock.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .filter(|_| call(&sock, "GET", "/", None).0 == 200)
+                    .count()
+            })
+        })
+        .collect();
+    let answered: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(answered, 200);
+
+    // Pause: the guest stops counting; GET / still answers.
+    let (ok, _, err) = ctl(&sock, &["pause"]);
+    assert!(ok, "flint ctl pause: {err}");
+    assert_eq!(state(&sock), "Paused");
+    let ticks_at_pause = vm.console().matches("TICK").count();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(state(&sock), "Paused");
+    assert_eq!(
+        vm.console().matches("TICK").count(),
+        ticks_at_pause,
+        "the guest ran while paused"
+    );
+
+    // Resume: it counts on from where it was.
+    let (ok, _, err) = ctl(&sock, &["resume"]);
+    assert!(ok, "flint ctl resume: {err}");
+    let next = format!("TICK {}", ticks_at_pause + 1);
+    vm.wait_for(&next, BOOT_TIMEOUT).unwrap();
+    assert_eq!(state(&sock), "Running");
+
+    // The effective config round-trips into a config file flint accepts.
+    let (ok, config, err) = ctl(&sock, &["config"]);
+    assert!(ok, "flint ctl config: {err}");
+    let parsed = api::VmConfig::from_json(&config).unwrap();
+    assert_eq!(parsed.machine_config.mem_size_mib, 128);
+    assert_eq!(parsed.boot_source.kernel_image_path, guest_file("vmlinux"));
+    let file = dir.path().join("roundtrip.json");
+    std::fs::write(&file, &config).unwrap();
+    api::VmConfig::from_file(&file).unwrap();
+
+    let (ok, _, err) = ctl(&sock, &["stop"]);
+    assert!(ok, "flint ctl stop: {err}");
+    let status = vm.wait_exit(Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(0), "{}", vm.stderr());
+    assert!(!sock.exists(), "the API socket was not removed at exit");
+}
+
+#[test]
+fn ctl_reports_a_missing_socket_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = ctl(&dir.path().join("nope.sock"), &["info"]);
+    assert!(!ok);
+    assert!(err.contains("nope.sock"), "{err}");
+}
+
+#[test]
+fn api_refuses_a_live_socket_and_survives_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, sock) = start_api_flint(dir.path());
+    // A second flint on the same live socket refuses to start.
+    let out = Command::new(env!("CARGO_BIN_EXE_flint"))
+        .args(["run", "--api-sock"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for (method, path, body, expect) in [
+        ("PUT", "/machine-config", Some("{not json"), 400),
+        (
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": "two"}"#),
+            400,
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 1, "bogus": 1}"#),
+            400,
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            Some(r#"{"kernel_image_path": "/no/such/vmlinux"}"#),
+            400,
+        ),
+        (
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#),
+            400,
+        ),
+        ("GET", "/no/such/path", None, 404),
+        ("DELETE", "/", None, 405),
+    ] {
+        let (status, text) = call(&sock, method, path, body);
+        assert_eq!(status, expect, "{method} {path}: {text}");
+        let fault: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            fault["fault_message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        state(&sock),
+        "Not started",
+        "flint must survive every bad request"
+    );
+    first.signal(libc::SIGTERM);
+    assert_eq!(
+        first.wait_exit(Duration::from_secs(30)).unwrap().code(),
+        Some(0)
+    );
+    assert!(!sock.exists());
+}
