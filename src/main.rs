@@ -123,6 +123,10 @@ fn run(
             log::info!("stopped by {name}");
             ExitCode::SUCCESS
         }
+        Ok(vmm::RunEnd::GuestExit(code)) => {
+            log::info!("guest exited with status {code}");
+            ExitCode::from(code)
+        }
         Ok(vmm::RunEnd::ApiStop) => {
             log::info!("stopped through the API");
             ExitCode::SUCCESS

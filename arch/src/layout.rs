@@ -54,6 +54,8 @@ pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x3800_0000;
 
 /// IRQ lines of the legacy devices (ISA numbering, routed through the IOAPIC).
 pub const SERIAL_IRQ: u32 = 4;
+/// IRQ of the second UART (COM2).
+pub const SERIAL2_IRQ: u32 = 3;
 /// First GSI handed out to virtio-mmio devices.
 pub const IRQ_DEVICES_START: u32 = 5;
 /// Last GSI usable by devices (the IOAPIC has 24 pins).

@@ -14,6 +14,7 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicI32;
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -50,6 +51,8 @@ pub struct VmmOptions {
     pub started: Instant,
     /// Where guest console output goes (default: stdout).
     pub console_out: Option<SerialOutput>,
+    /// Give the VM a second UART (COM2, IRQ 3, the guest's ttyS1) writing here.
+    pub console2_out: Option<SerialOutput>,
     /// Whether to feed stdin to the guest console.
     pub console_in: bool,
     /// The instance id reported by `GET /`.
@@ -63,6 +66,7 @@ impl Default for VmmOptions {
         Self {
             started: Instant::now(),
             console_out: None,
+            console2_out: None,
             console_in: true,
             instance_id: "flint".into(),
             api: None,
@@ -79,6 +83,8 @@ pub enum RunEnd {
     Signal(&'static str),
     /// The API's `Stop` action ended the run; the VM was stopped cleanly.
     ApiStop,
+    /// The guest reported this exit status through the exit-status port.
+    GuestExit(u8),
 }
 
 /// The configuration being assembled before boot (and kept after it, for
@@ -143,6 +149,8 @@ struct Vmm {
     event_manager: EventManager<Subscriber>,
     wakeups: Arc<Mutex<Wakeups>>,
     reset_evt: EventFdTrigger,
+    exit_evt: EventFdTrigger,
+    exit_status: Arc<AtomicI32>,
     vcpu_events: VcpuEventSender,
     pending: PendingConfig,
     vm: Option<MicroVm>,
@@ -155,6 +163,8 @@ impl Vmm {
     fn new(mut options: VmmOptions) -> Result<Self, MicroVmError> {
         let os = |what| move |e| MicroVmError::Os(what, e);
         let reset_evt = EventFdTrigger::new().map_err(os("reset eventfd"))?;
+        let exit_evt = EventFdTrigger::new().map_err(os("exit eventfd"))?;
+        let exit_status = Arc::new(AtomicI32::new(-1));
         let (event_tx, event_rx) = channel();
         let vcpu_wake = EventFd::new(EFD_NONBLOCK).map_err(os("vCPU eventfd"))?;
         let vcpu_events =
@@ -178,6 +188,11 @@ impl Vmm {
             sigint,
             sigterm,
             api_wake,
+            exit_evt: exit_evt
+                .try_clone()
+                .map_err(os("exit eventfd"))?
+                .into_eventfd(),
+            exit_status: exit_status.clone(),
         })
         .map_err(os("metrics timer"))?;
         let wakeups = Arc::new(Mutex::new(wakeups));
@@ -189,6 +204,8 @@ impl Vmm {
             event_manager,
             wakeups,
             reset_evt,
+            exit_evt,
+            exit_status,
             vcpu_events,
             pending: PendingConfig::default(),
             vm: None,
@@ -247,6 +264,7 @@ impl Vmm {
             Outcome::GuestStopped => Ok(RunEnd::GuestStopped),
             Outcome::Signal(name) => Ok(RunEnd::Signal(name)),
             Outcome::ApiStop => Ok(RunEnd::ApiStop),
+            Outcome::GuestExit(code) => Ok(RunEnd::GuestExit(code)),
             Outcome::Fatal { vcpu, reason } => Err(MicroVmError::GuestFatal { vcpu, reason }),
         }
     }
@@ -262,8 +280,10 @@ impl Vmm {
             BuildContext {
                 started: self.options.started,
                 console_out,
+                console2_out: self.options.console2_out.take(),
                 console_in: self.options.console_in,
                 reset_evt: &self.reset_evt,
+                exit_status: (&self.exit_evt, &self.exit_status),
                 vcpu_events: &self.vcpu_events,
                 event_manager: &mut self.event_manager,
             },

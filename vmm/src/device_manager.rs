@@ -6,14 +6,17 @@
 //! allocators, KVM ioeventfds on their queue-notify register and an irqfd for
 //! their interrupt, and are announced on the kernel command line.
 
+use std::sync::atomic::AtomicI32;
 use std::sync::{Arc, Mutex};
 
 use arch::layout::{
-    IRQ_DEVICES_END, IRQ_DEVICES_START, MMIO_DEVICES_SIZE, MMIO_DEVICES_START, SERIAL_IRQ,
+    IRQ_DEVICES_END, IRQ_DEVICES_START, MMIO_DEVICES_SIZE, MMIO_DEVICES_START, SERIAL2_IRQ,
+    SERIAL_IRQ,
 };
+use devices::legacy::exit_status::EXIT_STATUS_PORT;
 use devices::legacy::i8042::{I8042_PORT_BASE, I8042_PORT_LEN};
-use devices::legacy::serial::{SerialOutput, COM1_PORT_BASE, SERIAL_PORT_LEN};
-use devices::legacy::{Serial, I8042};
+use devices::legacy::serial::{SerialOutput, COM1_PORT_BASE, COM2_PORT_BASE, SERIAL_PORT_LEN};
+use devices::legacy::{ExitStatusPort, Serial, I8042};
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
 use devices::virtio::{IrqTrigger, VirtioDevice};
 use devices::{Bus, BusError, EventFdTrigger};
@@ -44,6 +47,20 @@ pub enum DeviceError {
     Transport(String, virtio_queue::Error),
 }
 
+/// The legacy devices' connections to the host and the VMM.
+pub struct LegacyIo {
+    /// Where the COM1 console's output goes.
+    pub console_out: SerialOutput,
+    /// Where a second UART's (COM2, IRQ 3) output goes, if the VM has one.
+    pub console2_out: Option<SerialOutput>,
+    /// The i8042's reset line.
+    pub reset_evt: EventFdTrigger,
+    /// Signalled when the guest writes the exit-status port.
+    pub exit_evt: EventFdTrigger,
+    /// The status the guest wrote (-1 until it does).
+    pub exit_status: Arc<AtomicI32>,
+}
+
 /// A device that lives on the event loop.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -66,29 +83,42 @@ pub struct DeviceManager {
 }
 
 impl DeviceManager {
-    /// Creates the legacy devices for `vm`, the console writing to
-    /// `console_out` and the i8042 signalling `reset_evt`.
-    pub fn new(
-        vm: &Vm,
-        console_out: SerialOutput,
-        reset_evt: EventFdTrigger,
-    ) -> Result<Self, DeviceError> {
+    /// Creates the legacy devices for `vm`.
+    pub fn new(vm: &Vm, legacy: LegacyIo) -> Result<Self, DeviceError> {
         let mut pio = Bus::new();
-
-        let irq = EventFdTrigger::new().map_err(|e| DeviceError::EventFd("serial".into(), e))?;
-        vm.fd()
-            .register_irqfd(&irq, SERIAL_IRQ)
-            .map_err(|e| DeviceError::Kvm("serial".into(), "irqfd", e))?;
-        let serial = Arc::new(Mutex::new(Serial::new(irq, console_out)));
-        pio.insert(serial.clone(), COM1_PORT_BASE, SERIAL_PORT_LEN)
-            .map_err(|e| DeviceError::Bus("serial".into(), e))?;
-
+        let serial = Self::add_uart(
+            vm,
+            &mut pio,
+            "serial",
+            legacy.console_out,
+            COM1_PORT_BASE,
+            SERIAL_IRQ,
+        )?;
+        if let Some(out) = legacy.console2_out {
+            Self::add_uart(
+                vm,
+                &mut pio,
+                "second serial",
+                out,
+                COM2_PORT_BASE,
+                SERIAL2_IRQ,
+            )?;
+        }
         pio.insert(
-            Arc::new(Mutex::new(I8042::new(reset_evt))),
+            Arc::new(Mutex::new(I8042::new(legacy.reset_evt))),
             I8042_PORT_BASE,
             I8042_PORT_LEN,
         )
         .map_err(|e| DeviceError::Bus("i8042".into(), e))?;
+        pio.insert(
+            Arc::new(Mutex::new(ExitStatusPort::new(
+                legacy.exit_status,
+                legacy.exit_evt,
+            ))),
+            EXIT_STATUS_PORT,
+            1,
+        )
+        .map_err(|e| DeviceError::Bus("exit-status port".into(), e))?;
 
         Ok(Self {
             pio,
@@ -102,6 +132,24 @@ impl DeviceManager {
             irqs: IdAllocator::new(IRQ_DEVICES_START, IRQ_DEVICES_END)
                 .map_err(|e| DeviceError::Exhausted("virtio".into(), "IRQ", e))?,
         })
+    }
+
+    fn add_uart(
+        vm: &Vm,
+        pio: &mut Bus,
+        name: &str,
+        out: SerialOutput,
+        base: u64,
+        irq_line: u32,
+    ) -> Result<Arc<Mutex<Serial>>, DeviceError> {
+        let irq = EventFdTrigger::new().map_err(|e| DeviceError::EventFd(name.into(), e))?;
+        vm.fd()
+            .register_irqfd(&irq, irq_line)
+            .map_err(|e| DeviceError::Kvm(name.into(), "irqfd", e))?;
+        let uart = Arc::new(Mutex::new(Serial::new(irq, out)));
+        pio.insert(uart.clone(), base, SERIAL_PORT_LEN)
+            .map_err(|e| DeviceError::Bus(name.into(), e))?;
+        Ok(uart)
     }
 
     /// Puts a virtio device on the MMIO bus: allocates its window and GSI,

@@ -6,7 +6,7 @@
 //! their own threads and are paused, resumed and stopped through commands.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use event_manager::{EventManager, SubscriberOps};
 
 use crate::boot::{self, BootError};
 use crate::console::ConsoleInput;
-use crate::device_manager::{DeviceError, DeviceManager, Subscriber};
+use crate::device_manager::{DeviceError, DeviceManager, LegacyIo, Subscriber};
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::quirks;
 use crate::virtio_devices::{self, VirtioConfigError};
@@ -73,10 +73,14 @@ pub struct BuildContext<'a> {
     pub started: Instant,
     /// Where guest console output goes.
     pub console_out: SerialOutput,
+    /// Where the second UART's output goes, if the VM gets one.
+    pub console2_out: Option<SerialOutput>,
     /// Whether to feed stdin to the guest console.
     pub console_in: bool,
     /// The guest's reset line (watched by the VMM's control loop).
     pub reset_evt: &'a EventFdTrigger,
+    /// The exit-status port's event and value (watched by the control loop).
+    pub exit_status: (&'a EventFdTrigger, &'a Arc<AtomicI32>),
     /// Where vCPU threads report.
     pub vcpu_events: &'a VcpuEventSender,
     /// The VMM's event loop, which the devices join.
@@ -107,11 +111,15 @@ impl MicroVm {
         let mem = memory::create_guest_memory(machine.mem_size_mib)?;
         vm.register_memory(&mem)?;
         vm.setup_irqchip()?;
-        let reset = ctx
-            .reset_evt
-            .try_clone()
-            .map_err(|e| MicroVmError::Os("reset eventfd", e))?;
-        let mut devices = DeviceManager::new(&vm, ctx.console_out, reset)?;
+        let os = |what| move |e| MicroVmError::Os(what, e);
+        let legacy = LegacyIo {
+            console_out: ctx.console_out,
+            console2_out: ctx.console2_out,
+            reset_evt: ctx.reset_evt.try_clone().map_err(os("reset eventfd"))?,
+            exit_evt: ctx.exit_status.0.try_clone().map_err(os("exit eventfd"))?,
+            exit_status: ctx.exit_status.1.clone(),
+        };
+        let mut devices = DeviceManager::new(&vm, legacy)?;
         let root_args = virtio_devices::attach_drives(&mut devices, &vm, &mem, &config.drives)?;
         virtio_devices::attach_nets(&mut devices, &vm, &mem, &config.network_interfaces)?;
 

@@ -8,7 +8,9 @@
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -23,6 +25,7 @@ const SIGINT: u32 = 2;
 const SIGTERM: u32 = 3;
 const API: u32 = 4;
 const METRICS: u32 = 5;
+const EXIT_STATUS: u32 = 6;
 
 /// How often metrics are written when a metrics file is configured.
 pub const METRICS_PERIOD: Duration = Duration::from_secs(60);
@@ -36,6 +39,8 @@ pub enum Outcome {
     Signal(&'static str),
     /// The API asked flint to stop.
     ApiStop,
+    /// The guest reported an exit status through the exit-status port.
+    GuestExit(u8),
     /// A vCPU hit a fatal exit.
     Fatal {
         /// Which vCPU.
@@ -59,6 +64,10 @@ pub struct WakeupSources {
     pub sigterm: UnixStream,
     /// Written by the API server after queueing a request.
     pub api_wake: EventFd,
+    /// The exit-status port's event.
+    pub exit_evt: EventFd,
+    /// The status the guest wrote there.
+    pub exit_status: Arc<AtomicI32>,
 }
 
 /// The subscriber noting wake-ups for the control loop.
@@ -140,6 +149,7 @@ impl MutEventSubscriber for Wakeups {
             Events::with_data(&s.sigterm, SIGTERM, EventSet::IN),
             Events::with_data(&s.api_wake, API, EventSet::IN),
             Events::with_data(&self.metrics_timer, METRICS, EventSet::IN),
+            Events::with_data(&s.exit_evt, EXIT_STATUS, EventSet::IN),
         ];
         for source in watched {
             if let Err(e) = ops.add(source) {
@@ -171,6 +181,12 @@ impl MutEventSubscriber for Wakeups {
             API => {
                 let _ = self.sources.api_wake.read();
                 self.api_pending = true;
+            }
+            EXIT_STATUS => {
+                let _ = self.sources.exit_evt.read();
+                let code = self.sources.exit_status.load(Ordering::SeqCst);
+                log::info!("the guest reported exit status {code}");
+                self.decide(Outcome::GuestExit(code.clamp(0, 255) as u8));
             }
             METRICS => {
                 let _ = self.metrics_timer.wait();

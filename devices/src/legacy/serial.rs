@@ -13,6 +13,8 @@ use crate::trigger::EventFdTrigger;
 
 /// COM1's first port.
 pub const COM1_PORT_BASE: u64 = 0x3f8;
+/// COM2's first port (IRQ 3).
+pub const COM2_PORT_BASE: u64 = 0x2f8;
 /// A UART has 8 registers.
 pub const SERIAL_PORT_LEN: u64 = 8;
 

@@ -1,0 +1,1 @@
+//! `flint container run` (being written).

@@ -1,0 +1,1 @@
+//! flint's jailer (being written).
