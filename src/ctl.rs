@@ -31,12 +31,45 @@ enum CtlCommand {
     Stop,
     /// Press Ctrl+Alt+Del on the guest's keyboard (SendCtrlAltDel).
     CtrlAltDel,
+    /// Snapshots: `snapshot create DIR [--diff]`, `snapshot load DIR [--resume]`.
+    #[command(subcommand)]
+    Snapshot(SnapshotCtl),
+    /// Live-migrate the VM to a `flint run --migrate-listen ADDR`.
+    Migrate {
+        /// unix:PATH or tcp:HOST:PORT.
+        #[arg(long)]
+        to: String,
+    },
     /// Send any request: `flint ctl put /drives/rootfs '{...}'`.
     Get { path: String },
     /// PUT with a JSON body.
     Put { path: String, body: String },
     /// PATCH with a JSON body.
     Patch { path: String, body: String },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCtl {
+    /// Save the paused VM to DIR/vmstate and DIR/memory.
+    Create {
+        /// Directory for the snapshot files (created if missing).
+        dir: PathBuf,
+        /// Only the memory written since the last snapshot.
+        #[arg(long)]
+        diff: bool,
+    },
+    /// Restore DIR/vmstate + DIR/memory into a fresh flint.
+    Load {
+        /// Directory with the snapshot files.
+        dir: PathBuf,
+        /// Run the vCPUs once restored.
+        #[arg(long)]
+        resume: bool,
+    },
+}
+
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Runs a `flint ctl` command; prints the response body, exits non-zero on an error status.
@@ -60,6 +93,33 @@ pub fn main(args: CtlArgs) -> ExitCode {
             "PUT",
             "/actions".into(),
             Some(r#"{"action_type":"SendCtrlAltDel"}"#.into()),
+        ),
+        CtlCommand::Snapshot(SnapshotCtl::Create { dir, diff }) => {
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                eprintln!("flint ctl: {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
+            let dir = absolute(&dir);
+            let body = serde_json::json!({
+                "snapshot_path": dir.join("vmstate"),
+                "mem_file_path": dir.join("memory"),
+                "snapshot_type": if diff { "Diff" } else { "Full" },
+            });
+            ("PUT", "/snapshot/create".into(), Some(body.to_string()))
+        }
+        CtlCommand::Snapshot(SnapshotCtl::Load { dir, resume }) => {
+            let dir = absolute(&dir);
+            let body = serde_json::json!({
+                "snapshot_path": dir.join("vmstate"),
+                "mem_file_path": dir.join("memory"),
+                "resume_vm": resume,
+            });
+            ("PUT", "/snapshot/load".into(), Some(body.to_string()))
+        }
+        CtlCommand::Migrate { to } => (
+            "PUT",
+            "/migrate".into(),
+            Some(serde_json::json!({ "destination": to }).to_string()),
         ),
         CtlCommand::Get { path } => ("GET", path, None),
         CtlCommand::Put { path, body } => ("PUT", path, Some(body)),

@@ -37,9 +37,43 @@ enum Command {
         /// Do not read the guest console's input from stdin.
         #[arg(long)]
         no_console_input: bool,
+        /// Restore the snapshot in DIR (DIR/vmstate + DIR/memory, as
+        /// `flint ctl snapshot create DIR` writes them) instead of booting.
+        #[arg(long, value_name = "DIR", conflicts_with = "config")]
+        restore: Option<PathBuf>,
+        /// With --restore: leave the vCPUs paused.
+        #[arg(long, requires = "restore")]
+        paused: bool,
+        /// With --restore: copy the memory file instead of mapping it lazily.
+        #[arg(long, requires = "restore")]
+        copy_memory: bool,
+        /// With --restore: re-open a drive from another file (DRIVE_ID=PATH).
+        #[arg(long, value_name = "ID=PATH", requires = "restore")]
+        drive_override: Vec<String>,
+        /// With --restore: attach an interface to another tap (IFACE_ID=TAP).
+        #[arg(long, value_name = "ID=TAP", requires = "restore")]
+        net_override: Vec<String>,
+        /// Wait for a live migration on unix:PATH or tcp:HOST:PORT and run
+        /// the VM that arrives.
+        #[arg(long, value_name = "ADDR", conflicts_with_all = ["config", "restore"])]
+        migrate_listen: Option<String>,
     },
     /// Talk to a running flint's API.
     Ctl(ctl::CtlArgs),
+    /// Work with snapshot files.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Apply a diff snapshot's memory file onto its base memory file, in place.
+    Merge {
+        /// The base (full) memory file; it is updated.
+        base: PathBuf,
+        /// The diff memory file.
+        diff: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,34 +93,111 @@ fn main() -> ExitCode {
             api_sock,
             id,
             no_console_input,
-        } => run(config, api_sock, id, started, !no_console_input),
+            restore,
+            paused,
+            copy_memory,
+            drive_override,
+            net_override,
+            migrate_listen,
+        } => {
+            let start = if let Some(dir) = restore {
+                match restore_params(&dir, paused, copy_memory, &drive_override, &net_override) {
+                    Ok(params) => vmm::Start::Restore(params),
+                    Err(e) => {
+                        eprintln!("flint: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else if let Some(address) = migrate_listen {
+                vmm::Start::MigrateListen(address)
+            } else {
+                match config.as_deref().map(api::VmConfig::from_file).transpose() {
+                    Ok(Some(config)) => vmm::Start::Boot(config),
+                    Ok(None) if api_sock.is_some() => vmm::Start::Api,
+                    Ok(None) => {
+                        eprintln!(
+                            "flint: nothing to run: give --config FILE, --api-sock PATH, \
+                             --restore DIR or --migrate-listen ADDR"
+                        );
+                        return ExitCode::from(2);
+                    }
+                    Err(e) => {
+                        let path = config.unwrap_or_default();
+                        eprintln!("flint: invalid config {}: {e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                }
+            };
+            run(start, api_sock, id, started, !no_console_input)
+        }
         Command::Ctl(args) => ctl::main(args),
+        Command::Snapshot(SnapshotCommand::Merge { base, diff }) => {
+            match vmm::snapshot::memory::merge_diff(&base, &diff) {
+                Ok(bytes) => {
+                    println!(
+                        "merged {:.1} MiB of {} into {}",
+                        bytes as f64 / (1 << 20) as f64,
+                        diff.display(),
+                        base.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("flint snapshot merge: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
+/// The load parameters of `flint run --restore DIR`.
+fn restore_params(
+    dir: &std::path::Path,
+    paused: bool,
+    copy_memory: bool,
+    drive_overrides: &[String],
+    net_overrides: &[String],
+) -> Result<api::SnapshotLoadParams, String> {
+    let split = |item: &String| -> Result<(String, String), String> {
+        item.split_once('=')
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .ok_or_else(|| format!("{item:?}: expected ID=VALUE"))
+    };
+    Ok(api::SnapshotLoadParams {
+        snapshot_path: dir.join("vmstate"),
+        mem_file_path: dir.join("memory"),
+        resume_vm: !paused,
+        enable_diff_snapshots: false,
+        copy_memory,
+        drive_overrides: drive_overrides
+            .iter()
+            .map(|o| {
+                split(o).map(|(drive_id, path)| api::DriveOverride {
+                    drive_id,
+                    path_on_host: path.into(),
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        net_overrides: net_overrides
+            .iter()
+            .map(|o| {
+                split(o).map(|(iface_id, host_dev_name)| api::NetOverride {
+                    iface_id,
+                    host_dev_name,
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
 fn run(
-    config_path: Option<PathBuf>,
+    start: vmm::Start,
     api_sock: Option<PathBuf>,
     id: String,
     started: Instant,
     console_in: bool,
 ) -> ExitCode {
-    let config = match config_path
-        .as_deref()
-        .map(api::VmConfig::from_file)
-        .transpose()
-    {
-        Ok(config) => config,
-        Err(e) => {
-            let path = config_path.unwrap_or_default();
-            eprintln!("flint: invalid config {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
-    };
-    if config.is_none() && api_sock.is_none() {
-        eprintln!("flint: nothing to run: give --config FILE, --api-sock PATH, or both");
-        return ExitCode::from(2);
-    }
     let mut server = None;
     let mut options = vmm::VmmOptions {
         started,
@@ -106,7 +217,7 @@ fn run(
             }
         }
     }
-    let result = vmm::run(config, options);
+    let result = vmm::run(start, options);
     if let Some(server) = server {
         if matches!(result, Ok(vmm::RunEnd::ApiStop)) {
             // Let the server finish writing the answer to the Stop request.
@@ -126,6 +237,10 @@ fn run(
         Ok(vmm::RunEnd::GuestExit(code)) => {
             log::info!("guest exited with status {code}");
             ExitCode::from(code)
+        }
+        Ok(vmm::RunEnd::Migrated) => {
+            log::info!("the VM now runs at the migration destination; exiting");
+            ExitCode::SUCCESS
         }
         Ok(vmm::RunEnd::ApiStop) => {
             log::info!("stopped through the API");

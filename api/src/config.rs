@@ -61,6 +61,9 @@ pub struct MachineConfig {
     /// emulates guest code instead of running it on VT-x/AMD-V (see
     /// [`EmulationQuirks`]).
     pub emulation_quirks: EmulationQuirks,
+    /// Whether KVM logs the pages the guest writes from boot on, so that diff
+    /// snapshots can be taken (Firecracker's name).
+    pub track_dirty_pages: bool,
 }
 
 impl Default for MachineConfig {
@@ -70,6 +73,7 @@ impl Default for MachineConfig {
             mem_size_mib: 128,
             cpu_template: CpuTemplate::default(),
             emulation_quirks: EmulationQuirks::default(),
+            track_dirty_pages: false,
         }
     }
 }

@@ -45,6 +45,7 @@ fn full_example_parses() {
             mem_size_mib: 256,
             cpu_template: CpuTemplate::T2,
             emulation_quirks: EmulationQuirks::On,
+            track_dirty_pages: false,
         }
     );
     let d = &c.drives[0];

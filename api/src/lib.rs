@@ -37,8 +37,9 @@ pub use config::{
 pub use mac::{MacAddr, MacParseError};
 pub use metrics::{ApiMetrics, ApiMetricsSnapshot};
 pub use request::{
-    ActionType, ApiError, ApiMessage, ApiRequest, ApiResponse, DrivePatch, InstanceInfo,
-    InstanceState, LogLevel, LoggerConfig, MachineConfigPatch, MetricsConfig, NetPatch,
+    ActionType, ApiError, ApiMessage, ApiRequest, ApiResponse, DriveOverride, DrivePatch,
+    InstanceInfo, InstanceState, LogLevel, LoggerConfig, MachineConfigPatch, MetricsConfig,
+    MigrateParams, NetOverride, NetPatch, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
     VersionInfo, VmStateRequest, FIRECRACKER_API_VERSION,
 };
 pub use server::{

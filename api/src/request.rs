@@ -45,6 +45,12 @@ pub enum ApiRequest {
     PutLogger(LoggerConfig),
     /// `PUT /metrics`.
     PutMetrics(MetricsConfig),
+    /// `PUT /snapshot/create`: save a paused VM.
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load`: restore a VM into this (not started) flint.
+    LoadSnapshot(SnapshotLoadParams),
+    /// `PUT /migrate`: live-migrate the running VM to another flint.
+    Migrate(MigrateParams),
 }
 
 /// Body of `PATCH /machine-config`: absent fields keep their current value.
@@ -63,6 +69,9 @@ pub struct MachineConfigPatch {
     /// New emulation-quirks setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emulation_quirks: Option<EmulationQuirks>,
+    /// See [`MachineConfig::track_dirty_pages`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_dirty_pages: Option<bool>,
 }
 
 /// Body of `PATCH /drives/{drive_id}`: what may change on an existing drive
@@ -284,4 +293,82 @@ pub struct ApiMessage {
     pub request: ApiRequest,
     /// Where the answer goes.
     pub reply: Sender<ApiResponse>,
+}
+
+/// Whether a snapshot holds all of memory or what changed since the last one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotType {
+    /// All of guest RAM.
+    #[default]
+    Full,
+    /// Only the pages written since the previous snapshot (needs
+    /// `track_dirty_pages`); merge it onto its base before loading.
+    Diff,
+}
+
+/// Body of `PUT /snapshot/create` (Firecracker's shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreateParams {
+    /// Where the state file goes.
+    pub snapshot_path: PathBuf,
+    /// Where the memory file goes.
+    pub mem_file_path: PathBuf,
+    /// Full (default) or Diff.
+    #[serde(default)]
+    pub snapshot_type: SnapshotType,
+}
+
+/// A drive to re-open from another path when loading a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveOverride {
+    /// Which drive.
+    pub drive_id: String,
+    /// Its new backing file.
+    pub path_on_host: PathBuf,
+}
+
+/// A network interface to attach to another tap when loading a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetOverride {
+    /// Which interface.
+    pub iface_id: String,
+    /// Its new tap.
+    pub host_dev_name: String,
+}
+
+/// Body of `PUT /snapshot/load` (Firecracker's shape plus flint's overrides).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoadParams {
+    /// The state file.
+    pub snapshot_path: PathBuf,
+    /// The (full, or merged) memory file.
+    pub mem_file_path: PathBuf,
+    /// Run the vCPUs once restored (else the VM stays paused).
+    #[serde(default)]
+    pub resume_vm: bool,
+    /// Log dirty pages from now on, so the restored VM can take diff snapshots.
+    #[serde(default)]
+    pub enable_diff_snapshots: bool,
+    /// Copy the memory file into fresh guest RAM instead of mapping it
+    /// privately (lazy, copy-on-write).
+    #[serde(default)]
+    pub copy_memory: bool,
+    /// Drives to re-open from other paths (a clone gets its own disk).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drive_overrides: Vec<DriveOverride>,
+    /// Interfaces to attach to other taps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net_overrides: Vec<NetOverride>,
+}
+
+/// Body of `PUT /migrate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateParams {
+    /// `unix:PATH` or `tcp:HOST:PORT` of a `flint run --migrate-listen`.
+    pub destination: String,
 }

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 
 use crate::request::{ActionType, ApiError, ApiRequest, MetricsConfig, VmStateRequest};
 use crate::request::{DrivePatch, LoggerConfig, MachineConfigPatch, NetPatch};
+use crate::request::{MigrateParams, SnapshotCreateParams, SnapshotLoadParams};
 use crate::{BootSourceConfig, DriveConfig, MachineConfig, NetConfig, MAX_ID_LEN};
 
 /// One path template of the API, e.g. `/drives/{drive_id}`.
@@ -23,11 +24,14 @@ pub(crate) enum Route {
     VmConfig,
     Logger,
     Metrics,
+    SnapshotCreate,
+    SnapshotLoad,
+    Migrate,
 }
 
 impl Route {
     /// Every route, for the 404/405 logic and the spec test.
-    pub(crate) const ALL: [Route; 11] = [
+    pub(crate) const ALL: [Route; 14] = [
         Route::Root,
         Route::Version,
         Route::MachineConfig,
@@ -39,6 +43,9 @@ impl Route {
         Route::VmConfig,
         Route::Logger,
         Route::Metrics,
+        Route::SnapshotCreate,
+        Route::SnapshotLoad,
+        Route::Migrate,
     ];
 
     /// The path as the spec writes it; `{name}` matches one segment.
@@ -55,6 +62,9 @@ impl Route {
             Route::VmConfig => "/vm/config",
             Route::Logger => "/logger",
             Route::Metrics => "/metrics",
+            Route::SnapshotCreate => "/snapshot/create",
+            Route::SnapshotLoad => "/snapshot/load",
+            Route::Migrate => "/migrate",
         }
     }
 
@@ -65,7 +75,13 @@ impl Route {
             Route::Root | Route::Version | Route::VmConfig => &["GET"],
             Route::MachineConfig => &["GET", "PUT", "PATCH"],
             Route::Drive | Route::NetworkInterface => &["PUT", "PATCH"],
-            Route::BootSource | Route::Actions | Route::Logger | Route::Metrics => &["PUT"],
+            Route::BootSource
+            | Route::Actions
+            | Route::Logger
+            | Route::Metrics
+            | Route::SnapshotCreate
+            | Route::SnapshotLoad
+            | Route::Migrate => &["PUT"],
             Route::Vm => &["PATCH"],
         }
     }
@@ -172,6 +188,11 @@ pub(crate) fn parse(matched: &Matched, method: &str, body: &[u8]) -> Result<Pars
         (Route::Vm, _) => ApiRequest::PatchVm(json::<VmStateRequest>(body)?),
         (Route::Logger, _) => ApiRequest::PutLogger(json::<LoggerConfig>(body)?),
         (Route::Metrics, _) => ApiRequest::PutMetrics(json::<MetricsConfig>(body)?),
+        (Route::SnapshotCreate, _) => {
+            ApiRequest::CreateSnapshot(json::<SnapshotCreateParams>(body)?)
+        }
+        (Route::SnapshotLoad, _) => ApiRequest::LoadSnapshot(json::<SnapshotLoadParams>(body)?),
+        (Route::Migrate, _) => ApiRequest::Migrate(json::<MigrateParams>(body)?),
     };
     Ok(Parsed::Vmm(request))
 }

@@ -30,7 +30,7 @@ fn preboot_configuration_round_trips() {
     assert_eq!(status, 200);
     assert_eq!(
         config,
-        json!({"vcpu_count": 2, "mem_size_mib": 512, "cpu_template": "T2", "emulation_quirks": "auto"})
+        json!({"vcpu_count": 2, "mem_size_mib": 512, "cpu_template": "T2", "emulation_quirks": "auto", "track_dirty_pages": false})
     );
 
     let boot = r#"{"kernel_image_path": "/vmlinux", "boot_args": "console=ttyS0"}"#;

@@ -21,7 +21,8 @@ use std::time::Instant;
 
 use api::{
     ActionType, ApiError, ApiMessage, ApiRequest, ApiResponse, BootSourceConfig, InstanceInfo,
-    InstanceState, MachineConfig, VmConfig, VmStateRequest,
+    InstanceState, MachineConfig, SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmConfig,
+    VmStateRequest,
 };
 use devices::legacy::serial::SerialOutput;
 use devices::EventFdTrigger;
@@ -30,7 +31,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device_manager::Subscriber;
 use crate::metrics::MetricsSink;
-use crate::microvm::{BuildContext, MicroVm, MicroVmError};
+use crate::microvm::{BuildContext, MicroVm, MicroVmError, RestoreSource};
+use crate::snapshot::format;
+use crate::snapshot::memory::{dump, load_copy, map_private, take_dirty_pages, Pages};
+use crate::snapshot::{MemoryKind, MicroVmState};
 use crate::vstate::vcpu::VcpuEventSender;
 use crate::wakeups::{Outcome, WakeupSources, Wakeups};
 
@@ -85,6 +89,20 @@ pub enum RunEnd {
     ApiStop,
     /// The guest reported this exit status through the exit-status port.
     GuestExit(u8),
+    /// The VM now runs in another flint (live migration).
+    Migrated,
+}
+
+/// How a run begins.
+pub enum Start {
+    /// Boot this configuration right away.
+    Boot(VmConfig),
+    /// Restore a snapshot right away.
+    Restore(SnapshotLoadParams),
+    /// Wait for a live migration on this address (`unix:PATH`, `tcp:HOST:PORT`).
+    MigrateListen(String),
+    /// Wait for the API to configure and start the VM.
+    Api,
 }
 
 /// The configuration being assembled before boot (and kept after it, for
@@ -137,11 +155,11 @@ fn bad_request(message: impl Into<String>) -> ApiResponse {
     })
 }
 
-/// Runs flint's VMM: boots `initial` right away if given, serves the API if
-/// configured, and returns when the guest stops, a signal arrives, or a vCPU
-/// fails.
-pub fn run(initial: Option<VmConfig>, options: VmmOptions) -> Result<RunEnd, MicroVmError> {
-    Vmm::new(options)?.run(initial)
+/// Runs flint's VMM: starts as `start` says, serves the API if configured,
+/// and returns when the guest stops, a signal arrives, the VM migrates away,
+/// or a vCPU fails.
+pub fn run(start: Start, options: VmmOptions) -> Result<RunEnd, MicroVmError> {
+    Vmm::new(options)?.run(start)
 }
 
 struct Vmm {
@@ -156,7 +174,7 @@ struct Vmm {
     vm: Option<MicroVm>,
     metrics: Option<MetricsSink>,
     api_requests: Option<Receiver<ApiMessage>>,
-    stop_requested: bool,
+    end_requested: Option<Outcome>,
 }
 
 impl Vmm {
@@ -211,7 +229,7 @@ impl Vmm {
             vm: None,
             metrics: Some(MetricsSink::new(api_metrics)),
             api_requests,
-            stop_requested: false,
+            end_requested: None,
         })
     }
 
@@ -223,14 +241,22 @@ impl Vmm {
         }
     }
 
-    fn run(mut self, initial: Option<VmConfig>) -> Result<RunEnd, MicroVmError> {
-        if let Some(config) = initial {
-            self.pending = PendingConfig::from_config(config.clone());
-            self.boot(&config)?;
-        } else if self.api_requests.is_none() {
-            return Err(MicroVmError::EventLoop(
-                "nothing to run: no config and no API".into(),
-            ));
+    fn run(mut self, start: Start) -> Result<RunEnd, MicroVmError> {
+        match start {
+            Start::Boot(config) => {
+                self.pending = PendingConfig::from_config(config.clone());
+                self.boot(&config)?;
+            }
+            Start::Restore(params) => self
+                .load_snapshot(&params)
+                .map_err(MicroVmError::Snapshot)?,
+            Start::MigrateListen(address) => self.migrate_in(&address)?,
+            Start::Api if self.api_requests.is_none() => {
+                return Err(MicroVmError::EventLoop(
+                    "nothing to run: no config and no API".into(),
+                ))
+            }
+            Start::Api => {}
         }
         let outcome = loop {
             if let Err(e) = self.event_manager.run() {
@@ -248,8 +274,8 @@ impl Vmm {
             }
             if api_pending {
                 self.serve_api();
-                if self.stop_requested {
-                    break Outcome::ApiStop;
+                if let Some(outcome) = self.end_requested.take() {
+                    break outcome;
                 }
             }
             if metrics_due {
@@ -265,6 +291,7 @@ impl Vmm {
             Outcome::Signal(name) => Ok(RunEnd::Signal(name)),
             Outcome::ApiStop => Ok(RunEnd::ApiStop),
             Outcome::GuestExit(code) => Ok(RunEnd::GuestExit(code)),
+            Outcome::Migrated => Ok(RunEnd::Migrated),
             Outcome::Fatal { vcpu, reason } => Err(MicroVmError::GuestFatal { vcpu, reason }),
         }
     }
@@ -339,6 +366,9 @@ impl Vmm {
                     if let Some(v) = patch.emulation_quirks {
                         m.emulation_quirks = v;
                     }
+                    if let Some(v) = patch.track_dirty_pages {
+                        m.track_dirty_pages = v;
+                    }
                 },
                 VmConfig::validate_machine_config,
             ),
@@ -408,7 +438,7 @@ impl Vmm {
                     return bad_request("the VM is not started (send SIGTERM to end a flint that has not booted)");
                 }
                 log::info!("stop requested through the API");
-                self.stop_requested = true;
+                self.end_requested = Some(Outcome::ApiStop);
                 ApiResponse::Empty
             }
             R::Action(ActionType::SendCtrlAltDel) => {
@@ -422,6 +452,38 @@ impl Vmm {
                 _ => bad_request("no metrics file configured (PUT /metrics first)"),
             },
             R::PatchVm(state) => self.change_vm_state(state),
+            R::CreateSnapshot(params) => match self.create_snapshot(&params) {
+                Ok(()) => ApiResponse::Empty,
+                Err(e) => bad_request(e),
+            },
+            R::LoadSnapshot(params) => match self.load_snapshot(&params) {
+                Ok(()) => ApiResponse::Empty,
+                Err(e) => bad_request(e),
+            },
+            R::Migrate(params) => {
+                let Some(vm) = self.vm.as_mut() else {
+                    return bad_request("the VM is not started");
+                };
+                match crate::migration::migrate_out(vm, &params.destination) {
+                    Ok(report) => {
+                        log::info!(
+                            "migration to {} complete: {} rounds, {:.1} MiB of memory and {} KiB of state sent, total {} ms, downtime {} ms",
+                            params.destination,
+                            report.rounds,
+                            report.bytes as f64 / (1 << 20) as f64,
+                            report.state_bytes / 1024,
+                            report.total.as_millis(),
+                            report.downtime.as_millis()
+                        );
+                        self.end_requested = Some(Outcome::Migrated);
+                        ApiResponse::Empty
+                    }
+                    Err(e) => {
+                        log::error!("migration to {} failed, the VM stays here: {e}", params.destination);
+                        bad_request(format!("migration failed (the VM keeps running here): {e}"))
+                    }
+                }
+            }
             R::PutLogger(config) => {
                 let level = match config.level {
                     Some(level) => match crate::logger::parse_level(&format!("{level:?}")) {
@@ -520,6 +582,146 @@ impl Vmm {
         }
     }
 
+    fn create_snapshot(&mut self, params: &SnapshotCreateParams) -> Result<(), String> {
+        let Some(vm) = self.vm.as_mut() else {
+            return Err("the VM is not started".into());
+        };
+        if !vm.is_paused() {
+            return Err("pause the VM first (PATCH /vm {\"state\": \"Paused\"})".into());
+        }
+        let started = Instant::now();
+        let kind = match params.snapshot_type {
+            SnapshotType::Full => MemoryKind::Full,
+            SnapshotType::Diff if !vm.dirty_logging() => {
+                return Err("diff snapshots need dirty page tracking: boot with machine-config.track_dirty_pages or load with enable_diff_snapshots".into())
+            }
+            SnapshotType::Diff => MemoryKind::Diff,
+        };
+        let state = vm.save_state(kind).map_err(|e| e.to_string())?;
+        let tmp = format::temp_path(&params.mem_file_path);
+        let written = if vm.dirty_logging() {
+            // Either way the dirty log restarts here: the next diff is
+            // relative to this snapshot.
+            let dirty = take_dirty_pages(vm.vm().fd(), vm.memory()).map_err(|e| e.to_string())?;
+            let pages = match kind {
+                MemoryKind::Full => Pages::All,
+                MemoryKind::Diff => Pages::Dirty(&dirty),
+            };
+            dump(vm.memory(), &tmp, pages)
+        } else {
+            dump(vm.memory(), &tmp, Pages::All)
+        }
+        .map_err(|e| e.to_string())?;
+        format::commit(&tmp, &params.mem_file_path).map_err(|e| e.to_string())?;
+        format::save(&params.snapshot_path, &state).map_err(|e| e.to_string())?;
+        log::info!(
+            "{:?} snapshot written in {} ms: state {}, memory {} ({:.1} MiB of data)",
+            kind,
+            started.elapsed().as_millis(),
+            params.snapshot_path.display(),
+            params.mem_file_path.display(),
+            written as f64 / (1 << 20) as f64
+        );
+        Ok(())
+    }
+
+    fn load_snapshot(&mut self, params: &SnapshotLoadParams) -> Result<(), String> {
+        if self.vm.is_some() {
+            return Err(
+                "a VM is already running in this flint; load snapshots into a fresh one".into(),
+            );
+        }
+        let started = Instant::now();
+        let mut state: MicroVmState =
+            format::load(&params.snapshot_path).map_err(|e| e.to_string())?;
+        apply_overrides(&mut state.config, params)?;
+        let config = &state.config;
+        config.validate_drives().map_err(|e| e.to_string())?;
+        config.validate_network().map_err(|e| e.to_string())?;
+        if state.memory.total() > crate::memory::MAX_GUEST_MEMORY {
+            return Err("the snapshot's guest memory is implausibly large".into());
+        }
+        if params.enable_diff_snapshots {
+            state.config.machine_config.track_dirty_pages = true;
+        }
+        let mem = if params.copy_memory {
+            load_copy(&params.mem_file_path, &state.memory)
+        } else {
+            map_private(&params.mem_file_path, &state.memory)
+        }
+        .map_err(|e| e.to_string())?;
+        let config = state.config.clone();
+        self.restore(state, mem).map_err(|e| e.to_string())?;
+        self.pending = PendingConfig::from_config(config);
+        log::info!(
+            "snapshot {} restored in {} ms ({} memory)",
+            params.snapshot_path.display(),
+            started.elapsed().as_millis(),
+            if params.copy_memory {
+                "copied"
+            } else {
+                "lazily mapped"
+            }
+        );
+        if params.resume_vm {
+            if let Some(vm) = self.vm.as_mut() {
+                vm.resume().map_err(|e| e.to_string())?;
+                log::info!(
+                    "restored VM resumed {} ms after load started",
+                    started.elapsed().as_millis()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(
+        &mut self,
+        state: MicroVmState,
+        mem: crate::memory::GuestMemory,
+    ) -> Result<(), MicroVmError> {
+        let console_out = self
+            .options
+            .console_out
+            .take()
+            .unwrap_or_else(|| Box::new(std::io::stdout()));
+        let vm = MicroVm::restore(
+            RestoreSource { state, mem },
+            BuildContext {
+                started: self.options.started,
+                console_out,
+                console2_out: self.options.console2_out.take(),
+                console_in: self.options.console_in,
+                reset_evt: &self.reset_evt,
+                exit_status: (&self.exit_evt, &self.exit_status),
+                vcpu_events: &self.vcpu_events,
+                event_manager: &mut self.event_manager,
+            },
+        )?;
+        self.vm = Some(vm);
+        Ok(())
+    }
+
+    fn migrate_in(&mut self, address: &str) -> Result<(), MicroVmError> {
+        let (mem, state, mut stream) = crate::migration::accept_incoming(address)
+            .map_err(|e| MicroVmError::Snapshot(format!("incoming migration: {e}")))?;
+        let config = state.config.clone();
+        let result = self
+            .restore(state, mem)
+            .and_then(|()| match self.vm.as_mut() {
+                Some(vm) => vm.resume(),
+                None => Ok(()),
+            });
+        crate::migration::acknowledge(
+            &mut stream,
+            result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+        );
+        result?;
+        self.pending = PendingConfig::from_config(config);
+        log::info!("incoming migration complete: the VM runs here");
+        Ok(())
+    }
+
     fn flush_metrics(&mut self) {
         let Some(sink) = self.metrics.as_mut() else {
             return;
@@ -528,6 +730,37 @@ impl Vmm {
             log::warn!("writing metrics: {e}");
         }
     }
+}
+
+/// Applies a snapshot load's drive and tap overrides to the saved config.
+fn apply_overrides(config: &mut VmConfig, params: &SnapshotLoadParams) -> Result<(), String> {
+    for o in &params.drive_overrides {
+        let drive = config
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == o.drive_id)
+            .ok_or_else(|| {
+                format!(
+                    "drive_overrides: the snapshot has no drive {:?}",
+                    o.drive_id
+                )
+            })?;
+        drive.path_on_host = o.path_on_host.clone();
+    }
+    for o in &params.net_overrides {
+        let net = config
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == o.iface_id)
+            .ok_or_else(|| {
+                format!(
+                    "net_overrides: the snapshot has no interface {:?}",
+                    o.iface_id
+                )
+            })?;
+        net.host_dev_name = o.host_dev_name.clone();
+    }
+    Ok(())
 }
 
 /// Self-pipes that SIGINT and SIGTERM write into; the read ends go into epoll.

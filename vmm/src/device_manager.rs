@@ -15,9 +15,13 @@ use arch::layout::{
 };
 use devices::legacy::exit_status::EXIT_STATUS_PORT;
 use devices::legacy::i8042::{I8042_PORT_BASE, I8042_PORT_LEN};
-use devices::legacy::serial::{SerialOutput, COM1_PORT_BASE, COM2_PORT_BASE, SERIAL_PORT_LEN};
+use devices::legacy::serial::{
+    SerialOutput, SerialState, COM1_PORT_BASE, COM2_PORT_BASE, SERIAL_PORT_LEN,
+};
 use devices::legacy::{ExitStatusPort, Serial, I8042};
-use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET};
+use devices::virtio::mmio::{
+    MmioTransport, MmioTransportState, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
+};
 use devices::virtio::{IrqTrigger, VirtioDevice};
 use devices::{Bus, BusError, EventFdTrigger};
 use event_manager::MutEventSubscriber;
@@ -61,6 +65,43 @@ pub struct LegacyIo {
     pub exit_status: Arc<AtomicI32>,
 }
 
+/// A virtio device as the VM has it wired.
+#[derive(Clone)]
+pub struct VirtioEntry {
+    /// "drive ID" or "net ID".
+    pub name: String,
+    /// The device model.
+    pub device: Arc<Mutex<dyn VirtioDevice>>,
+    /// Its MMIO transport.
+    pub transport: Arc<Mutex<MmioTransport>>,
+    /// Where its window is.
+    pub base: u64,
+    /// Its interrupt line.
+    pub gsi: u32,
+}
+
+/// A virtio device's place and transport state in a snapshot.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VirtioDeviceState {
+    /// "drive ID" or "net ID" (the config section it comes from).
+    pub name: String,
+    /// Its MMIO window.
+    pub base: u64,
+    /// Its interrupt line.
+    pub gsi: u32,
+    /// Registers, queues, ring positions.
+    pub transport: MmioTransportState,
+}
+
+/// All device state a snapshot holds.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DevicesState {
+    /// The console UART.
+    pub serial: SerialState,
+    /// Every virtio device.
+    pub virtio: Vec<VirtioDeviceState>,
+}
+
 /// A device that lives on the event loop.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -76,15 +117,21 @@ pub struct DeviceManager {
     pub subscribers: Vec<Subscriber>,
     /// `virtio_mmio.device=...` words for the kernel command line, in order.
     pub cmdline_devices: Vec<String>,
-    /// The virtio devices by name (for metrics and run-time updates).
-    pub virtio: Vec<(String, Arc<Mutex<dyn VirtioDevice>>)>,
+    /// The virtio devices, in attach order (for metrics, snapshots and
+    /// run-time updates).
+    pub virtio: Vec<VirtioEntry>,
     mmio_space: AddressAllocator,
     irqs: IdAllocator,
 }
 
 impl DeviceManager {
-    /// Creates the legacy devices for `vm`.
-    pub fn new(vm: &Vm, legacy: LegacyIo) -> Result<Self, DeviceError> {
+    /// Creates the legacy devices for `vm` (the console UART in `serial_state`
+    /// when restoring a snapshot).
+    pub fn new(
+        vm: &Vm,
+        legacy: LegacyIo,
+        serial_state: Option<&SerialState>,
+    ) -> Result<Self, DeviceError> {
         let mut pio = Bus::new();
         let serial = Self::add_uart(
             vm,
@@ -93,6 +140,7 @@ impl DeviceManager {
             legacy.console_out,
             COM1_PORT_BASE,
             SERIAL_IRQ,
+            serial_state,
         )?;
         if let Some(out) = legacy.console2_out {
             Self::add_uart(
@@ -102,6 +150,7 @@ impl DeviceManager {
                 out,
                 COM2_PORT_BASE,
                 SERIAL2_IRQ,
+                None,
             )?;
         }
         pio.insert(
@@ -141,39 +190,68 @@ impl DeviceManager {
         out: SerialOutput,
         base: u64,
         irq_line: u32,
+        state: Option<&SerialState>,
     ) -> Result<Arc<Mutex<Serial>>, DeviceError> {
         let irq = EventFdTrigger::new().map_err(|e| DeviceError::EventFd(name.into(), e))?;
         vm.fd()
             .register_irqfd(&irq, irq_line)
             .map_err(|e| DeviceError::Kvm(name.into(), "irqfd", e))?;
-        let uart = Arc::new(Mutex::new(Serial::new(irq, out)));
+        let uart = match state {
+            Some(state) => Serial::from_state(state, irq, out)
+                .map_err(|e| DeviceError::EventFd(name.into(), e))?,
+            None => Serial::new(irq, out),
+        };
+        let uart = Arc::new(Mutex::new(uart));
         pio.insert(uart.clone(), base, SERIAL_PORT_LEN)
             .map_err(|e| DeviceError::Bus(name.into(), e))?;
         Ok(uart)
     }
 
-    /// Puts a virtio device on the MMIO bus: allocates its window and GSI,
-    /// wires its queue notifications (ioeventfds) and interrupt (irqfd), and
-    /// queues it for the event loop.
+    /// Puts a virtio device on the MMIO bus: allocates its window and GSI
+    /// (or takes the ones it had, when restoring), wires its queue
+    /// notifications (ioeventfds) and interrupt (irqfd), and queues it for
+    /// the event loop.
     pub fn attach_virtio<D>(
         &mut self,
         vm: &Vm,
         mem: &GuestMemory,
         name: &str,
         device: D,
+        placement: Option<(u64, u32)>,
     ) -> Result<(), DeviceError>
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {
-        let range = self
-            .mmio_space
-            .allocate(MMIO_WINDOW_SIZE, MMIO_WINDOW_SIZE, AllocPolicy::FirstMatch)
-            .map_err(|e| DeviceError::Exhausted(name.into(), "MMIO window", e))?;
-        let base = range.start();
-        let gsi = self
-            .irqs
-            .allocate_id()
-            .map_err(|e| DeviceError::Exhausted(name.into(), "IRQ", e))?;
+        let (base, gsi) = match placement {
+            Some((base, gsi)) => {
+                self.mmio_space
+                    .allocate(
+                        MMIO_WINDOW_SIZE,
+                        MMIO_WINDOW_SIZE,
+                        AllocPolicy::ExactMatch(base),
+                    )
+                    .map_err(|e| DeviceError::Exhausted(name.into(), "MMIO window", e))?;
+                if !(IRQ_DEVICES_START..=IRQ_DEVICES_END).contains(&gsi) {
+                    return Err(DeviceError::Exhausted(
+                        name.into(),
+                        "IRQ",
+                        vm_allocator::Error::InvalidRange(gsi.into(), gsi.into()),
+                    ));
+                }
+                (base, gsi)
+            }
+            None => {
+                let range = self
+                    .mmio_space
+                    .allocate(MMIO_WINDOW_SIZE, MMIO_WINDOW_SIZE, AllocPolicy::FirstMatch)
+                    .map_err(|e| DeviceError::Exhausted(name.into(), "MMIO window", e))?;
+                let gsi = self
+                    .irqs
+                    .allocate_id()
+                    .map_err(|e| DeviceError::Exhausted(name.into(), "IRQ", e))?;
+                (range.start(), gsi)
+            }
+        };
         let interrupt =
             Arc::new(IrqTrigger::new().map_err(|e| DeviceError::EventFd(name.into(), e))?);
         vm.fd()
@@ -188,10 +266,17 @@ impl DeviceManager {
         let device = Arc::new(Mutex::new(device));
         let transport = MmioTransport::new(device.clone(), mem.clone(), interrupt)
             .map_err(|e| DeviceError::Transport(name.into(), e))?;
+        let transport = Arc::new(Mutex::new(transport));
         self.mmio
-            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)
+            .insert(transport.clone(), base, MMIO_WINDOW_SIZE)
             .map_err(|e| DeviceError::Bus(name.into(), e))?;
-        self.virtio.push((name.to_string(), device.clone()));
+        self.virtio.push(VirtioEntry {
+            name: name.to_string(),
+            device: device.clone(),
+            transport,
+            base,
+            gsi,
+        });
         self.subscribers.push(device);
         self.cmdline_devices
             .push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));

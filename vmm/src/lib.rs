@@ -13,10 +13,12 @@ pub mod logger;
 pub mod memory;
 pub mod metrics;
 pub mod microvm;
+pub mod migration;
 pub mod quirks;
+pub mod snapshot;
 pub mod virtio_devices;
 pub mod vstate;
 pub mod wakeups;
 
-pub use controller::{run, ApiEndpoint, RunEnd, VmmOptions};
+pub use controller::{run, ApiEndpoint, RunEnd, Start, VmmOptions};
 pub use microvm::MicroVmError;

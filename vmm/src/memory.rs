@@ -6,8 +6,13 @@
 
 use vm_memory::GuestMemoryMmap;
 
-/// Guest memory as flint uses it everywhere (no dirty bitmap yet).
-pub type GuestMemory = GuestMemoryMmap<()>;
+/// Guest memory as flint uses it everywhere (the devices' type: with a
+/// bitmap of the pages the VMM itself wrote).
+pub type GuestMemory = devices::virtio::GuestMemory;
+
+/// The most guest RAM flint accepts from a snapshot or migration stream
+/// (a hostile layout must not make the host map absurd amounts).
+pub const MAX_GUEST_MEMORY: u64 = 1 << 40;
 
 /// Why guest memory could not be created.
 #[derive(Debug, thiserror::Error)]

@@ -12,19 +12,24 @@ use std::time::Instant;
 
 use api::VmConfig;
 use devices::legacy::serial::SerialOutput;
-use devices::virtio::VirtioDevice;
+use devices::legacy::Serial;
 use devices::EventFdTrigger;
 use event_manager::{EventManager, SubscriberOps};
 
 use crate::boot::{self, BootError};
 use crate::console::ConsoleInput;
-use crate::device_manager::{DeviceError, DeviceManager, LegacyIo, Subscriber};
+use crate::device_manager::{
+    DeviceError, DeviceManager, DevicesState, LegacyIo, Subscriber, VirtioDeviceState, VirtioEntry,
+};
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::quirks;
+use crate::snapshot::{MemoryKind, MemoryLayout, MicroVmState};
+use crate::virtio_devices::Placements;
 use crate::virtio_devices::{self, VirtioConfigError};
 use crate::vstate::vcpu::{
     ExitCounters, Vcpu, VcpuBuses, VcpuError, VcpuEventSender, VcpuHandle, VcpuTimeout,
 };
+use crate::vstate::vcpu_state::StateCaps;
 use crate::vstate::vm::{Vm, VmError};
 
 /// Why a microVM could not be built or ended badly.
@@ -54,6 +59,12 @@ pub enum MicroVmError {
     /// The event loop failed.
     #[error("event loop: {0}")]
     EventLoop(String),
+    /// A snapshot could not be taken or restored.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    /// A vCPU's state could not be read or written.
+    #[error(transparent)]
+    VcpuState(#[from] crate::vstate::vcpu_state::VcpuStateError),
     /// An eventfd, pipe or signal handler could not be set up.
     #[error("{0}: {1}")]
     Os(&'static str, std::io::Error),
@@ -87,41 +98,95 @@ pub struct BuildContext<'a> {
     pub event_manager: &'a mut EventManager<Subscriber>,
 }
 
-/// A booted microVM.
+/// A booted (or restored) microVM.
 pub struct MicroVm {
     // Declared first so they are dropped (stopped and joined) before the VM
     // and the memory they use.
     vcpus: Vec<VcpuHandle>,
     buses: VcpuBuses,
-    virtio: Vec<(String, Arc<Mutex<dyn VirtioDevice>>)>,
+    virtio: Vec<VirtioEntry>,
+    serial: Arc<Mutex<Serial>>,
+    config: VmConfig,
     paused: bool,
-    _mem: GuestMemory,
-    _vm: Vm,
+    dirty_logging: bool,
+    mem: GuestMemory,
+    vm: Vm,
 }
 
 /// Boot arguments when the config gives none: a serial console, reboot through
 /// the i8042 (which flint turns into a clean exit), reboot on panic.
 pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=-1";
 
+/// Where a restored VM's state and memory come from.
+pub struct RestoreSource {
+    /// The decoded state file.
+    pub state: MicroVmState,
+    /// Guest RAM, already loaded or mapped.
+    pub mem: GuestMemory,
+}
+
+/// The VM, memory, irqchip and devices common to booting and restoring.
+struct Skeleton {
+    vm: Vm,
+    mem: GuestMemory,
+    devices: DeviceManager,
+    root_args: Option<String>,
+}
+
+fn build_skeleton(
+    config: &VmConfig,
+    mem: GuestMemory,
+    ctx: &mut BuildContext,
+    restoring: Option<&DevicesState>,
+) -> Result<Skeleton, MicroVmError> {
+    let vm = Vm::new()?;
+    vm.register_memory(&mem, config.machine_config.track_dirty_pages)?;
+    vm.setup_irqchip()?;
+    let os = |what| move |e| MicroVmError::Os(what, e);
+    let legacy = LegacyIo {
+        console_out: std::mem::replace(&mut ctx.console_out, Box::new(std::io::sink())),
+        console2_out: ctx.console2_out.take(),
+        reset_evt: ctx.reset_evt.try_clone().map_err(os("reset eventfd"))?,
+        exit_evt: ctx.exit_status.0.try_clone().map_err(os("exit eventfd"))?,
+        exit_status: ctx.exit_status.1.clone(),
+    };
+    let mut devices = DeviceManager::new(&vm, legacy, restoring.map(|d| &d.serial))?;
+    let placements: Placements = restoring
+        .map(|d| {
+            d.virtio
+                .iter()
+                .map(|v| (v.name.clone(), (v.base, v.gsi)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let root_args =
+        virtio_devices::attach_drives(&mut devices, &vm, &mem, &config.drives, &placements)?;
+    virtio_devices::attach_nets(
+        &mut devices,
+        &vm,
+        &mem,
+        &config.network_interfaces,
+        &placements,
+    )?;
+    Ok(Skeleton {
+        vm,
+        mem,
+        devices,
+        root_args,
+    })
+}
+
 impl MicroVm {
-    /// Builds the VM described by `config` and starts its vCPUs.
-    pub fn boot(config: &VmConfig, ctx: BuildContext) -> Result<Self, MicroVmError> {
+    /// Builds the VM described by `config`, loads its kernel and starts its vCPUs.
+    pub fn boot(config: &VmConfig, mut ctx: BuildContext) -> Result<Self, MicroVmError> {
         let machine = &config.machine_config;
-        let vm = Vm::new()?;
         let mem = memory::create_guest_memory(machine.mem_size_mib)?;
-        vm.register_memory(&mem)?;
-        vm.setup_irqchip()?;
-        let os = |what| move |e| MicroVmError::Os(what, e);
-        let legacy = LegacyIo {
-            console_out: ctx.console_out,
-            console2_out: ctx.console2_out,
-            reset_evt: ctx.reset_evt.try_clone().map_err(os("reset eventfd"))?,
-            exit_evt: ctx.exit_status.0.try_clone().map_err(os("exit eventfd"))?,
-            exit_status: ctx.exit_status.1.clone(),
-        };
-        let mut devices = DeviceManager::new(&vm, legacy)?;
-        let root_args = virtio_devices::attach_drives(&mut devices, &vm, &mem, &config.drives)?;
-        virtio_devices::attach_nets(&mut devices, &vm, &mem, &config.network_interfaces)?;
+        let Skeleton {
+            vm,
+            mem,
+            mut devices,
+            root_args,
+        } = build_skeleton(config, mem, &mut ctx, None)?;
 
         let source = &config.boot_source;
         let kernel = boot::load_kernel(&mem, &source.kernel_image_path)?;
@@ -147,24 +212,90 @@ impl MicroVm {
         let cmdline = boot::build_cmdline(boot_args, &words)?;
         boot::configure_system(&mem, &cmdline, &kernel, initrd, machine.vcpu_count)?;
 
-        let buses = VcpuBuses {
-            pio: Arc::new(std::mem::take(&mut devices.pio)),
-            mmio: Arc::new(std::mem::take(&mut devices.mmio)),
-            exits: Arc::new(ExitCounters::default()),
-        };
+        let buses = take_buses(&mut devices);
+        let caps = Arc::new(StateCaps::query(vm.kvm(), vm.fd()).map_err(MicroVmError::VcpuState)?);
         let template = cpu_template(machine.cpu_template);
         let mut created = Vec::with_capacity(usize::from(machine.vcpu_count));
         for id in 0..machine.vcpu_count {
-            let events = ctx
-                .vcpu_events
-                .try_clone()
-                .map_err(|e| MicroVmError::Os("vCPU eventfd", e))?;
-            let vcpu = Vcpu::new(id, &vm, buses.clone(), events, ctx.started)?;
+            let vcpu = new_vcpu(id, &vm, &buses, &ctx, &caps)?;
             let entry = (id == 0).then_some(kernel.entry);
             vcpu.configure(vm.kvm(), &mem, entry, machine.vcpu_count, template)?;
             created.push(vcpu);
         }
+        let microvm = Self::start(config, vm, mem, devices, buses, created, ctx, false)?;
+        log::info!(
+            "microVM started: {} vCPU(s), {} MiB, kernel {}",
+            machine.vcpu_count,
+            machine.mem_size_mib,
+            source.kernel_image_path.display()
+        );
+        Ok(microvm)
+    }
 
+    /// Rebuilds a VM from a snapshot: devices re-opened from the saved
+    /// configuration (overrides already applied) and put back in their saved
+    /// state at their saved addresses, vCPUs and interrupt controllers
+    /// restored. The vCPUs start paused; [`MicroVm::resume`] runs them.
+    pub fn restore(source: RestoreSource, mut ctx: BuildContext) -> Result<Self, MicroVmError> {
+        let RestoreSource { state, mem } = source;
+        let config = &state.config;
+        if state.vcpus.len() != usize::from(config.machine_config.vcpu_count) {
+            return Err(MicroVmError::Snapshot(format!(
+                "the snapshot has {} vCPU states for {} vCPUs",
+                state.vcpus.len(),
+                config.machine_config.vcpu_count
+            )));
+        }
+        let Skeleton {
+            vm,
+            mem,
+            mut devices,
+            ..
+        } = build_skeleton(config, mem, &mut ctx, Some(&state.devices))?;
+        vm.restore_state(&state.vm)?;
+        for saved in &state.devices.virtio {
+            let entry = devices
+                .virtio
+                .iter()
+                .find(|e| e.name == saved.name)
+                .ok_or_else(|| {
+                    MicroVmError::Snapshot(format!(
+                        "no device {:?} in the configuration",
+                        saved.name
+                    ))
+                })?;
+            lock(&entry.transport)
+                .restore(&saved.transport)
+                .map_err(|e| MicroVmError::Snapshot(format!("{}: {e}", saved.name)))?;
+        }
+        let buses = take_buses(&mut devices);
+        let caps = Arc::new(StateCaps::query(vm.kvm(), vm.fd()).map_err(MicroVmError::VcpuState)?);
+        let mut created = Vec::with_capacity(state.vcpus.len());
+        for (id, saved) in state.vcpus.iter().enumerate() {
+            let vcpu = new_vcpu(id as u8, &vm, &buses, &ctx, &caps)?;
+            vcpu.restore_state(saved).map_err(MicroVmError::VcpuState)?;
+            created.push(vcpu);
+        }
+        let microvm = Self::start(config, vm, mem, devices, buses, created, ctx, true)?;
+        log::info!(
+            "microVM restored: {} vCPU(s), {} MiB (paused)",
+            config.machine_config.vcpu_count,
+            config.machine_config.mem_size_mib
+        );
+        Ok(microvm)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        config: &VmConfig,
+        vm: Vm,
+        mem: GuestMemory,
+        mut devices: DeviceManager,
+        buses: VcpuBuses,
+        created: Vec<Vcpu>,
+        ctx: BuildContext,
+        paused: bool,
+    ) -> Result<Self, MicroVmError> {
         for device in devices.subscribers.drain(..) {
             ctx.event_manager.add_subscriber(device);
         }
@@ -174,30 +305,41 @@ impl MicroVm {
             ctx.event_manager
                 .add_subscriber(Arc::new(Mutex::new(console)));
         }
-
         let mut vcpus = Vec::with_capacity(created.len());
         for vcpu in created {
-            vcpus.push(vcpu.start()?);
+            vcpus.push(vcpu.start(paused)?);
         }
-        log::info!(
-            "microVM started: {} vCPU(s), {} MiB, kernel {}",
-            machine.vcpu_count,
-            machine.mem_size_mib,
-            source.kernel_image_path.display()
-        );
         Ok(Self {
             vcpus,
             buses,
             virtio: std::mem::take(&mut devices.virtio),
-            paused: false,
-            _mem: mem,
-            _vm: vm,
+            serial: devices.serial.clone(),
+            config: config.clone(),
+            paused,
+            dirty_logging: config.machine_config.track_dirty_pages,
+            mem,
+            vm,
         })
     }
 
     /// Whether the vCPUs are paused.
     pub fn is_paused(&self) -> bool {
         self.paused
+    }
+
+    /// The configuration the VM runs with.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    /// The KVM VM.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
     }
 
     /// Takes every vCPU out of the guest; returns once all are out.
@@ -216,6 +358,52 @@ impl MicroVm {
         }
         self.paused = false;
         Ok(())
+    }
+
+    /// Whether KVM logs dirty pages (diff snapshots, migration).
+    pub fn dirty_logging(&self) -> bool {
+        self.dirty_logging
+    }
+
+    /// Turns KVM's dirty page log on or off.
+    pub fn set_dirty_logging(&mut self, on: bool) -> Result<(), MicroVmError> {
+        self.vm.register_memory(&self.mem, on)?;
+        self.dirty_logging = on;
+        Ok(())
+    }
+
+    /// Everything but RAM, from a paused VM. `memory_kind` says what the
+    /// memory file written alongside holds.
+    pub fn save_state(&self, memory_kind: MemoryKind) -> Result<MicroVmState, MicroVmError> {
+        if !self.paused {
+            return Err(MicroVmError::Snapshot("the VM must be paused".into()));
+        }
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for vcpu in &self.vcpus {
+            vcpus.push(vcpu.save_state().map_err(MicroVmError::Snapshot)?);
+        }
+        let vm = self.vm.save_state()?;
+        let virtio = self
+            .virtio
+            .iter()
+            .map(|e| VirtioDeviceState {
+                name: e.name.clone(),
+                base: e.base,
+                gsi: e.gsi,
+                transport: lock(&e.transport).save(),
+            })
+            .collect();
+        Ok(MicroVmState {
+            config: self.config.clone(),
+            memory: MemoryLayout::of(&self.mem),
+            memory_kind,
+            vm,
+            vcpus,
+            devices: DevicesState {
+                serial: lock(&self.serial).state(),
+                virtio,
+            },
+        })
     }
 
     /// vCPU exit counters.
@@ -238,9 +426,11 @@ impl MicroVm {
     pub fn device_metrics(&self) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
         self.virtio
             .iter()
-            .map(|(name, device)| {
-                let device = device.lock().unwrap_or_else(|p| p.into_inner());
-                (name.clone(), device.counters().into_iter().collect())
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    lock(&e.device).counters().into_iter().collect(),
+                )
             })
             .collect()
     }
@@ -255,6 +445,39 @@ impl MicroVm {
             "unhandled accesses: PIO {pio_r} reads / {pio_w} writes, MMIO {mmio_r} reads / {mmio_w} writes"
         );
     }
+}
+
+fn take_buses(devices: &mut DeviceManager) -> VcpuBuses {
+    VcpuBuses {
+        pio: Arc::new(std::mem::take(&mut devices.pio)),
+        mmio: Arc::new(std::mem::take(&mut devices.mmio)),
+        exits: Arc::new(ExitCounters::default()),
+    }
+}
+
+fn new_vcpu(
+    id: u8,
+    vm: &Vm,
+    buses: &VcpuBuses,
+    ctx: &BuildContext,
+    caps: &Arc<StateCaps>,
+) -> Result<Vcpu, MicroVmError> {
+    let events = ctx
+        .vcpu_events
+        .try_clone()
+        .map_err(|e| MicroVmError::Os("vCPU eventfd", e))?;
+    Ok(Vcpu::new(
+        id,
+        vm,
+        buses.clone(),
+        events,
+        caps.clone(),
+        ctx.started,
+    )?)
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn cpu_template(template: api::CpuTemplate) -> arch::cpuid::CpuTemplate {

@@ -33,6 +33,19 @@ pub enum VirtioConfigError {
     Device(#[from] DeviceError),
 }
 
+/// Where restored devices must go: device name → (MMIO base, GSI).
+pub type Placements = std::collections::HashMap<String, (u64, u32)>;
+
+/// The device name of a drive.
+pub fn drive_name(drive_id: &str) -> String {
+    format!("drive {drive_id}")
+}
+
+/// The device name of a network interface.
+pub fn net_name(iface_id: &str) -> String {
+    format!("net {iface_id}")
+}
+
 fn bucket(config: &Option<TokenBucketConfig>) -> Option<BucketConfig> {
     config.as_ref().map(|b| BucketConfig {
         size: b.size,
@@ -56,6 +69,7 @@ pub fn attach_drives(
     vm: &Vm,
     mem: &GuestMemory,
     drives: &[DriveConfig],
+    placements: &Placements,
 ) -> Result<Option<String>, VirtioConfigError> {
     let root = drives.iter().filter(|d| d.is_root_device);
     let others = drives.iter().filter(|d| !d.is_root_device);
@@ -74,7 +88,9 @@ pub fn attach_drives(
             rate_limiter: limiter,
         })
         .map_err(|e| err(e.to_string()))?;
-        dm.attach_virtio(vm, mem, &format!("drive {}", drive.drive_id), block)?;
+        let name = drive_name(&drive.drive_id);
+        let placement = placements.get(&name).copied();
+        dm.attach_virtio(vm, mem, &name, block, placement)?;
         if drive.is_root_device {
             let mode = if drive.is_read_only { "ro" } else { "rw" };
             root_args = Some(format!("root=/dev/vda {mode}"));
@@ -89,6 +105,7 @@ pub fn attach_nets(
     vm: &Vm,
     mem: &GuestMemory,
     nets: &[NetConfig],
+    placements: &Placements,
 ) -> Result<(), VirtioConfigError> {
     for iface in nets {
         let err = |message: String| VirtioConfigError::Net {
@@ -105,7 +122,9 @@ pub fn attach_nets(
                 .map_err(|e| err(format!("tx rate limiter: {e}")))?,
         })
         .map_err(|e| err(e.to_string()))?;
-        dm.attach_virtio(vm, mem, &format!("net {}", iface.iface_id), device)?;
+        let name = net_name(&iface.iface_id);
+        let placement = placements.get(&name).copied();
+        dm.attach_virtio(vm, mem, &name, device, placement)?;
     }
     Ok(())
 }

@@ -41,6 +41,8 @@ pub enum Outcome {
     ApiStop,
     /// The guest reported an exit status through the exit-status port.
     GuestExit(u8),
+    /// The VM migrated to another flint.
+    Migrated,
     /// A vCPU hit a fatal exit.
     Fatal {
         /// Which vCPU.

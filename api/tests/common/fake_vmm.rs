@@ -46,6 +46,11 @@ impl Fake {
             return refuse("not allowed after the instance started");
         }
         match request {
+            CreateSnapshot(_) if !self.paused => refuse("the VM must be paused"),
+            CreateSnapshot(_) => ApiResponse::Empty,
+            LoadSnapshot(_) if self.started => refuse("a VM is already running"),
+            LoadSnapshot(_) => refuse("no such snapshot"),
+            Migrate(_) => refuse("nothing to migrate"),
             GetInstanceInfo => ApiResponse::InstanceInfo(InstanceInfo {
                 id: "fake-vmm".into(),
                 state: match (self.started, self.paused) {

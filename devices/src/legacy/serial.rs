@@ -18,8 +18,36 @@ pub const COM2_PORT_BASE: u64 = 0x2f8;
 /// A UART has 8 registers.
 pub const SERIAL_PORT_LEN: u64 = 8;
 
+/// The 16550A receive FIFO's size.
+pub const SERIAL_FIFO_SIZE: usize = 64;
+
 /// The boxed writer guest output goes to.
 pub type SerialOutput = Box<dyn Write + Send>;
+
+/// A UART's registers and pending input, as a snapshot saves them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialState {
+    /// Divisor latch, low byte.
+    pub baud_divisor_low: u8,
+    /// Divisor latch, high byte.
+    pub baud_divisor_high: u8,
+    /// IER.
+    pub interrupt_enable: u8,
+    /// IIR.
+    pub interrupt_identification: u8,
+    /// LCR.
+    pub line_control: u8,
+    /// LSR.
+    pub line_status: u8,
+    /// MCR.
+    pub modem_control: u8,
+    /// MSR.
+    pub modem_status: u8,
+    /// SCR.
+    pub scratch: u8,
+    /// Received bytes the guest has not read yet.
+    pub in_buffer: Vec<u8>,
+}
 
 /// A 16550A UART on the port-I/O bus.
 pub struct Serial {
@@ -31,6 +59,49 @@ impl Serial {
     pub fn new(interrupt: EventFdTrigger, out: SerialOutput) -> Self {
         Self {
             inner: vm_superio::Serial::new(interrupt, out),
+        }
+    }
+
+    /// A UART in a saved state (for restoring a snapshot). Input beyond the
+    /// 64-byte FIFO (only a hostile state file has it) is dropped.
+    pub fn from_state(
+        state: &SerialState,
+        interrupt: EventFdTrigger,
+        out: SerialOutput,
+    ) -> io::Result<Self> {
+        let mut in_buffer = state.in_buffer.clone();
+        in_buffer.truncate(SERIAL_FIFO_SIZE);
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer,
+        };
+        let inner = vm_superio::Serial::from_state(&s, interrupt, NoEvents, out)
+            .map_err(|e| io::Error::other(format!("restoring the UART: {e}")))?;
+        Ok(Self { inner })
+    }
+
+    /// The UART's state for a snapshot.
+    pub fn state(&self) -> SerialState {
+        let s = self.inner.state();
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 
@@ -73,6 +144,31 @@ impl BusDevice for Serial {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn state_round_trips_and_oversize_input_is_trimmed() {
+        let mut uart = Serial::new(EventFdTrigger::new().unwrap(), Box::new(io::sink()));
+        uart.write(COM1_PORT_BASE, 3, &[0x03]); // LCR: 8N1
+        uart.enqueue_input(b"abc").unwrap();
+        let state = uart.state();
+        assert_eq!(state.line_control, 3);
+        assert_eq!(state.in_buffer, b"abc");
+        let restored =
+            Serial::from_state(&state, EventFdTrigger::new().unwrap(), Box::new(io::sink()))
+                .unwrap();
+        assert_eq!(restored.state(), state);
+        let hostile = SerialState {
+            in_buffer: vec![b'x'; 10_000],
+            ..state
+        };
+        let restored = Serial::from_state(
+            &hostile,
+            EventFdTrigger::new().unwrap(),
+            Box::new(io::sink()),
+        )
+        .unwrap();
+        assert_eq!(restored.state().in_buffer.len(), SERIAL_FIFO_SIZE);
+    }
 
     /// A writer tests can look into.
     #[derive(Clone, Default)]

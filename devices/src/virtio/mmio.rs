@@ -29,7 +29,7 @@ const VENDOR_ID: u32 = 0x544e_4c46;
 const CONFIG_SPACE_OFFSET: u64 = 0x100;
 
 /// The transport's own registers, as plain data (what a snapshot saves).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MmioRegisters {
     /// Device status (see [`status`]).
     pub device_status: u32,
@@ -47,7 +47,7 @@ pub struct MmioRegisters {
 
 /// One queue's registers as the driver wrote them. They are only turned into
 /// a [`Queue`] (and checked against guest memory) at DRIVER_OK.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueRegisters {
     /// QueueNumMax: fixed by the device.
     pub max_size: u16,
@@ -101,6 +101,21 @@ fn set_low(value: &mut u64, low: u32) {
 
 fn set_high(value: &mut u64, high: u32) {
     *value = (*value & 0xffff_ffff) | (u64::from(high) << 32);
+}
+
+/// A transport and its device's ring positions, as a snapshot saves them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MmioTransportState {
+    /// The transport registers.
+    pub regs: MmioRegisters,
+    /// Each queue's registers.
+    pub queues: Vec<QueueRegisters>,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// Whether the device was running.
+    pub activated: bool,
+    /// `(next_avail, next_used)` of each running queue.
+    pub positions: Vec<(u16, u16)>,
 }
 
 /// A virtio device behind its MMIO register window.
@@ -302,12 +317,22 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) -> Result<(), super::ActivateError> {
+        self.activate_at(&[])
+    }
+
+    /// Hands the queues to the device, starting each at the given ring
+    /// positions (a restored device continues where it stopped).
+    fn activate_at(&mut self, positions: &[(u16, u16)]) -> Result<(), super::ActivateError> {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, regs) in self.queues.iter().enumerate() {
-            let queue = regs.to_queue(&self.mem).map_err(|why| {
+            let mut queue = regs.to_queue(&self.mem).map_err(|why| {
                 log::warn!("virtio-mmio: queue {i}: {why}");
                 super::ActivateError::BadQueue(i)
             })?;
+            if let Some(&(next_avail, next_used)) = positions.get(i) {
+                queue.set_next_avail(next_avail);
+                queue.set_next_used(next_used);
+            }
             queues.push(queue);
         }
         let activation = Activation {
@@ -334,6 +359,58 @@ impl MmioTransport {
             config_generation: self.regs.config_generation,
             ..Default::default()
         };
+    }
+
+    /// The transport's state for a snapshot (the device must be quiescent:
+    /// vCPUs paused, its queue work done).
+    pub fn save(&self) -> MmioTransportState {
+        let mut device = lock(&self.device);
+        device.prepare_snapshot();
+        MmioTransportState {
+            regs: self.regs.clone(),
+            queues: self.queues.clone(),
+            interrupt_status: self.interrupt.status(),
+            activated: self.activated,
+            positions: if self.activated {
+                device.queue_positions()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Puts a saved state back into a fresh transport of the same device kind;
+    /// a device that was running is activated at its saved ring positions and
+    /// a pending interrupt is raised again.
+    pub fn restore(&mut self, state: &MmioTransportState) -> Result<(), super::ActivateError> {
+        if state.queues.len() != self.queues.len()
+            || state
+                .queues
+                .iter()
+                .zip(&self.queues)
+                .any(|(saved, ours)| saved.max_size != ours.max_size)
+        {
+            return Err(super::ActivateError::Backend(
+                "the saved queues do not match this device".into(),
+            ));
+        }
+        self.regs = state.regs.clone();
+        self.queues = state.queues.clone();
+        if state.activated {
+            self.activate_at(&state.positions)?;
+            self.activated = true;
+        }
+        if state.interrupt_status != 0 {
+            self.interrupt.ack(u32::MAX);
+            for kind in [IrqKind::Vring, IrqKind::Config] {
+                if state.interrupt_status & kind as u32 != 0 {
+                    if let Err(e) = self.interrupt.trigger(kind) {
+                        log::error!("virtio-mmio: re-raising a restored interrupt: {e}");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The queues' registers (for inspection and snapshots).

@@ -18,8 +18,10 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// Guest memory as the devices see it.
-pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+/// Guest memory as the devices see it. The bitmap records every page the
+/// VMM writes (used rings, data read from disk or the network), which KVM's
+/// dirty log cannot see; diff snapshots and live migration need both.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 
 /// Device status bits (virtio 1.x, 2.1).
 pub mod status {
@@ -140,6 +142,14 @@ pub trait VirtioDevice: Send {
     fn needs_reset(&self) -> bool {
         false
     }
+    /// Each activated queue's `(next_avail, next_used)` ring positions, in
+    /// queue order (empty before activation), for snapshots.
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        Vec::new()
+    }
+    /// Gets ready for a snapshot: gives back to the rings anything taken
+    /// from them but not yet used, so the positions describe the guest's view.
+    fn prepare_snapshot(&mut self) {}
     /// Cumulative counters (bytes, requests, errors) for the metrics file.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()

@@ -1,4 +1,5 @@
 //! KVM state: the VM file descriptor and its vCPUs.
 
 pub mod vcpu;
+pub mod vcpu_state;
 pub mod vm;

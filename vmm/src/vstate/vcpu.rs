@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::memory::GuestMemory;
+use crate::vstate::vcpu_state::{StateCaps, VcpuState, VcpuStateError};
 use crate::vstate::vm::Vm;
 
 /// `kvm_run.system_event.type` values (linux/kvm.h).
@@ -109,15 +110,20 @@ pub enum VcpuCommand {
     Resume,
     /// Leave the run loop and end the thread.
     Exit,
+    /// Read the vCPU's state (only while paused); answered with
+    /// [`VcpuResponse::State`].
+    SaveState,
 }
 
 /// A vCPU thread's answer to a command, on its own channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuResponse {
     /// The vCPU is paused.
     Paused,
     /// The vCPU runs again.
     Resumed,
+    /// Its state, or why it could not be read.
+    State(Result<Box<VcpuState>, String>),
 }
 
 /// A vCPU did not answer a command in time.
@@ -203,6 +209,7 @@ pub struct Vcpu {
     command_tx: Sender<VcpuCommand>,
     responses: Sender<VcpuResponse>,
     response_rx: Option<Receiver<VcpuResponse>>,
+    caps: Arc<StateCaps>,
     started: Instant,
 }
 
@@ -241,6 +248,7 @@ impl Vcpu {
         vm: &Vm,
         buses: VcpuBuses,
         events: VcpuEventSender,
+        caps: Arc<StateCaps>,
         started: Instant,
     ) -> Result<Self, VcpuError> {
         let fd = vm
@@ -262,8 +270,14 @@ impl Vcpu {
             command_tx,
             responses,
             response_rx: Some(response_rx),
+            caps,
             started,
         })
+    }
+
+    /// Puts a saved state into this (new, not started) vCPU.
+    pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuStateError> {
+        state.restore(&self.fd)
     }
 
     /// Sets CPUID, MSRs, FPU and LAPIC; for the boot vCPU (`boot_entry` given)
@@ -306,8 +320,9 @@ impl Vcpu {
         arch::lapic::setup_lapic(&self.fd).map_err(kvm_err("KVM_GET/SET_LAPIC"))
     }
 
-    /// Starts the vCPU's thread.
-    pub fn start(mut self) -> Result<VcpuHandle, VcpuError> {
+    /// Starts the vCPU's thread, running the guest at once or (`paused`,
+    /// for a restored VM) waiting for [`VcpuHandle::resume`].
+    pub fn start(mut self, paused: bool) -> Result<VcpuHandle, VcpuError> {
         let id = self.id;
         let responses = self.response_rx.take().ok_or(VcpuError::Os {
             id,
@@ -322,7 +337,13 @@ impl Vcpu {
         let commands = self.command_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("flint_vcpu{id}"))
-            .spawn(move || self.run())
+            .spawn(move || {
+                if !paused || self.stay_paused() {
+                    self.run();
+                } else {
+                    self.events.send(VcpuEvent::Exited { id: self.id });
+                }
+            })
             .map_err(|source| VcpuError::Os {
                 id,
                 what: "spawning its thread",
@@ -352,6 +373,11 @@ impl Vcpu {
                 }
                 Ok(VcpuCommand::Resume) => {
                     let _ = self.responses.send(VcpuResponse::Resumed);
+                }
+                Ok(VcpuCommand::SaveState) => {
+                    let _ = self.responses.send(VcpuResponse::State(Err(
+                        "the vCPU is running; pause it first".into(),
+                    )));
                 }
                 Err(TryRecvError::Empty) => {}
             }
@@ -397,6 +423,12 @@ impl Vcpu {
                 Ok(VcpuCommand::Pause) => {
                     let _ = self.responses.send(VcpuResponse::Paused);
                 }
+                Ok(VcpuCommand::SaveState) => {
+                    let state = VcpuState::save(&self.caps, &self.fd)
+                        .map(Box::new)
+                        .map_err(|e| e.to_string());
+                    let _ = self.responses.send(VcpuResponse::State(state));
+                }
                 Ok(VcpuCommand::Exit) | Err(_) => return false,
             }
         }
@@ -414,6 +446,11 @@ impl Vcpu {
                 }
                 VcpuCommand::Resume => {
                     let _ = self.responses.send(VcpuResponse::Resumed);
+                }
+                VcpuCommand::SaveState => {
+                    let _ = self.responses.send(VcpuResponse::State(Err(
+                        "the vCPU stopped after a guest stop or fatal exit".into(),
+                    )));
                 }
             }
         }
@@ -539,7 +576,11 @@ impl VcpuHandle {
 
     /// Sends `command` and waits for `expected`, kicking the thread out of
     /// `KVM_RUN` until it answers.
-    fn command(&self, command: VcpuCommand, expected: VcpuResponse) -> Result<(), VcpuTimeout> {
+    fn command(
+        &self,
+        command: VcpuCommand,
+        expected: fn(&VcpuResponse) -> bool,
+    ) -> Result<VcpuResponse, VcpuTimeout> {
         let timeout = VcpuTimeout {
             id: self.id,
             command,
@@ -557,7 +598,7 @@ impl VcpuHandle {
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         loop {
             match self.responses.recv_timeout(Duration::from_millis(1)) {
-                Ok(answer) if answer == expected => return Ok(()),
+                Ok(answer) if expected(&answer) => return Ok(answer),
                 Ok(_) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     if Instant::now() > deadline {
@@ -574,12 +615,25 @@ impl VcpuHandle {
 
     /// Takes the vCPU out of the guest and keeps it out until [`Self::resume`].
     pub fn pause(&self) -> Result<(), VcpuTimeout> {
-        self.command(VcpuCommand::Pause, VcpuResponse::Paused)
+        self.command(VcpuCommand::Pause, |r| matches!(r, VcpuResponse::Paused))
+            .map(drop)
     }
 
     /// Lets a paused vCPU run the guest again.
     pub fn resume(&self) -> Result<(), VcpuTimeout> {
-        self.command(VcpuCommand::Resume, VcpuResponse::Resumed)
+        self.command(VcpuCommand::Resume, |r| matches!(r, VcpuResponse::Resumed))
+            .map(drop)
+    }
+
+    /// Reads the state of a paused vCPU (on its own thread).
+    pub fn save_state(&self) -> Result<VcpuState, String> {
+        match self.command(VcpuCommand::SaveState, |r| {
+            matches!(r, VcpuResponse::State(_))
+        }) {
+            Ok(VcpuResponse::State(state)) => state.map(|s| *s),
+            Ok(_) => Err("unexpected answer".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Tells the vCPU to exit and waits for its thread. The kick signal is

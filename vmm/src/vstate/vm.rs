@@ -4,7 +4,11 @@
 //! The in-kernel irqchip keeps interrupt delivery, timers and `hlt` out of
 //! userspace entirely; flint only injects device interrupts through irqfds.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
@@ -77,24 +81,60 @@ impl Vm {
         &self.fd
     }
 
-    /// Gives every region of `mem` to KVM as a memory slot.
-    pub fn register_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
-        for (slot, region) in mem.iter().enumerate() {
-            let region_desc = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
+    /// Gives every region of `mem` to KVM as a memory slot, with KVM's dirty
+    /// page log on when `track_dirty` (diff snapshots, live migration).
+    pub fn register_memory(&self, mem: &GuestMemory, track_dirty: bool) -> Result<(), VmError> {
+        register_slots(&self.fd, mem, track_dirty)
+    }
+
+    /// The in-kernel interrupt controllers, PIT and clock, for a snapshot.
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let chip = |chip_id| -> Result<kvm_irqchip, VmError> {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
             };
-            // SAFETY: the host range [as_ptr, as_ptr + len) is a live mapping owned
-            // by `mem`, which the VMM keeps alive for as long as the VM exists
-            // (vCPU threads hold clones of it); slots do not overlap because the
-            // regions of a GuestMemoryMmap do not.
-            unsafe { self.fd.set_user_memory_region(region_desc) }
-                .map_err(|e| VmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+            self.fd
+                .get_irqchip(&mut chip)
+                .map_err(|e| VmError::Kvm("KVM_GET_IRQCHIP", e))?;
+            Ok(chip)
+        };
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self
+                .fd
+                .get_pit2()
+                .map_err(|e| VmError::Kvm("KVM_GET_PIT2", e))?,
+            clock: self
+                .fd
+                .get_clock()
+                .map_err(|e| VmError::Kvm("KVM_GET_CLOCK", e))?,
+        })
+    }
+
+    /// Puts saved interrupt controller, PIT and clock state back (after
+    /// [`Vm::setup_irqchip`]).
+    pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
+        for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
+            self.fd
+                .set_irqchip(chip)
+                .map_err(|e| VmError::Kvm("KVM_SET_IRQCHIP", e))?;
         }
-        Ok(())
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(|e| VmError::Kvm("KVM_SET_PIT2", e))?;
+        // The guest's clock continues from the saved value; only the stable
+        // flag may be passed back (KVM rejects the others).
+        let clock = kvm_clock_data {
+            clock: state.clock.clock,
+            flags: 0,
+            ..Default::default()
+        };
+        self.fd
+            .set_clock(&clock)
+            .map_err(|e| VmError::Kvm("KVM_SET_CLOCK", e))
     }
 
     /// Creates the in-kernel PIC + IOAPIC + LAPICs and the PIT. Must run before
@@ -117,6 +157,46 @@ impl Vm {
     }
 }
 
+/// Registers (or re-registers) every region of `mem` as a KVM memory slot.
+pub fn register_slots(vm: &VmFd, mem: &GuestMemory, track_dirty: bool) -> Result<(), VmError> {
+    let flags = if track_dirty {
+        KVM_MEM_LOG_DIRTY_PAGES
+    } else {
+        0
+    };
+    for (slot, region) in mem.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the host range [as_ptr, as_ptr + len) is a live mapping owned
+        // by `mem`, which the VMM keeps alive for as long as the VM exists
+        // (vCPU threads and devices hold clones of it); slots do not overlap
+        // because the regions of a GuestMemoryMmap do not.
+        unsafe { vm.set_user_memory_region(region_desc) }
+            .map_err(|e| VmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+    }
+    Ok(())
+}
+
+/// The VM-wide KVM state a snapshot needs.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VmState {
+    /// The master 8259.
+    pub pic_master: kvm_irqchip,
+    /// The slave 8259.
+    pub pic_slave: kvm_irqchip,
+    /// The IOAPIC (redirection table, pending bits).
+    pub ioapic: kvm_irqchip,
+    /// The PIT's channels.
+    pub pit: kvm_pit_state2,
+    /// kvmclock.
+    pub clock: kvm_clock_data,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,7 +210,7 @@ mod tests {
         }
         let vm = Vm::new().unwrap();
         let mem = create_guest_memory(5 << 10).unwrap();
-        vm.register_memory(&mem).unwrap();
+        vm.register_memory(&mem, true).unwrap();
         vm.setup_irqchip().unwrap();
         // A second irqchip is refused: proves the first one exists.
         assert!(vm.fd().create_irq_chip().is_err());

@@ -77,6 +77,13 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        self.active
+            .iter()
+            .map(|a| (a.queue.next_avail(), a.queue.next_used()))
+            .collect()
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.state.acked_features = 0;

@@ -22,7 +22,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_net;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
@@ -375,6 +375,25 @@ impl VirtioDevice for Net {
 
     fn needs_reset(&self) -> bool {
         Net::needs_reset(self)
+    }
+
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        self.active
+            .iter()
+            .flat_map(|a| [&a.rx, &a.tx])
+            .map(|q| (q.next_avail(), q.next_used()))
+            .collect()
+    }
+
+    fn prepare_snapshot(&mut self) {
+        // RX chains held for a frame that has not arrived yet were popped in
+        // ring order and never used: put them back by rewinding.
+        if let Some(active) = self.active.as_mut() {
+            let held = self.rx.held_count() as u16;
+            let next = active.rx.next_avail().wrapping_sub(held);
+            active.rx.set_next_avail(next);
+            self.rx.clear_held();
+        }
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

@@ -36,6 +36,16 @@ pub(super) struct RxState {
 }
 
 impl RxState {
+    /// How many chains are held off the ring for the next frame.
+    pub(crate) fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Forgets the held chains (after giving them back to the ring).
+    pub(crate) fn clear_held(&mut self) {
+        self.held.clear();
+    }
+
     pub(super) fn new() -> Self {
         Self {
             frame: vec![0; MAX_FRAME_LEN],
