@@ -63,6 +63,9 @@ enum Command {
     /// Work with snapshot files.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Run a program (normally flint itself) jailed: chroot, namespaces,
+    /// cgroups, rlimits, an unprivileged uid/gid, a clean environment.
+    Jail(jailer::JailArgs),
 }
 
 #[derive(Subcommand)]
@@ -131,6 +134,13 @@ fn main() -> ExitCode {
             run(start, api_sock, id, started, !no_console_input)
         }
         Command::Ctl(args) => ctl::main(args),
+        Command::Jail(args) => match jailer::run(args) {
+            Ok(never) => match never {},
+            Err(e) => {
+                eprintln!("flint jail: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Snapshot(SnapshotCommand::Merge { base, diff }) => {
             match vmm::snapshot::memory::merge_diff(&base, &diff) {
                 Ok(bytes) => {

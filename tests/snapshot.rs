@@ -18,13 +18,23 @@ fn flint() -> Command {
 fn wait_for_socket(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "socket {} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "socket {} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn ctl(sock: &Path, args: &[&str]) {
-    let out = flint().arg("ctl").arg("--api-sock").arg(sock).args(args).output().unwrap();
+    let out = flint()
+        .arg("ctl")
+        .arg("--api-sock")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "flint ctl {args:?}: {}{}",
@@ -54,11 +64,13 @@ fn counter_config(dir: &Path, vcpus: u8, with_disk: bool) -> PathBuf {
         let root = dir.join("rootfs.ext4");
         std::fs::copy(guest_file("rootfs.ext4"), &root).unwrap();
         let script = r#"i=$(cat /count 2>/dev/null || echo 0); while true; do i=$((i+1)); echo $i > /count; sync; echo TICK $(cat /count); sleep 1; done"#;
-        boot["boot_args"] = format!("console=ttyS0 reboot=k panic=-1 guest_cmd=\"{script}\"").into();
+        boot["boot_args"] =
+            format!("console=ttyS0 reboot=k panic=-1 guest_cmd=\"{script}\"").into();
         config["drives"] = serde_json::json!([{"drive_id": "rootfs", "path_on_host": root, "is_root_device": true}]);
     } else {
         boot["initrd_path"] = guest_file("initramfs.cpio").to_str().unwrap().into();
-        boot["boot_args"] = format!("console=ttyS0 reboot=k panic=-1 guest_cmd=\"{COUNTER}\"").into();
+        boot["boot_args"] =
+            format!("console=ttyS0 reboot=k panic=-1 guest_cmd=\"{COUNTER}\"").into();
     }
     config["boot-source"] = boot;
     let path = dir.join("vm.json");
@@ -93,7 +105,8 @@ fn restore_and_check(dir: &Path, snap: &Path, tick: u64) -> (Flint, PathBuf) {
     let (mut vm, sock) = start(dir, "restored", &["--restore", snap.to_str().unwrap()]);
     let next = format!("TICK {}", tick + 1);
     vm.wait_for(&next, BOOT_TIMEOUT).unwrap();
-    vm.wait_for(&format!("TICK {}", tick + 2), BOOT_TIMEOUT).unwrap();
+    vm.wait_for(&format!("TICK {}", tick + 2), BOOT_TIMEOUT)
+        .unwrap();
     let console = vm.console();
     assert!(
         !console.lines().any(|l| l.trim() == "TICK 1"),
@@ -105,22 +118,35 @@ fn restore_and_check(dir: &Path, snap: &Path, tick: u64) -> (Flint, PathBuf) {
 fn snapshot_restore_cycle(vcpus: u8, with_disk: bool) {
     let dir = tempfile::tempdir().unwrap();
     let config = counter_config(dir.path(), vcpus, with_disk);
-    let (mut vm, sock) = start(dir.path(), "original", &["--config", config.to_str().unwrap()]);
+    let (mut vm, sock) = start(
+        dir.path(),
+        "original",
+        &["--config", config.to_str().unwrap()],
+    );
     vm.wait_for("TICK 3", BOOT_TIMEOUT).unwrap();
     let snap = dir.path().join("snap");
     let tick = snapshot_and_kill(&mut vm, &sock, &snap);
     assert!(tick >= 3);
     let (mut restored, sock) = restore_and_check(dir.path(), &snap, tick);
     ctl(&sock, &["stop"]);
-    assert_eq!(restored.wait_exit(Duration::from_secs(30)).unwrap().code(), Some(0));
+    assert_eq!(
+        restored.wait_exit(Duration::from_secs(30)).unwrap().code(),
+        Some(0)
+    );
     if with_disk {
         let count = Command::new("debugfs")
             .args(["-R", "cat /count"])
             .arg(dir.path().join("rootfs.ext4"))
             .output()
             .unwrap();
-        let on_disk: u64 = String::from_utf8_lossy(&count.stdout).trim().parse().unwrap();
-        assert!(on_disk > tick, "the restored guest did not write its disk ({on_disk} <= {tick})");
+        let on_disk: u64 = String::from_utf8_lossy(&count.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            on_disk > tick,
+            "the restored guest did not write its disk ({on_disk} <= {tick})"
+        );
     }
 }
 
@@ -141,7 +167,11 @@ fn diff_snapshot_merged_onto_its_base_restores_the_later_state() {
     let _one_vcpu = BOOT_LOCK.read().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let config = counter_config(dir.path(), 1, false);
-    let (mut vm, sock) = start(dir.path(), "original", &["--config", config.to_str().unwrap()]);
+    let (mut vm, sock) = start(
+        dir.path(),
+        "original",
+        &["--config", config.to_str().unwrap()],
+    );
     vm.wait_for("TICK 2", BOOT_TIMEOUT).unwrap();
     let base = dir.path().join("base");
     ctl(&sock, &["pause"]);
@@ -149,13 +179,17 @@ fn diff_snapshot_merged_onto_its_base_restores_the_later_state() {
     ctl(&sock, &["snapshot", "create", base.to_str().unwrap()]);
     ctl(&sock, &["resume"]);
     // The guest changes its memory (the counter) for a few seconds.
-    vm.wait_for(&format!("TICK {}", base_tick + 3), BOOT_TIMEOUT).unwrap();
+    vm.wait_for(&format!("TICK {}", base_tick + 3), BOOT_TIMEOUT)
+        .unwrap();
     let diff = dir.path().join("diff");
     let diff_tick = snapshot_and_kill_diff(&mut vm, &sock, &diff);
     assert!(diff_tick >= base_tick + 3);
     let full = std::fs::metadata(base.join("memory")).unwrap().len();
     let diff_size = std::fs::metadata(diff.join("memory")).unwrap().len();
-    assert_eq!(full, diff_size, "a diff memory file has the guest's full size (sparse)");
+    assert_eq!(
+        full, diff_size,
+        "a diff memory file has the guest's full size (sparse)"
+    );
 
     // base memory + diff = the memory at the diff; with the diff's state the
     // counter goes on from the diff's tick.
@@ -169,17 +203,27 @@ fn diff_snapshot_merged_onto_its_base_restores_the_later_state() {
         .arg(diff.join("memory"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (mut restored, sock) = restore_and_check(dir.path(), &merged, diff_tick);
     ctl(&sock, &["stop"]);
-    assert_eq!(restored.wait_exit(Duration::from_secs(30)).unwrap().code(), Some(0));
+    assert_eq!(
+        restored.wait_exit(Duration::from_secs(30)).unwrap().code(),
+        Some(0)
+    );
 }
 
 fn snapshot_and_kill_diff(vm: &mut Flint, sock: &Path, snap: &Path) -> u64 {
     ctl(sock, &["pause"]);
     std::thread::sleep(Duration::from_millis(300));
     let tick = last_tick(&vm.console());
-    ctl(sock, &["snapshot", "create", snap.to_str().unwrap(), "--diff"]);
+    ctl(
+        sock,
+        &["snapshot", "create", snap.to_str().unwrap(), "--diff"],
+    );
     vm.signal(libc::SIGKILL);
     vm.wait_exit(Duration::from_secs(30)).unwrap();
     tick
@@ -190,18 +234,30 @@ fn live_migration_over_unix_then_tcp_keeps_the_guest_counting() {
     let _one_vcpu = BOOT_LOCK.read().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let config = counter_config(dir.path(), 1, false);
-    let (mut source, sock) = start(dir.path(), "source", &["--config", config.to_str().unwrap()]);
+    let (mut source, sock) = start(
+        dir.path(),
+        "source",
+        &["--config", config.to_str().unwrap()],
+    );
     source.wait_for("TICK 3", BOOT_TIMEOUT).unwrap();
 
     // Hop 1: over a Unix socket.
     let unix_addr = format!("unix:{}", dir.path().join("migrate.sock").display());
     let (mut middle, middle_sock) = start(dir.path(), "middle", &["--migrate-listen", &unix_addr]);
     ctl(&sock, &["migrate", "--to", &unix_addr]);
-    assert_eq!(source.wait_exit(Duration::from_secs(60)).unwrap().code(), Some(0));
+    assert_eq!(
+        source.wait_exit(Duration::from_secs(60)).unwrap().code(),
+        Some(0)
+    );
     let log = source.stderr();
-    assert!(log.contains("downtime"), "the source must report the downtime:\n{log}");
+    assert!(
+        log.contains("downtime"),
+        "the source must report the downtime:\n{log}"
+    );
     let left_at = last_tick(&source.console());
-    middle.wait_for(&format!("TICK {}", left_at + 2), BOOT_TIMEOUT).unwrap();
+    middle
+        .wait_for(&format!("TICK {}", left_at + 2), BOOT_TIMEOUT)
+        .unwrap();
     assert!(!middle.console().lines().any(|l| l.trim() == "TICK 1"));
 
     // Hop 2: over TCP on loopback.
@@ -212,11 +268,18 @@ fn live_migration_over_unix_then_tcp_keeps_the_guest_counting() {
     let tcp_addr = format!("tcp:127.0.0.1:{port}");
     let (mut last, last_sock) = start(dir.path(), "last", &["--migrate-listen", &tcp_addr]);
     ctl(&middle_sock, &["migrate", "--to", &tcp_addr]);
-    assert_eq!(middle.wait_exit(Duration::from_secs(60)).unwrap().code(), Some(0));
+    assert_eq!(
+        middle.wait_exit(Duration::from_secs(60)).unwrap().code(),
+        Some(0)
+    );
     let left_at = last_tick(&middle.console());
-    last.wait_for(&format!("TICK {}", left_at + 2), BOOT_TIMEOUT).unwrap();
+    last.wait_for(&format!("TICK {}", left_at + 2), BOOT_TIMEOUT)
+        .unwrap();
     ctl(&last_sock, &["stop"]);
-    assert_eq!(last.wait_exit(Duration::from_secs(30)).unwrap().code(), Some(0));
+    assert_eq!(
+        last.wait_exit(Duration::from_secs(30)).unwrap().code(),
+        Some(0)
+    );
 }
 
 #[test]
@@ -227,9 +290,31 @@ fn damaged_snapshots_are_refused_with_a_reason() {
     std::fs::write(snap.join("memory"), vec![0u8; 4096]).unwrap();
     for (content, expect) in [
         (b"not a snapshot at all".to_vec(), "bad magic"),
-        ([b"FLINTSNP".as_slice(), &7u32.to_le_bytes(), &[0u8; 8]].concat(), "version 7"),
-        ([b"FLINTSNP".as_slice(), &1u32.to_le_bytes(), &100u64.to_le_bytes(), b"short"].concat(), "truncated"),
-        ([b"FLINTSNP".as_slice(), &1u32.to_le_bytes(), &1u64.to_le_bytes(), b"x", &[0u8; 8]].concat(), "checksum"),
+        (
+            [b"FLINTSNP".as_slice(), &7u32.to_le_bytes(), &[0u8; 8]].concat(),
+            "version 7",
+        ),
+        (
+            [
+                b"FLINTSNP".as_slice(),
+                &1u32.to_le_bytes(),
+                &100u64.to_le_bytes(),
+                b"short",
+            ]
+            .concat(),
+            "truncated",
+        ),
+        (
+            [
+                b"FLINTSNP".as_slice(),
+                &1u32.to_le_bytes(),
+                &1u64.to_le_bytes(),
+                b"x",
+                &[0u8; 8],
+            ]
+            .concat(),
+            "checksum",
+        ),
     ] {
         std::fs::write(snap.join("vmstate"), &content).unwrap();
         let out = flint()

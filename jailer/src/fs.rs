@@ -5,7 +5,8 @@ use std::fs::{self, DirBuilder, Permissions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{chown, DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use crate::validate::JailConfig;
 use crate::JailError;
@@ -73,6 +74,7 @@ pub(crate) fn build_jail(cfg: &JailConfig) -> Result<(), JailError> {
     fs::copy(&cfg.exec_file, &exec_dst)
         .map_err(JailError::fs("copying exec file to", &exec_dst))?;
     set_mode(&exec_dst, 0o755)?;
+    copy_shared_libraries(&cfg.exec_file, root)?;
 
     for dir in ["dev", "dev/net"] {
         let path = root.join(dir);
@@ -88,6 +90,56 @@ pub(crate) fn build_jail(cfg: &JailConfig) -> Result<(), JailError> {
     }
 
     chown(root, Some(cfg.uid), Some(cfg.gid)).map_err(JailError::fs("chown of jail root", root))?;
+    Ok(())
+}
+
+/// The shared libraries (and dynamic loader) a dynamically linked binary
+/// needs, from `ldd`'s output: absolute paths only. A static binary has none.
+pub(crate) fn parse_ldd(output: &str) -> Vec<PathBuf> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// Copies the libraries a dynamically linked exec file needs into the jail
+/// at the same paths, so a glibc-linked flint runs inside it. Files, not
+/// links: nothing in the jail points back at the host.
+fn copy_shared_libraries(exec_file: &Path, root: &Path) -> Result<(), JailError> {
+    let output = match Command::new("ldd").arg(exec_file).output() {
+        Ok(out) => out,
+        Err(e) => {
+            log::warn!(
+                "cannot run ldd ({e}); assuming {} is static",
+                exec_file.display()
+            );
+            return Ok(());
+        }
+    };
+    // ldd fails ("not a dynamic executable") for static binaries: nothing to copy.
+    if !output.status.success() {
+        return Ok(());
+    }
+    for lib in parse_ldd(&String::from_utf8_lossy(&output.stdout)) {
+        let rel = lib.strip_prefix("/").unwrap_or(&lib);
+        let dst = root.join(rel);
+        if let Some(dir) = dst.parent() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(JailError::fs("creating directory", dir))?;
+        }
+        fs::copy(&lib, &dst).map_err(JailError::fs("copying shared library to", &dst))?;
+        set_mode(&dst, 0o755)?;
+    }
     Ok(())
 }
 
@@ -115,4 +167,23 @@ fn make_device(root: &Path, node: &DeviceNode, uid: u32, gid: u32) -> Result<(),
         chown(&path, Some(uid), Some(gid)).map_err(JailError::fs("chown of device node", &path))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod ldd_tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_gives_absolute_library_paths() {
+        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x7f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x7f)\n\t/lib64/ld-linux-x86-64.so.2 (0x7f)\n";
+        assert_eq!(
+            parse_ldd(out),
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+        assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
+    }
 }

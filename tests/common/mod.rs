@@ -194,6 +194,11 @@ impl Flint {
         assert_eq!(rc, 0, "kill failed");
     }
 
+    /// The flint process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the guest printed so far.
     pub fn console(&self) -> String {
         self.console.lock().unwrap().clone()

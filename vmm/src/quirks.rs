@@ -21,14 +21,30 @@ pub fn cpuinfo_has_hw_virtualization(cpuinfo: &str) -> bool {
         .any(|line| line.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
-/// Whether this host's KVM has to emulate guest kernel code.
+/// Whether the CPU itself reports VT-x (CPUID.1:ECX.VMX) or AMD-V
+/// (CPUID.80000001h:ECX.SVM).
+pub fn cpuid_has_hw_virtualization() -> bool {
+    use std::arch::x86_64::__cpuid;
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID is available on every x86_64 CPU and only reads registers.
+    let (leaf1, max_ext) = unsafe { (__cpuid(1), __cpuid(0x8000_0000).eax) };
+    let vmx = leaf1.ecx & (1 << 5) != 0;
+    let svm = max_ext >= 0x8000_0001 && {
+        #[allow(unused_unsafe)]
+        // SAFETY: as above; the extended leaf exists (checked against the maximum).
+        let ext = unsafe { __cpuid(0x8000_0001) };
+        ext.ecx & (1 << 2) != 0
+    };
+    vmx || svm
+}
+
+/// Whether this host's KVM has to emulate guest kernel code. `/proc/cpuinfo`
+/// is the better witness (the kernel clears `vmx` when firmware disabled it);
+/// inside a jail without /proc, the CPU's own CPUID answers.
 pub fn host_emulates_guest_code() -> bool {
     match std::fs::read_to_string("/proc/cpuinfo") {
         Ok(text) => !cpuinfo_has_hw_virtualization(&text),
-        Err(e) => {
-            log::warn!("cannot read /proc/cpuinfo ({e}); assuming hardware virtualization");
-            false
-        }
+        Err(_) => !cpuid_has_hw_virtualization(),
     }
 }
 
@@ -65,6 +81,17 @@ mod tests {
         assert!(cpuinfo_has_hw_virtualization(AMD));
         assert!(!cpuinfo_has_hw_virtualization(NESTED_NO_VIRT));
         assert!(!cpuinfo_has_hw_virtualization(""));
+    }
+
+    #[test]
+    fn cpuid_agrees_with_cpuinfo_on_this_host() {
+        if let Ok(text) = std::fs::read_to_string("/proc/cpuinfo") {
+            // Firmware can disable VT-x that CPUID still reports; the other
+            // way round never happens.
+            if cpuinfo_has_hw_virtualization(&text) {
+                assert!(cpuid_has_hw_virtualization());
+            }
+        }
     }
 
     #[test]
