@@ -66,6 +66,16 @@ enum Command {
     /// Run a program (normally flint itself) jailed: chroot, namespaces,
     /// cgroups, rlimits, an unprivileged uid/gid, a clean environment.
     Jail(jailer::JailArgs),
+    /// Run containers in microVMs.
+    #[command(subcommand)]
+    Container(ContainerCommand),
+}
+
+#[derive(Subcommand)]
+enum ContainerCommand {
+    /// Run a command from an OCI image (or a root directory) in a microVM;
+    /// exits with the command's exit status.
+    Run(container::ContainerRunArgs),
 }
 
 #[derive(Subcommand)]
@@ -134,6 +144,13 @@ fn main() -> ExitCode {
             run(start, api_sock, id, started, !no_console_input)
         }
         Command::Ctl(args) => ctl::main(args),
+        Command::Container(ContainerCommand::Run(args)) => match container::run(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("flint container run: {e}");
+                ExitCode::from(125)
+            }
+        },
         Command::Jail(args) => match jailer::run(args) {
             Ok(never) => match never {},
             Err(e) => {

@@ -175,6 +175,9 @@ fn nanos_to_duration(ns: u128) -> Duration {
     Duration::new(secs, (ns % 1_000_000_000) as u32)
 }
 
+/// A limiter's two buckets, as a run-time update gives them.
+pub type Limits = (Option<BucketConfig>, Option<BucketConfig>);
+
 /// Limits a device direction (e.g. net TX) in bandwidth and operations.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -195,6 +198,15 @@ impl RateLimiter {
             timer: TimerFd::new().map_err(io::Error::from)?,
             blocked: false,
         })
+    }
+
+    /// Replaces the buckets (a run-time `PATCH` of the limits). The timer fd
+    /// stays the same, so the device's event loop registration stays valid;
+    /// new buckets start full.
+    pub fn update_buckets(&mut self, bandwidth: Option<BucketConfig>, ops: Option<BucketConfig>) {
+        let now = Instant::now();
+        self.bandwidth = bandwidth.and_then(|c| TokenBucket::new(c, now));
+        self.ops = ops.and_then(|c| TokenBucket::new(c, now));
     }
 
     fn bucket_mut(&mut self, kind: TokenKind) -> Option<&mut TokenBucket> {

@@ -390,8 +390,21 @@ impl Vmm {
                 VmConfig::validate_network,
             ),
             R::PatchDrive(patch) => {
-                if started {
-                    return bad_request("changing a drive of a running VM is not supported yet");
+                let known = self.pending.drives.iter().any(|d| d.drive_id == patch.drive_id);
+                if let (Some(_), false) = (&self.vm, known) {
+                    return ApiResponse::Error(ApiError::not_found(format!("no drive {:?}", patch.drive_id)));
+                }
+                if let Some(vm) = self.vm.as_mut() {
+                    if patch.path_on_host.as_ref().is_some_and(|p| !p.is_file()) {
+                        return bad_request(format!("drives[{}].path_on_host: not a file", patch.drive_id));
+                    }
+                    return match vm.update_drive(&patch) {
+                        Ok(()) => {
+                            self.pending = PendingConfig::from_config(vm.config().clone());
+                            ApiResponse::Empty
+                        }
+                        Err(e) => bad_request(e),
+                    };
                 }
                 let Some(index) = self.pending.drives.iter().position(|d| d.drive_id == patch.drive_id) else {
                     return ApiResponse::Error(ApiError::not_found(format!("no drive {:?}", patch.drive_id)));
@@ -410,8 +423,21 @@ impl Vmm {
                 )
             }
             R::PatchNetworkInterface(patch) => {
-                if started {
-                    return bad_request("changing a network interface of a running VM is not supported yet");
+                let known = self.pending.nets.iter().any(|n| n.iface_id == patch.iface_id);
+                if let (Some(_), false) = (&self.vm, known) {
+                    return ApiResponse::Error(ApiError::not_found(format!(
+                        "no network interface {:?}",
+                        patch.iface_id
+                    )));
+                }
+                if let Some(vm) = self.vm.as_mut() {
+                    return match vm.update_net(&patch) {
+                        Ok(()) => {
+                            self.pending = PendingConfig::from_config(vm.config().clone());
+                            ApiResponse::Empty
+                        }
+                        Err(e) => bad_request(e),
+                    };
                 }
                 let Some(index) = self.pending.nets.iter().position(|n| n.iface_id == patch.iface_id) else {
                     return ApiResponse::Error(ApiError::not_found(format!(

@@ -19,9 +19,11 @@ use devices::legacy::serial::{
     SerialOutput, SerialState, COM1_PORT_BASE, COM2_PORT_BASE, SERIAL_PORT_LEN,
 };
 use devices::legacy::{ExitStatusPort, Serial, I8042};
+use devices::virtio::block::Block;
 use devices::virtio::mmio::{
     MmioTransport, MmioTransportState, MMIO_WINDOW_SIZE, QUEUE_NOTIFY_OFFSET,
 };
+use devices::virtio::net::Net;
 use devices::virtio::{IrqTrigger, VirtioDevice};
 use devices::{Bus, BusError, EventFdTrigger};
 use event_manager::MutEventSubscriber;
@@ -120,6 +122,10 @@ pub struct DeviceManager {
     /// The virtio devices, in attach order (for metrics, snapshots and
     /// run-time updates).
     pub virtio: Vec<VirtioEntry>,
+    /// The block devices by drive id (run-time `PATCH /drives`).
+    pub blocks: Vec<(String, Arc<Mutex<Block>>)>,
+    /// The network devices by interface id (run-time `PATCH /network-interfaces`).
+    pub nets: Vec<(String, Arc<Mutex<Net>>)>,
     mmio_space: AddressAllocator,
     irqs: IdAllocator,
 }
@@ -176,6 +182,8 @@ impl DeviceManager {
             subscribers: Vec::new(),
             cmdline_devices: Vec::new(),
             virtio: Vec::new(),
+            blocks: Vec::new(),
+            nets: Vec::new(),
             mmio_space: AddressAllocator::new(MMIO_DEVICES_START, MMIO_DEVICES_SIZE)
                 .map_err(|e| DeviceError::Exhausted("virtio".into(), "MMIO space", e))?,
             irqs: IdAllocator::new(IRQ_DEVICES_START, IRQ_DEVICES_END)
@@ -218,7 +226,7 @@ impl DeviceManager {
         name: &str,
         device: D,
         placement: Option<(u64, u32)>,
-    ) -> Result<(), DeviceError>
+    ) -> Result<Arc<Mutex<D>>, DeviceError>
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {
@@ -277,10 +285,10 @@ impl DeviceManager {
             base,
             gsi,
         });
-        self.subscribers.push(device);
+        self.subscribers.push(device.clone());
         self.cmdline_devices
             .push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
         log::debug!("{name}: virtio-mmio at {base:#x}, GSI {gsi}");
-        Ok(())
+        Ok(device)
     }
 }

@@ -13,6 +13,8 @@ use std::time::Instant;
 use api::VmConfig;
 use devices::legacy::serial::SerialOutput;
 use devices::legacy::Serial;
+use devices::virtio::block::Block;
+use devices::virtio::net::Net;
 use devices::EventFdTrigger;
 use event_manager::{EventManager, SubscriberOps};
 
@@ -105,6 +107,8 @@ pub struct MicroVm {
     vcpus: Vec<VcpuHandle>,
     buses: VcpuBuses,
     virtio: Vec<VirtioEntry>,
+    blocks: Vec<(String, Arc<Mutex<Block>>)>,
+    nets: Vec<(String, Arc<Mutex<Net>>)>,
     serial: Arc<Mutex<Serial>>,
     config: VmConfig,
     paused: bool,
@@ -313,6 +317,8 @@ impl MicroVm {
             vcpus,
             buses,
             virtio: std::mem::take(&mut devices.virtio),
+            blocks: std::mem::take(&mut devices.blocks),
+            nets: std::mem::take(&mut devices.nets),
             serial: devices.serial.clone(),
             config: config.clone(),
             paused,
@@ -357,6 +363,81 @@ impl MicroVm {
             vcpu.resume()?;
         }
         self.paused = false;
+        Ok(())
+    }
+
+    /// Applies a run-time `PATCH /drives/{id}`: a new backing file (the guest
+    /// is told its disk changed) and/or new rate limits.
+    pub fn update_drive(&mut self, patch: &api::DrivePatch) -> Result<(), String> {
+        let block = self
+            .blocks
+            .iter()
+            .find(|(id, _)| *id == patch.drive_id)
+            .map(|(_, b)| b.clone())
+            .ok_or_else(|| format!("no drive {:?}", patch.drive_id))?;
+        if let Some(path) = &patch.path_on_host {
+            lock(&block)
+                .update_path(path.clone())
+                .map_err(|e| e.to_string())?;
+            let name = crate::virtio_devices::drive_name(&patch.drive_id);
+            if let Some(entry) = self.virtio.iter().find(|e| e.name == name) {
+                lock(&entry.transport).notify_config_change();
+            }
+        }
+        if patch.rate_limiter.is_some() {
+            let (bandwidth, ops) = crate::virtio_devices::limits(&patch.rate_limiter);
+            if !lock(&block).update_rate_limiter(bandwidth, ops) {
+                return Err("this drive has no rate limiter to update".into());
+            }
+        }
+        if let Some(drive) = self
+            .config
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == patch.drive_id)
+        {
+            if let Some(path) = &patch.path_on_host {
+                drive.path_on_host = path.clone();
+            }
+            if patch.rate_limiter.is_some() {
+                drive.rate_limiter = patch.rate_limiter.clone();
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a run-time `PATCH /network-interfaces/{id}` (rate limits).
+    pub fn update_net(&mut self, patch: &api::NetPatch) -> Result<(), String> {
+        let net = self
+            .nets
+            .iter()
+            .find(|(id, _)| *id == patch.iface_id)
+            .map(|(_, n)| n.clone())
+            .ok_or_else(|| format!("no network interface {:?}", patch.iface_id))?;
+        let rx = patch
+            .rx_rate_limiter
+            .is_some()
+            .then(|| crate::virtio_devices::limits(&patch.rx_rate_limiter));
+        let tx = patch
+            .tx_rate_limiter
+            .is_some()
+            .then(|| crate::virtio_devices::limits(&patch.tx_rate_limiter));
+        if !lock(&net).update_rate_limiters(rx, tx) {
+            return Err("this interface has no rate limiter to update".into());
+        }
+        if let Some(iface) = self
+            .config
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == patch.iface_id)
+        {
+            if patch.rx_rate_limiter.is_some() {
+                iface.rx_rate_limiter = patch.rx_rate_limiter.clone();
+            }
+            if patch.tx_rate_limiter.is_some() {
+                iface.tx_rate_limiter = patch.tx_rate_limiter.clone();
+            }
+        }
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! Turning the config's `drives` and `network-interfaces` into virtio devices.
 
 use api::{DriveConfig, NetConfig, RateLimiterConfig, TokenBucketConfig};
-use devices::rate_limiter::{BucketConfig, RateLimiter};
+use devices::rate_limiter::{BucketConfig, Limits, RateLimiter};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::net::{self, Net};
 
@@ -54,12 +54,20 @@ fn bucket(config: &Option<TokenBucketConfig>) -> Option<BucketConfig> {
     })
 }
 
-/// The rate limiter a config asks for, if any.
+/// The buckets a config asks for (none: unlimited).
+pub fn limits(config: &Option<RateLimiterConfig>) -> Limits {
+    match config {
+        Some(c) => (bucket(&c.bandwidth), bucket(&c.ops)),
+        None => (None, None),
+    }
+}
+
+/// The rate limiter for a config. Every device gets one, unlimited when the
+/// config has none, so that limits can be set at run time (`PATCH`) on a
+/// timer already registered with the event loop.
 pub fn rate_limiter(config: &Option<RateLimiterConfig>) -> std::io::Result<Option<RateLimiter>> {
-    config
-        .as_ref()
-        .map(|c| RateLimiter::new(bucket(&c.bandwidth), bucket(&c.ops)))
-        .transpose()
+    let (bandwidth, ops) = limits(config);
+    RateLimiter::new(bandwidth, ops).map(Some)
 }
 
 /// Creates and attaches every drive, the root drive first so it is
@@ -90,7 +98,8 @@ pub fn attach_drives(
         .map_err(|e| err(e.to_string()))?;
         let name = drive_name(&drive.drive_id);
         let placement = placements.get(&name).copied();
-        dm.attach_virtio(vm, mem, &name, block, placement)?;
+        let block = dm.attach_virtio(vm, mem, &name, block, placement)?;
+        dm.blocks.push((drive.drive_id.clone(), block));
         if drive.is_root_device {
             let mode = if drive.is_read_only { "ro" } else { "rw" };
             root_args = Some(format!("root=/dev/vda {mode}"));
@@ -124,7 +133,8 @@ pub fn attach_nets(
         .map_err(|e| err(e.to_string()))?;
         let name = net_name(&iface.iface_id);
         let placement = placements.get(&name).copied();
-        dm.attach_virtio(vm, mem, &name, device, placement)?;
+        let device = dm.attach_virtio(vm, mem, &name, device, placement)?;
+        dm.nets.push((iface.iface_id.clone(), device));
     }
     Ok(())
 }

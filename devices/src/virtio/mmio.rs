@@ -361,6 +361,15 @@ impl MmioTransport {
         };
     }
 
+    /// Tells the driver the device's config space changed (e.g. a drive's
+    /// new capacity): bumps ConfigGeneration and raises a config interrupt.
+    pub fn notify_config_change(&mut self) {
+        self.regs.config_generation = self.regs.config_generation.wrapping_add(1);
+        if let Err(e) = self.interrupt.trigger(IrqKind::Config) {
+            log::error!("virtio-mmio: raising the config-change interrupt: {e}");
+        }
+    }
+
     /// The transport's state for a snapshot (the device must be quiescent:
     /// vCPUs paused, its queue work done).
     pub fn save(&self) -> MmioTransportState {

@@ -225,6 +225,46 @@ impl Block {
         })
     }
 
+    /// Switches the drive to another image (a run-time `PATCH` of
+    /// `path_on_host`, e.g. after a host-side resize or a media swap). The
+    /// new capacity is visible in config space; the caller tells the guest
+    /// (a config-change interrupt). Requests already done went to the old file.
+    pub fn update_path(&mut self, path: PathBuf) -> Result<(), BlockError> {
+        let replacement = Block::new(BlockConfig {
+            drive_id: self.state.drive_id.clone(),
+            path,
+            read_only: self.state.read_only,
+            rate_limiter: None,
+        })?;
+        self.file = replacement.file;
+        self.state.path = replacement.state.path;
+        self.state.capacity_sectors = replacement.state.capacity_sectors;
+        self.config_space = ConfigSpace::new(self.state.capacity_sectors);
+        log::info!(
+            "drive {}: now backed by {} ({} sectors)",
+            self.state.drive_id,
+            self.state.path.display(),
+            self.state.capacity_sectors
+        );
+        Ok(())
+    }
+
+    /// Changes the drive's limits at run time. `false` if the drive was
+    /// created without a rate limiter (its timer is not on the event loop).
+    pub fn update_rate_limiter(
+        &mut self,
+        bandwidth: Option<crate::rate_limiter::BucketConfig>,
+        ops: Option<crate::rate_limiter::BucketConfig>,
+    ) -> bool {
+        match self.rate_limiter.as_mut() {
+            Some(limiter) => {
+                limiter.update_buckets(bandwidth, ops);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Size of the drive in 512-byte sectors: what the guest sees as its
     /// disk size (a partial last sector of the image is left out).
     pub fn capacity_sectors(&self) -> u64 {

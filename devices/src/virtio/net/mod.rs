@@ -180,6 +180,25 @@ impl std::fmt::Debug for Net {
 }
 
 impl Net {
+    /// Changes the interface's limits at run time (`None` leaves a direction
+    /// as it is). `false` if a direction to change has no rate limiter (it
+    /// was created without one, so its timer is not on the event loop).
+    pub fn update_rate_limiters(
+        &mut self,
+        rx: Option<crate::rate_limiter::Limits>,
+        tx: Option<crate::rate_limiter::Limits>,
+    ) -> bool {
+        for (update, limiter) in [(rx, &mut self.rx_limiter), (tx, &mut self.tx_limiter)] {
+            if let Some((bandwidth, ops)) = update {
+                match limiter.as_mut() {
+                    Some(l) => l.update_buckets(bandwidth, ops),
+                    None => return false,
+                }
+            }
+        }
+        true
+    }
+
     /// Opens the tap named in `config`; a missing or busy tap is an error now
     /// rather than a dead link later.
     pub fn new(config: NetConfig) -> Result<Self, NetError> {

@@ -5,6 +5,7 @@ mod events;
 mod hostile;
 mod requests;
 mod transport;
+mod update;
 
 use std::io::Write;
 use std::ops::{Deref, DerefMut};
