@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{guest_file, Flint, BOOT_LOCK, BOOT_TIMEOUT};
+use common::{guest_file, Flint, NetNs, BOOT_LOCK, BOOT_TIMEOUT};
 
 const COUNTER: &str = r#"i=0; while true; do i=$((i+1)); echo TICK $i; sleep 1; done"#;
 
@@ -45,15 +45,33 @@ fn ctl(sock: &Path, args: &[&str]) {
 
 /// Starts `flint run` with `args` plus an API socket in `dir`.
 fn start(dir: &Path, name: &str, args: &[&str]) -> (Flint, PathBuf) {
+    start_in(None, dir, name, args)
+}
+
+/// Like [`start`], inside a network namespace if one is given.
+fn start_in(ns: Option<&NetNs>, dir: &Path, name: &str, args: &[&str]) -> (Flint, PathBuf) {
     let sock = dir.join(format!("{name}.sock"));
-    let mut cmd = flint();
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_flint")]);
+            c
+        }
+        None => flint(),
+    };
     cmd.arg("run").args(args).arg("--api-sock").arg(&sock);
     let vm = Flint::spawn(cmd, tempfile::tempdir().unwrap());
     wait_for_socket(&sock);
     (vm, sock)
 }
 
+const TAP: &str = "flintsnap0";
+
 fn counter_config(dir: &Path, vcpus: u8, with_disk: bool) -> PathBuf {
+    counter_config_net(dir, vcpus, with_disk, false)
+}
+
+fn counter_config_net(dir: &Path, vcpus: u8, with_disk: bool, with_net: bool) -> PathBuf {
     let mut boot = serde_json::json!({"kernel_image_path": guest_file("vmlinux")});
     let mut config = serde_json::json!({
         "machine-config": {"vcpu_count": vcpus, "mem_size_mib": 128, "track_dirty_pages": true},
@@ -63,10 +81,27 @@ fn counter_config(dir: &Path, vcpus: u8, with_disk: bool) -> PathBuf {
         // reading and writing its virtio-blk root.
         let root = dir.join("rootfs.ext4");
         std::fs::copy(guest_file("rootfs.ext4"), &root).unwrap();
-        let script = r#"i=$(cat /count 2>/dev/null || echo 0); while true; do i=$((i+1)); echo $i > /count; sync; echo TICK $(cat /count); sleep 1; done"#;
+        // With a network, each tick also pings the host through virtio-net.
+        let net = if with_net {
+            "; if ping -c 1 -W 3 172.30.9.1 >/dev/null; then echo NET-OK $i; else echo NET-FAIL $i; fi"
+        } else {
+            ""
+        };
+        let script = format!(
+            r#"i=$(cat /count 2>/dev/null || echo 0); while true; do i=$((i+1)); echo $i > /count; sync; echo TICK $(cat /count){net}; sleep 1; done"#
+        );
+        let ip = if with_net {
+            " ip=172.30.9.2::172.30.9.1:255.255.255.0::eth0:off guest_net=1"
+        } else {
+            ""
+        };
         boot["boot_args"] =
-            format!("console=ttyS0 reboot=k panic=-1 guest_cmd=\"{script}\"").into();
+            format!("console=ttyS0 reboot=k panic=-1{ip} guest_cmd=\"{script}\"").into();
         config["drives"] = serde_json::json!([{"drive_id": "rootfs", "path_on_host": root, "is_root_device": true}]);
+        if with_net {
+            config["network-interfaces"] =
+                serde_json::json!([{"iface_id": "eth0", "host_dev_name": TAP}]);
+        }
     } else {
         boot["initrd_path"] = guest_file("initramfs.cpio").to_str().unwrap().into();
         boot["boot_args"] =
@@ -102,7 +137,16 @@ fn snapshot_and_kill(vm: &mut Flint, sock: &Path, snap: &Path) -> u64 {
 
 /// Restores `snap` in a new flint and checks the counter goes on from `tick`.
 fn restore_and_check(dir: &Path, snap: &Path, tick: u64) -> (Flint, PathBuf) {
-    let (mut vm, sock) = start(dir, "restored", &["--restore", snap.to_str().unwrap()]);
+    restore_and_check_in(None, dir, snap, tick)
+}
+
+fn restore_and_check_in(
+    ns: Option<&NetNs>,
+    dir: &Path,
+    snap: &Path,
+    tick: u64,
+) -> (Flint, PathBuf) {
+    let (mut vm, sock) = start_in(ns, dir, "restored", &["--restore", snap.to_str().unwrap()]);
     let next = format!("TICK {}", tick + 1);
     vm.wait_for(&next, BOOT_TIMEOUT).unwrap();
     vm.wait_for(&format!("TICK {}", tick + 2), BOOT_TIMEOUT)
@@ -116,18 +160,52 @@ fn restore_and_check(dir: &Path, snap: &Path, tick: u64) -> (Flint, PathBuf) {
 }
 
 fn snapshot_restore_cycle(vcpus: u8, with_disk: bool) {
+    // The disk test also gets a network where namespaces can be made (root).
+    let ns = if with_disk {
+        NetNs::new(TAP, "172.30.9.1")
+    } else {
+        None
+    };
+    if with_disk && ns.is_none() {
+        println!("network part skipped: cannot create a network namespace (not root?)");
+    }
     let dir = tempfile::tempdir().unwrap();
-    let config = counter_config(dir.path(), vcpus, with_disk);
-    let (mut vm, sock) = start(
+    let config = counter_config_net(dir.path(), vcpus, with_disk, ns.is_some());
+    let (mut vm, sock) = start_in(
+        ns.as_ref(),
         dir.path(),
         "original",
         &["--config", config.to_str().unwrap()],
     );
     vm.wait_for("TICK 3", BOOT_TIMEOUT).unwrap();
+    if ns.is_some() {
+        vm.wait_for("NET-OK", BOOT_TIMEOUT).unwrap();
+    }
     let snap = dir.path().join("snap");
     let tick = snapshot_and_kill(&mut vm, &sock, &snap);
     assert!(tick >= 3);
-    let (mut restored, sock) = restore_and_check(dir.path(), &snap, tick);
+    let (mut restored, sock) = restore_and_check_in(ns.as_ref(), dir.path(), &snap, tick);
+    if ns.is_some() {
+        // The restored virtio-net still reaches the host: a tick after the
+        // restore reports a successful ping.
+        let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+        loop {
+            let line = restored.wait_for("NET-", BOOT_TIMEOUT).unwrap();
+            let n: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if n > tick && line.trim().starts_with("NET-OK") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no successful ping after restore:\n{}",
+                restored.console()
+            );
+        }
+    }
     ctl(&sock, &["stop"]);
     assert_eq!(
         restored.wait_exit(Duration::from_secs(30)).unwrap().code(),

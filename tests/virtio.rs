@@ -7,17 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{guest_file, Flint, BOOT_LOCK, BOOT_TIMEOUT};
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{guest_file, run, Flint, NetNs, BOOT_LOCK, BOOT_TIMEOUT};
 
 fn sha256(path: &Path) -> String {
     run(Command::new("sha256sum").arg(path))
@@ -116,45 +106,6 @@ fn virtio_blk_root_persists_synced_writes_and_honours_read_only_and_rate_limits(
         slow_s > fast_s + 2.0,
         "throttled {slow_s} s is not clearly slower than unthrottled {fast_s} s"
     );
-}
-
-/// A network namespace with a tap in it, removed on drop.
-struct NetNs {
-    name: String,
-}
-
-impl NetNs {
-    fn new(tap: &str, host_ip: &str) -> Option<Self> {
-        let name = format!("flint-test-{}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &name]).status();
-        if !ok.is_ok_and(|s| s.success()) {
-            return None;
-        }
-        let ns = Self { name };
-        ns.exec(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
-        ns.exec(&["ip", "addr", "add", &format!("{host_ip}/24"), "dev", tap]);
-        ns.exec(&["ip", "link", "set", tap, "up"]);
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        Some(ns)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).args(args);
-        cmd
-    }
-
-    fn exec(&self, args: &[&str]) -> String {
-        run(&mut self.command(args))
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
 
 /// Receives one TCP connection's bytes in the namespace and prints their sha256.

@@ -232,3 +232,58 @@ fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Runs a command, panicking with its stderr if it fails; returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace with a tap in it, removed on drop.
+pub struct NetNs {
+    /// The namespace's name.
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates a namespace with `tap` up at `host_ip`/24, or `None` where
+    /// namespaces cannot be made (not root).
+    pub fn new(tap: &str, host_ip: &str) -> Option<Self> {
+        let name = format!("flint-{tap}-{}", std::process::id());
+        let ok = Command::new("ip").args(["netns", "add", &name]).status();
+        if !ok.is_ok_and(|s| s.success()) {
+            return None;
+        }
+        let ns = Self { name };
+        ns.exec(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
+        ns.exec(&["ip", "addr", "add", &format!("{host_ip}/24"), "dev", tap]);
+        ns.exec(&["ip", "link", "set", tap, "up"]);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).args(args);
+        cmd
+    }
+
+    /// Runs a command inside the namespace; panics if it fails.
+    pub fn exec(&self, args: &[&str]) -> String {
+        run(&mut self.command(args))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
