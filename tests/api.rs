@@ -5,21 +5,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{guest_file, Flint, BOOT_LOCK, BOOT_TIMEOUT};
-
-fn wait_for_socket(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "API socket {} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::{guest_file, wait_for_socket, Flint, BOOT_LOCK, BOOT_TIMEOUT};
 
 fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     api::client::request(sock, method, path, body)

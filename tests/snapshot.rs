@@ -5,26 +5,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{guest_file, Flint, NetNs, BOOT_LOCK, BOOT_TIMEOUT};
+use common::{guest_file, wait_for_socket, Flint, NetNs, BOOT_LOCK, BOOT_TIMEOUT};
 
 const COUNTER: &str = r#"i=0; while true; do i=$((i+1)); echo TICK $i; sleep 1; done"#;
 
 fn flint() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flint"))
-}
-
-fn wait_for_socket(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "socket {} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn ctl(sock: &Path, args: &[&str]) {

@@ -287,3 +287,16 @@ impl Drop for NetNs {
             .status();
     }
 }
+
+/// Waits (up to a minute) for a flint to create its socket.
+pub fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "socket {} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -297,26 +297,28 @@ impl Vmm {
     }
 
     fn boot(&mut self, config: &VmConfig) -> Result<(), MicroVmError> {
-        let console_out = self
-            .options
-            .console_out
-            .take()
-            .unwrap_or_else(|| Box::new(std::io::stdout()));
-        let vm = MicroVm::boot(
-            config,
-            BuildContext {
-                started: self.options.started,
-                console_out,
-                console2_out: self.options.console2_out.take(),
-                console_in: self.options.console_in,
-                reset_evt: &self.reset_evt,
-                exit_status: (&self.exit_evt, &self.exit_status),
-                vcpu_events: &self.vcpu_events,
-                event_manager: &mut self.event_manager,
-            },
-        )?;
+        let vm = MicroVm::boot(config, self.build_context())?;
         self.vm = Some(vm);
         Ok(())
+    }
+
+    /// What building or restoring a VM needs from the VMM (the console
+    /// writers are handed over once).
+    fn build_context(&mut self) -> BuildContext<'_> {
+        BuildContext {
+            started: self.options.started,
+            console_out: self
+                .options
+                .console_out
+                .take()
+                .unwrap_or_else(|| Box::new(std::io::stdout())),
+            console2_out: self.options.console2_out.take(),
+            console_in: self.options.console_in,
+            reset_evt: &self.reset_evt,
+            exit_status: (&self.exit_evt, &self.exit_status),
+            vcpu_events: &self.vcpu_events,
+            event_manager: &mut self.event_manager,
+        }
     }
 
     fn serve_api(&mut self) {
@@ -706,24 +708,7 @@ impl Vmm {
         state: MicroVmState,
         mem: crate::memory::GuestMemory,
     ) -> Result<(), MicroVmError> {
-        let console_out = self
-            .options
-            .console_out
-            .take()
-            .unwrap_or_else(|| Box::new(std::io::stdout()));
-        let vm = MicroVm::restore(
-            RestoreSource { state, mem },
-            BuildContext {
-                started: self.options.started,
-                console_out,
-                console2_out: self.options.console2_out.take(),
-                console_in: self.options.console_in,
-                reset_evt: &self.reset_evt,
-                exit_status: (&self.exit_evt, &self.exit_status),
-                vcpu_events: &self.vcpu_events,
-                event_manager: &mut self.event_manager,
-            },
-        )?;
+        let vm = MicroVm::restore(RestoreSource { state, mem }, self.build_context())?;
         self.vm = Some(vm);
         Ok(())
     }

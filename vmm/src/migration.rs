@@ -356,13 +356,9 @@ pub fn accept_incoming(
             layout.total()
         )));
     }
-    let ranges: Vec<(GuestAddress, usize)> = layout
-        .regions
-        .iter()
-        .map(|&(gpa, size)| (GuestAddress(gpa), size as usize))
-        .collect();
-    let mem =
-        GuestMemory::from_ranges(&ranges).map_err(|e| MigrationError::State(e.to_string()))?;
+    let mem = layout
+        .create_memory()
+        .map_err(|e| MigrationError::State(e.to_string()))?;
     let mut state = None;
     loop {
         let (tag, payload) = receive(&mut stream)?;

@@ -78,6 +78,16 @@ impl MemoryLayout {
         }
     }
 
+    /// Fresh (zeroed, anonymous) guest RAM with this layout.
+    pub fn create_memory(&self) -> Result<GuestMemory, MemoryFileError> {
+        let ranges: Vec<(GuestAddress, usize)> = self
+            .regions
+            .iter()
+            .map(|&(gpa, size)| (GuestAddress(gpa), size as usize))
+            .collect();
+        GuestMemory::from_ranges(&ranges).map_err(|e| MemoryFileError::Guest(e.to_string()))
+    }
+
     /// Total bytes of RAM (and of the memory file).
     pub fn total(&self) -> u64 {
         self.regions.iter().map(|r| r.1).sum()
@@ -244,13 +254,7 @@ pub fn map_private(path: &Path, layout: &MemoryLayout) -> Result<GuestMemory, Me
 pub fn load_copy(path: &Path, layout: &MemoryLayout) -> Result<GuestMemory, MemoryFileError> {
     let file = File::open(path).map_err(io(path))?;
     check_size(&file, path, layout)?;
-    let ranges: Vec<(GuestAddress, usize)> = layout
-        .regions
-        .iter()
-        .map(|&(gpa, size)| (GuestAddress(gpa), size as usize))
-        .collect();
-    let mem =
-        GuestMemory::from_ranges(&ranges).map_err(|e| MemoryFileError::Guest(e.to_string()))?;
+    let mem = layout.create_memory()?;
     let mut offset = 0u64;
     let mut chunk = vec![0u8; 1 << 20];
     for &(gpa, size) in &layout.regions {
