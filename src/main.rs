@@ -37,6 +37,10 @@ enum Command {
         /// Do not read the guest console's input from stdin.
         #[arg(long)]
         no_console_input: bool,
+        /// Run without seccomp filters. For debugging only: a guest that
+        /// escapes into flint then has the whole system call interface.
+        #[arg(long)]
+        no_seccomp: bool,
         /// Restore the snapshot in DIR (DIR/vmstate + DIR/memory, as
         /// `flint ctl snapshot create DIR` writes them) instead of booting.
         #[arg(long, value_name = "DIR", conflicts_with = "config")]
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
             api_sock,
             id,
             no_console_input,
+            no_seccomp,
             restore,
             paused,
             copy_memory,
@@ -141,7 +146,10 @@ fn main() -> ExitCode {
                     }
                 }
             };
-            run(start, api_sock, id, started, !no_console_input)
+            if no_seccomp {
+                log::warn!("SECCOMP IS OFF (--no-seccomp): flint's threads are not confined; do not run untrusted guests like this");
+            }
+            run(start, api_sock, id, started, !no_console_input, !no_seccomp)
         }
         Command::Ctl(args) => ctl::main(args),
         Command::Container(ContainerCommand::Run(args)) => match container::run(args) {
@@ -224,16 +232,18 @@ fn run(
     id: String,
     started: Instant,
     console_in: bool,
+    seccomp: bool,
 ) -> ExitCode {
     let mut server = None;
     let mut options = vmm::VmmOptions {
         started,
         console_in,
         instance_id: id,
+        seccomp,
         ..Default::default()
     };
     if let Some(socket) = &api_sock {
-        match start_api(socket) {
+        match start_api(socket, seccomp) {
             Ok((handle, endpoint)) => {
                 server = Some(handle);
                 options.api = Some(endpoint);
@@ -280,13 +290,23 @@ fn run(
     }
 }
 
+/// Installs the API thread's seccomp filter (run on that thread).
+fn confine_api_thread() -> Result<(), String> {
+    vmm::seccomp::install(vmm::seccomp::ThreadKind::Api).map_err(|e| e.to_string())
+}
+
 fn start_api(
     socket: &std::path::Path,
+    seccomp: bool,
 ) -> Result<(api::ApiServerHandle, vmm::ApiEndpoint), Box<dyn std::error::Error>> {
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
     let (tx, rx) = std::sync::mpsc::channel();
     let wake = EventFd::new(EFD_NONBLOCK)?;
-    let handle = api::spawn_api_server(socket, tx, wake.try_clone()?)?;
+    let options = api::ServerOptions {
+        thread_init: seccomp.then_some(confine_api_thread as fn() -> Result<(), String>),
+        ..Default::default()
+    };
+    let handle = api::spawn_api_server_with(socket, tx, wake.try_clone()?, options)?;
     let metrics = handle.metrics_source();
     log::info!("API listening on {}", socket.display());
     Ok((

@@ -81,6 +81,32 @@ fn lifecycle_through_the_api_only() {
     vm.wait_for("GUEST-READY", BOOT_TIMEOUT).unwrap();
     vm.wait_for("TICK 2", BOOT_TIMEOUT).unwrap();
     assert_eq!(state(&sock), "Running");
+    // Every flint thread (VMM, API, vCPU, API helpers) runs under a seccomp
+    // filter while the guest runs.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", vm.pid())).unwrap();
+    let mut threads = Vec::new();
+    for task in tasks {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let mode = status
+            .lines()
+            .find(|l| l.starts_with("Seccomp:"))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string());
+        threads.push((comm.trim().to_string(), mode));
+    }
+    assert!(
+        threads.iter().any(|(c, _)| c.starts_with("flint_vcpu")),
+        "{threads:?}"
+    );
+    assert!(threads.iter().any(|(c, _)| c == "flint_api"), "{threads:?}");
+    for (comm, mode) in &threads {
+        assert_eq!(
+            mode.as_deref(),
+            Some("2"),
+            "thread {comm} is not filtered: {threads:?}"
+        );
+    }
     let (status, body) = call(&sock, "PUT", "/machine-config", Some(machine));
     assert_eq!(status, 400, "pre-boot configuration after boot: {body}");
 

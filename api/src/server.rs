@@ -37,6 +37,10 @@ pub struct ServerOptions {
     /// Bounds the file descriptors and threads the API can take from the VMM
     /// process.
     pub max_connections: usize,
+    /// Run first on the API thread, before it serves anything (flint installs
+    /// the API thread's seccomp filter here). An error stops the server from
+    /// starting.
+    pub thread_init: Option<fn() -> Result<(), String>>,
 }
 
 impl Default for ServerOptions {
@@ -47,6 +51,7 @@ impl Default for ServerOptions {
             reply_timeout: Duration::from_secs(60),
             max_body: 64 * 1024,
             max_connections: 64,
+            thread_init: None,
         }
     }
 }
@@ -205,9 +210,17 @@ pub fn spawn_api_server_with(
         options,
     });
     let (stop, stopped) = oneshot::channel();
+    let thread_init = shared.options.thread_init;
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("flint_api".to_owned())
         .spawn(move || {
+            let init = thread_init.map_or(Ok(()), |init| init());
+            let ok = init.is_ok();
+            let _ = started_tx.send(init);
+            if !ok {
+                return;
+            }
             runtime.block_on(accept_loop(listener, shared, stopped, max_connections));
             // Do not wait for blocking-pool threads still waiting on the VMM.
             runtime.shutdown_background();
@@ -215,7 +228,15 @@ pub fn spawn_api_server_with(
         .map_err(ApiServerError::Start)?;
     handle.stop = Some(stop);
     handle.thread = Some(thread);
-    Ok(handle)
+    match started_rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(ApiServerError::Start(std::io::Error::other(format!(
+            "API thread setup: {e}"
+        )))),
+        Err(_) => Err(ApiServerError::Start(std::io::Error::other(
+            "the API thread ended while starting",
+        ))),
+    }
 }
 
 async fn accept_loop(

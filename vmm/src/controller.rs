@@ -63,6 +63,9 @@ pub struct VmmOptions {
     pub instance_id: String,
     /// The API, if flint serves one.
     pub api: Option<ApiEndpoint>,
+    /// Confine the VMM and vCPU threads with seccomp filters (on by default;
+    /// off only for debugging).
+    pub seccomp: bool,
 }
 
 impl Default for VmmOptions {
@@ -74,6 +77,7 @@ impl Default for VmmOptions {
             console_in: true,
             instance_id: "flint".into(),
             api: None,
+            seccomp: true,
         }
     }
 }
@@ -175,6 +179,7 @@ struct Vmm {
     metrics: Option<MetricsSink>,
     api_requests: Option<Receiver<ApiMessage>>,
     end_requested: Option<Outcome>,
+    confined: bool,
 }
 
 impl Vmm {
@@ -230,6 +235,7 @@ impl Vmm {
             metrics: Some(MetricsSink::new(api_metrics)),
             api_requests,
             end_requested: None,
+            confined: false,
         })
     }
 
@@ -258,6 +264,7 @@ impl Vmm {
             }
             Start::Api => {}
         }
+        self.confine_if_running()?;
         let outcome = loop {
             if let Err(e) = self.event_manager.run() {
                 break Outcome::Fatal {
@@ -274,6 +281,12 @@ impl Vmm {
             }
             if api_pending {
                 self.serve_api();
+                if let Err(e) = self.confine_if_running() {
+                    break Outcome::Fatal {
+                        vcpu: 0,
+                        reason: e.to_string(),
+                    };
+                }
                 if let Some(outcome) = self.end_requested.take() {
                     break outcome;
                 }
@@ -302,6 +315,23 @@ impl Vmm {
         Ok(())
     }
 
+    /// Once a VM exists, the VMM thread only needs the run-time allow-list:
+    /// install it (before the event loop serves the guest's devices).
+    fn confine_if_running(&mut self) -> Result<(), MicroVmError> {
+        if self.vm.is_none() || self.confined || !self.options.seccomp {
+            return Ok(());
+        }
+        crate::seccomp::install(crate::seccomp::ThreadKind::Vmm).map_err(|e| {
+            MicroVmError::Os(
+                "installing the VMM thread's seccomp filter",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        self.confined = true;
+        log::debug!("seccomp filter installed on the VMM thread");
+        Ok(())
+    }
+
     /// What building or restoring a VM needs from the VMM (the console
     /// writers are handed over once).
     fn build_context(&mut self) -> BuildContext<'_> {
@@ -314,6 +344,7 @@ impl Vmm {
                 .unwrap_or_else(|| Box::new(std::io::stdout())),
             console2_out: self.options.console2_out.take(),
             console_in: self.options.console_in,
+            seccomp: self.options.seccomp,
             reset_evt: &self.reset_evt,
             exit_status: (&self.exit_evt, &self.exit_status),
             vcpu_events: &self.vcpu_events,

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod microvm;
 pub mod migration;
 pub mod quirks;
+pub mod seccomp;
 pub mod snapshot;
 pub mod virtio_devices;
 pub mod vstate;

@@ -90,6 +90,8 @@ pub struct BuildContext<'a> {
     pub console2_out: Option<SerialOutput>,
     /// Whether to feed stdin to the guest console.
     pub console_in: bool,
+    /// Whether vCPU threads install their seccomp filter.
+    pub seccomp: bool,
     /// The guest's reset line (watched by the VMM's control loop).
     pub reset_evt: &'a EventFdTrigger,
     /// The exit-status port's event and value (watched by the control loop).
@@ -311,7 +313,7 @@ impl MicroVm {
         }
         let mut vcpus = Vec::with_capacity(created.len());
         for vcpu in created {
-            vcpus.push(vcpu.start(paused)?);
+            vcpus.push(vcpu.start(paused, ctx.seccomp)?);
         }
         Ok(Self {
             vcpus,

@@ -321,8 +321,9 @@ impl Vcpu {
     }
 
     /// Starts the vCPU's thread, running the guest at once or (`paused`,
-    /// for a restored VM) waiting for [`VcpuHandle::resume`].
-    pub fn start(mut self, paused: bool) -> Result<VcpuHandle, VcpuError> {
+    /// for a restored VM) waiting for [`VcpuHandle::resume`]. With `seccomp`
+    /// the thread confines itself to the vCPU allow-list before anything else.
+    pub fn start(mut self, paused: bool, seccomp: bool) -> Result<VcpuHandle, VcpuError> {
         let id = self.id;
         let responses = self.response_rx.take().ok_or(VcpuError::Os {
             id,
@@ -338,6 +339,16 @@ impl Vcpu {
         let thread = std::thread::Builder::new()
             .name(format!("flint_vcpu{id}"))
             .spawn(move || {
+                if seccomp {
+                    if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+                        let reason = format!("installing the seccomp filter: {e}");
+                        self.events.send(VcpuEvent::Fatal {
+                            id: self.id,
+                            reason,
+                        });
+                        return;
+                    }
+                }
                 if !paused || self.stay_paused() {
                     self.run();
                 } else {

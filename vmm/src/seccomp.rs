@@ -1,0 +1,764 @@
+//! Per-thread seccomp filters: each kind of flint thread gets an allow-list
+//! of the system calls it makes once it runs, and anything else traps.
+//!
+//! | kind | thread | installed |
+//! |---|---|---|
+//! | [`ThreadKind::Vmm`] | the main thread's event loop | after the VM is built |
+//! | [`ThreadKind::Vcpu`] | `flint_vcpuN` | at the top of the thread, before the first `KVM_RUN` |
+//! | [`ThreadKind::Api`] | `flint_api` (and the `flint_api_wait` blocking-pool threads it spawns, which inherit it) | at the top of the thread, before the runtime starts |
+//!
+//! System calls made before a thread installs its filter (opening KVM,
+//! mapping guest memory, creating vCPUs and threads) need not be allowed.
+//! A filter applies to the calling thread only (no TSYNC) and to every
+//! thread it spawns afterwards; filters of one thread stack.
+//!
+//! `open`/`openat` on the Api and Vcpu threads fail with `EACCES` rather
+//! than trap (glibc's malloc probes a `/proc` file lazily and copes), and
+//! `clone3` on the Api thread fails with `ENOSYS` (glibc falls back to
+//! `clone`, whose flags the filter checks).
+//!
+//! A forbidden call raises `SIGSYS`. The handler writes one line to stderr,
+//! `flint: seccomp: thread flint_vcpu0 made forbidden system call 41 (socket); killing the process`,
+//! and the process then dies of `SIGSYS`.
+//!
+//! The lists were taken from `strace -f` of real runs (boot to exit, the
+//! API with pause/resume/logger/metrics, drives with rate limiters, a tap
+//! with ping and TCP, console input, SIGINT/SIGTERM) and widened where a
+//! call is cheap and plausible (e.g. snapshot ioctls, vDSO fallbacks).
+//! Arguments are checked where that is cheap and cannot break flint:
+//! `ioctl` requests ([`ioctls`]), `socket` families, `tgkill` targets and
+//! signals, `mmap`/`mprotect` without `PROT_EXEC`, `prctl` options.
+
+mod ioctls;
+mod names;
+
+use std::collections::BTreeMap;
+use std::sync::Once;
+
+use seccompiler::{
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+
+pub use names::syscall_name;
+
+/// Which of flint's threads a filter is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread once the VM is built: the event loop (devices,
+    /// block and network I/O, API requests, metrics, logs, snapshots).
+    Vmm,
+    /// The API server thread (tokio current-thread runtime + hyper) and its
+    /// blocking-pool threads.
+    Api,
+    /// A vCPU thread: `KVM_RUN` and the exits it handles.
+    Vcpu,
+}
+
+/// Why a filter could not be built or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// seccompiler refused the rules (a bug in this module).
+    #[error("building the {kind:?} seccomp filter: {source}")]
+    Build {
+        /// The filter's kind.
+        kind: ThreadKind,
+        /// seccompiler's error.
+        source: seccompiler::BackendError,
+    },
+    /// The SIGSYS handler could not be installed.
+    #[error("installing the SIGSYS handler: {0}")]
+    Handler(std::io::Error),
+    /// `prctl(PR_SET_NO_NEW_PRIVS)` or `seccomp(2)` failed.
+    #[error("installing the {kind:?} seccomp filter: {source}")]
+    Apply {
+        /// The filter's kind.
+        kind: ThreadKind,
+        /// seccompiler's error.
+        source: seccompiler::Error,
+    },
+}
+
+/// The BPF program for `kind`: its allow-list, `SIGSYS` (trap) for
+/// everything else, except a few calls that fail with an error instead
+/// (`clone3`, and `open`/`openat` where no files are opened; see
+/// `errno_rules`).
+pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let build = |source| SeccompError::Build { kind, source };
+    let filter = SeccompFilter::new(
+        rules(kind).map_err(build)?.into_map(),
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(build)?;
+    let program = BpfProgram::try_from(filter).map_err(build)?;
+    Ok([errno_prefix(errno_rules(kind)), program].concat())
+}
+
+/// Installs the process-wide SIGSYS reporter (once) and applies `kind`'s
+/// filter to the calling thread (after `PR_SET_NO_NEW_PRIVS`). Threads the
+/// caller spawns afterwards inherit the filter.
+pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
+    let program = filter(kind)?;
+    PREPARE_MALLOC.call_once(fix_malloc_arena_limit);
+    install_sigsys_handler().map_err(SeccompError::Handler)?;
+    seccompiler::apply_filter(&program).map_err(|source| SeccompError::Apply { kind, source })
+}
+
+// ---------------------------------------------------------------------------
+// The allow-lists.
+
+fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
+    let mut rules = Rules::default();
+    common(&mut rules)?;
+    match kind {
+        ThreadKind::Vmm => vmm(&mut rules),
+        ThreadKind::Api => api(&mut rules),
+        ThreadKind::Vcpu => vcpu(&mut rules),
+    }?;
+    Ok(rules)
+}
+
+/// One allow-list under construction: a syscall is allowed outright, or
+/// when any of its rules matches.
+#[derive(Default)]
+struct Rules(BTreeMap<i64, Option<Vec<SeccompRule>>>);
+
+type BuildResult = Result<(), seccompiler::BackendError>;
+
+impl Rules {
+    /// Allows these system calls with any arguments.
+    fn allow(&mut self, syscalls: &[i64]) {
+        for &nr in syscalls {
+            self.0.insert(nr, None);
+        }
+    }
+
+    /// Allows `nr` when all of `conditions` hold (or-ed with its other rules).
+    fn allow_if(&mut self, nr: i64, conditions: Vec<SeccompCondition>) -> BuildResult {
+        let rule = SeccompRule::new(conditions)?;
+        match self.0.entry(nr).or_insert_with(|| Some(Vec::new())) {
+            // Already allowed outright: nothing to narrow.
+            None => {}
+            Some(rules) => rules.push(rule),
+        }
+        Ok(())
+    }
+
+    /// Allows `nr` when argument `arg` is one of `values` (low 32 bits).
+    fn allow_arg_in(&mut self, nr: i64, arg: u8, values: &[u64]) -> BuildResult {
+        for &value in values {
+            self.allow_if(nr, vec![eq(arg, value)?])?;
+        }
+        Ok(())
+    }
+
+    fn into_map(self) -> BTreeMap<i64, Vec<SeccompRule>> {
+        self.0
+            .into_iter()
+            .map(|(nr, rules)| (nr, rules.unwrap_or_default()))
+            .collect()
+    }
+}
+
+/// Argument `arg`'s low 32 bits equal `value` (ints, enums, flags: the
+/// kernel reads them as 32-bit, and callers may sign-extend).
+fn eq(arg: u8, value: u64) -> Result<SeccompCondition, seccompiler::BackendError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+}
+
+/// Argument `arg` has none of the bits of `mask` set.
+fn none_of(arg: u8, mask: u64) -> Result<SeccompCondition, seccompiler::BackendError> {
+    SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(mask),
+        0,
+    )
+}
+
+fn to_u64(values: &[u32]) -> Vec<u64> {
+    values.iter().map(|&v| u64::from(v)).collect()
+}
+
+fn pid() -> u64 {
+    // SAFETY: getpid has no preconditions.
+    u64::from(unsafe { libc::getpid() }.unsigned_abs())
+}
+
+/// What every flint thread does, whatever its job.
+fn common(r: &mut Rules) -> BuildResult {
+    use libc::*;
+    // Memory: malloc (brk, arenas grown with mprotect, large blocks with
+    // mmap/mremap/munmap, trimming with madvise) and thread stacks freed at
+    // thread exit. Never executable memory.
+    r.allow(&[SYS_brk, SYS_munmap, SYS_mremap, SYS_madvise]);
+    r.allow_if(SYS_mmap, vec![none_of(2, PROT_EXEC as u64)?])?;
+    r.allow_if(SYS_mprotect, vec![none_of(2, PROT_EXEC as u64)?])?;
+    // Mutexes, condvars and mpsc channels (futex); spin-wait back-off.
+    r.allow(&[SYS_futex, SYS_sched_yield]);
+    // Clocks and sleeps (clock_gettime/gettimeofday are normally vDSO calls,
+    // but fall back to the syscall when the host clocksource has no vDSO
+    // support, as on hosts where KVM is nested or emulated).
+    r.allow(&[
+        SYS_clock_gettime,
+        SYS_gettimeofday,
+        SYS_clock_getres,
+        SYS_clock_nanosleep,
+        SYS_nanosleep,
+    ]);
+    // Signals: returning from handlers (the vCPU kick, signal-hook's
+    // SIGINT/SIGTERM handler, which runs on whichever thread the kernel
+    // picks), restarting interrupted sleeps, masking around pthread_kill and
+    // thread exit, and std's alternate signal stack torn down at thread exit.
+    r.allow(&[
+        SYS_rt_sigreturn,
+        SYS_restart_syscall,
+        SYS_rt_sigprocmask,
+        SYS_sigaltstack,
+    ]);
+    // signal-hook's self-pipe write from the SIGINT/SIGTERM handler:
+    // send(fd, "X", 1, MSG_DONTWAIT) on a Unix socket, from any thread.
+    let no_address = SeccompCondition::new(4, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0)?;
+    r.allow_if(SYS_sendto, vec![eq(3, MSG_DONTWAIT as u64)?, no_address])?;
+    // Thread and process end; dropping file descriptors.
+    r.allow(&[SYS_exit, SYS_exit_group, SYS_close]);
+    // Identity (pthread_kill, logging) and std's per-thread HashMap keys;
+    // glibc's malloc sizes its arenas with sched_getaffinity.
+    r.allow(&[SYS_getpid, SYS_gettid, SYS_getrandom, SYS_sched_getaffinity]);
+    // The SIGSYS report itself: the thread's name, then SIGSYS to itself.
+    r.allow_if(SYS_prctl, vec![eq(0, PR_GET_NAME as u64)?])?;
+    r.allow_if(SYS_tgkill, vec![eq(0, pid())?, eq(2, SIGSYS as u64)?])?;
+    // Log lines (stderr or the log file), console output, eventfd kicks.
+    r.allow(&[SYS_write, SYS_writev]);
+    Ok(())
+}
+
+/// A vCPU thread: `KVM_RUN` and the exits it handles (PIO/MMIO into device
+/// code: serial output to stdout, virtio register accesses that kick
+/// eventfds and activate devices, the i8042 and exit-status ports).
+fn vcpu(r: &mut Rules) -> BuildResult {
+    use libc::*;
+    r.allow_arg_in(SYS_ioctl, 1, &to_u64(ioctls::VCPU))?;
+    // std's debug-build check that an fd is open before closing it.
+    r.allow_if(SYS_fcntl, vec![eq(1, F_GETFD as u64)?])?;
+    Ok(())
+}
+
+/// The API thread: a tokio current-thread runtime serving HTTP/1.1 (hyper)
+/// on the already-bound Unix socket, handing requests to the VMM through a
+/// channel and an eventfd, waiting for answers on blocking-pool threads.
+fn api(r: &mut Rules) -> BuildResult {
+    use libc::*;
+    r.allow_arg_in(SYS_ioctl, 1, &to_u64(ioctls::API))?;
+    // The reactor (epoll; its waker is an eventfd). Creating them is allowed
+    // too, should the runtime ever be built on this thread.
+    r.allow(&[
+        SYS_epoll_wait,
+        SYS_epoll_pwait,
+        SYS_epoll_pwait2,
+        SYS_epoll_ctl,
+        SYS_epoll_create1,
+        SYS_eventfd2,
+    ]);
+    // Connections: accept, read requests, write answers, close.
+    r.allow(&[
+        SYS_accept4,
+        SYS_accept,
+        SYS_read,
+        SYS_readv,
+        SYS_recvfrom,
+        SYS_recvmsg,
+        SYS_sendto,
+        SYS_sendmsg,
+        SYS_shutdown,
+        SYS_getsockopt,
+        SYS_getsockname,
+        SYS_getpeername,
+        SYS_fcntl,
+        SYS_poll,
+        SYS_ppoll,
+    ]);
+    // spawn_blocking threads (flint_api_wait): glibc's pthread_create, with
+    // clone3 answered ENOSYS up front (see errno_rules) so that glibc falls
+    // back to clone, whose flags can be checked: threads only, no processes.
+    r.allow_if(
+        SYS_clone,
+        vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq((CLONE_THREAD | CLONE_VM) as u64),
+            (CLONE_THREAD | CLONE_VM) as u64,
+        )?],
+    )?;
+    r.allow(&[SYS_set_robust_list, SYS_rseq]);
+    // New threads name themselves.
+    r.allow_if(SYS_prctl, vec![eq(0, PR_SET_NAME as u64)?])?;
+    Ok(())
+}
+
+/// The VMM thread's event loop after boot: devices (virtio-blk image I/O,
+/// virtio-net tap I/O, rate-limiter timers), console input, the API's
+/// requests (logger and metrics files, pause/resume kicks), snapshots and
+/// live migration, and the end of the run (joining threads, removing the
+/// API socket, restoring the terminal).
+fn vmm(r: &mut Rules) -> BuildResult {
+    use libc::*;
+    r.allow_arg_in(SYS_ioctl, 1, &to_u64(ioctls::VMM))?;
+    // The event loop and its sources.
+    r.allow(&[
+        SYS_epoll_wait,
+        SYS_epoll_pwait,
+        SYS_epoll_pwait2,
+        SYS_epoll_ctl,
+        SYS_epoll_create1,
+        SYS_eventfd2,
+        SYS_timerfd_create,
+        SYS_timerfd_settime,
+        SYS_timerfd_gettime,
+        SYS_poll,
+        SYS_ppoll,
+        SYS_pipe2,
+    ]);
+    // Reading and writing fds: eventfds, timerfds, the tap, stdin, the
+    // signal self-pipes, block images, snapshot/log/metrics files.
+    r.allow(&[
+        SYS_read,
+        SYS_readv,
+        SYS_pread64,
+        SYS_preadv,
+        SYS_preadv2,
+        SYS_pwrite64,
+        SYS_pwritev,
+        SYS_pwritev2,
+        SYS_lseek,
+        SYS_fsync,
+        SYS_fdatasync,
+        SYS_fallocate,
+        SYS_ftruncate,
+        SYS_flock,
+        SYS_fcntl,
+    ]);
+    // Files: logger/metrics/snapshot files (create, stat, rename into
+    // place, remove), the API socket removed at exit, directories.
+    r.allow(&[
+        SYS_openat,
+        SYS_open,
+        SYS_fstat,
+        SYS_newfstatat,
+        SYS_statx,
+        SYS_lstat,
+        SYS_stat,
+        SYS_renameat,
+        SYS_renameat2,
+        SYS_rename,
+        SYS_unlinkat,
+        SYS_unlink,
+        SYS_mkdirat,
+        SYS_mkdir,
+        SYS_rmdir,
+        SYS_getdents64,
+    ]);
+    // Sockets for live migration and the signal self-pipes: Unix and IP
+    // only (no netlink, packet or raw sockets).
+    for family in [AF_UNIX, AF_INET, AF_INET6] {
+        r.allow_if(SYS_socket, vec![eq(0, family as u64)?])?;
+    }
+    r.allow_if(SYS_socketpair, vec![eq(0, AF_UNIX as u64)?])?;
+    r.allow(&[
+        SYS_connect,
+        SYS_bind,
+        SYS_listen,
+        SYS_accept4,
+        SYS_accept,
+        SYS_sendto,
+        SYS_sendmsg,
+        SYS_recvfrom,
+        SYS_recvmsg,
+        SYS_shutdown,
+        SYS_setsockopt,
+        SYS_getsockopt,
+        SYS_getsockname,
+        SYS_getpeername,
+    ]);
+    // Kicking vCPU threads out of KVM_RUN (pause, stop): this process only.
+    r.allow_if(SYS_tgkill, vec![eq(0, pid())?, eq(2, SIGRTMIN() as u64)?])?;
+    // Thread names (logging); uname for glibc's resolver (res_init reads
+    // the host name) when a migration address is a host name.
+    r.allow_if(SYS_prctl, vec![eq(0, PR_SET_NAME as u64)?])?;
+    r.allow(&[SYS_uname]);
+    Ok(())
+}
+
+/// System calls that fail with an error instead of trapping, checked
+/// before the allow-list:
+///
+/// * `clone3` (Api): `ENOSYS`, so glibc's pthread_create falls back to
+///   `clone`, whose flags (unlike clone3's, behind a pointer) the
+///   allow-list can check.
+/// * `open`/`openat` (Api, Vcpu): `EACCES`. These threads open no files,
+///   but glibc's malloc reads `/proc/sys/vm/overcommit_memory` the first
+///   time it trims a thread's heap (at thread exit, say) and handles a
+///   failed open; trapping there would kill a healthy flint.
+fn errno_rules(kind: ThreadKind) -> &'static [(i64, i32)] {
+    const NO_FILES: [(i64, i32); 2] = [
+        (libc::SYS_openat, libc::EACCES),
+        (libc::SYS_open, libc::EACCES),
+    ];
+    match kind {
+        ThreadKind::Api => &[(libc::SYS_clone3, libc::ENOSYS), NO_FILES[0], NO_FILES[1]],
+        ThreadKind::Vcpu => &NO_FILES,
+        ThreadKind::Vmm => &[],
+    }
+}
+
+/// BPF returning `SECCOMP_RET_ERRNO` for each of `rules`, falling through
+/// to what follows (the allow-list) for everything else.
+fn errno_prefix(rules: &[(i64, i32)]) -> BpfProgram {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+    const SECCOMP_DATA_NR: u32 = 0;
+    const SECCOMP_DATA_ARCH: u32 = 4;
+    if rules.is_empty() {
+        return Vec::new();
+    }
+    let insn = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    let mut program = vec![
+        insn(LD_W_ABS, 0, 0, SECCOMP_DATA_ARCH),
+        // Another ABI: straight on to the allow-list (which kills it).
+        insn(JEQ_K, 0, (2 * rules.len() + 1) as u8, AUDIT_ARCH_X86_64),
+        insn(LD_W_ABS, 0, 0, SECCOMP_DATA_NR),
+    ];
+    for &(nr, errno) in rules {
+        program.push(insn(JEQ_K, 0, 1, nr as u32));
+        program.push(insn(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | errno as u32));
+    }
+    program
+}
+
+// ---------------------------------------------------------------------------
+// Process-wide preparation.
+
+static PREPARE_MALLOC: Once = Once::new();
+
+/// glibc's malloc decides how many arenas it may create the first time a
+/// thread needs one beyond the first eight, by reading
+/// `/sys/devices/system/cpu/online`: on a thread spawned under a filter
+/// (the API's blocking pool under load) that `openat` would trap. Setting
+/// the limit glibc would compute (8 per CPU on 64-bit) up front, while
+/// files can still be opened, keeps malloc's behaviour and its syscalls
+/// out of the filters.
+fn fix_malloc_arena_limit() {
+    // SAFETY: sysconf and mallopt have no memory-safety preconditions.
+    unsafe {
+        // glibc's own count: get_nprocs(), the online CPUs.
+        let cpus = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).clamp(1, 1 << 16) as libc::c_int;
+        libc::mallopt(libc::M_ARENA_MAX, cpus * 8);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The SIGSYS reporter.
+
+static SIGSYS_HANDLER: Once = Once::new();
+
+fn install_sigsys_handler() -> std::io::Result<()> {
+    let mut result = Ok(());
+    SIGSYS_HANDLER.call_once(|| {
+        // SAFETY: a zeroed sigaction is valid; the fields set below make it a
+        // SA_SIGINFO handler with the right signature.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_sigsys as *const () as usize;
+        // SA_RESETHAND: the handler runs once, with SIGSYS back at its
+        // default action (terminate + core) on entry; SA_NODEFER: SIGSYS is
+        // not blocked inside it. So the tgkill at its end (or any forbidden
+        // call it might make) kills the process by SIGSYS at once, without
+        // needing rt_sigaction in any allow-list.
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND | libc::SA_NODEFER;
+        // SAFETY: sa_mask is a valid sigset_t owned by `action`.
+        unsafe { libc::sigemptyset(&mut action.sa_mask) };
+        // SAFETY: `action` is fully initialized; the old action is not needed.
+        if unsafe { libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) } != 0 {
+            result = Err(std::io::Error::last_os_error());
+        }
+    });
+    result?;
+    // A seccomp trap is delivered even when SIGSYS is blocked, but then
+    // without the report: make sure this thread has it unblocked.
+    // SAFETY: `set` is a valid, initialized sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGSYS);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+    Ok(())
+}
+
+/// `si_syscall` in the `_sigsys` member of `siginfo_t`: after si_signo,
+/// si_errno, si_code (+ padding to 16 bytes) and `void *_call_addr`.
+const SI_SYSCALL_OFFSET: usize = 24;
+/// `si_code` of a seccomp trap.
+const SYS_SECCOMP: i32 = 1;
+
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only async-signal-safe work here: no allocation, no locks, raw
+    // syscalls that every allow-list permits (prctl(PR_GET_NAME), write,
+    // getpid, gettid, tgkill(SIGSYS), exit_group).
+    let nr = if info.is_null() {
+        -1
+    } else {
+        // SAFETY: the kernel passes a valid siginfo_t; for a seccomp trap
+        // (si_code SYS_SECCOMP) the _sigsys member is the live one, and the
+        // offset is within the 128-byte siginfo_t.
+        unsafe {
+            if (*info).si_code == SYS_SECCOMP {
+                i64::from(
+                    info.cast::<u8>()
+                        .add(SI_SYSCALL_OFFSET)
+                        .cast::<i32>()
+                        .read(),
+                )
+            } else {
+                -1
+            }
+        }
+    };
+    let mut thread = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes (NUL included) into `thread`.
+    unsafe { libc::prctl(libc::PR_GET_NAME, thread.as_mut_ptr()) };
+    let mut line = [0u8; REPORT_MAX];
+    let len = format_report(&thread, nr, &mut line);
+    write_all(libc::STDERR_FILENO, &line[..len]);
+    // SAFETY: raw syscalls with valid arguments; SIGSYS is at its default
+    // action and unblocked here (SA_RESETHAND | SA_NODEFER), so tgkill
+    // terminates the process.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid);
+        libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGSYS);
+        // Not reached unless SIGSYS was somehow ignored.
+        libc::_exit(128 + libc::SIGSYS);
+    }
+}
+
+fn write_all(fd: libc::c_int, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a valid buffer of its length.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        } else {
+            return;
+        }
+    }
+}
+
+/// Longest report line: the fixed text, a 15-byte thread name, a number
+/// and the longest syscall name fit well within it.
+const REPORT_MAX: usize = 160;
+
+/// A fixed-capacity byte buffer that silently truncates.
+struct Line<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Line<'_> {
+    fn push(&mut self, bytes: &[u8]) {
+        let room = self.buf.len() - self.len;
+        let n = bytes.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+    }
+
+    fn push_number(&mut self, value: i64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut v = value.unsigned_abs();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        if value < 0 {
+            self.push(b"-");
+        }
+        self.push(&digits[i..]);
+    }
+}
+
+/// Writes the report line for thread `name` (NUL-terminated or full) and
+/// system call `nr` into `out`, returning its length. No allocation.
+fn format_report(name: &[u8], nr: i64, out: &mut [u8]) -> usize {
+    let name_len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    let name = match &name[..name_len] {
+        [] => b"?".as_slice(),
+        n => n,
+    };
+    let mut line = Line { buf: out, len: 0 };
+    line.push(b"flint: seccomp: thread ");
+    line.push(name);
+    line.push(b" made forbidden system call ");
+    line.push_number(nr);
+    line.push(b" (");
+    line.push(syscall_name(nr).unwrap_or("unknown").as_bytes());
+    line.push(b"); killing the process\n");
+    line.len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_filter_compiles() {
+        for kind in [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu] {
+            let program = filter(kind).unwrap();
+            // Well under the kernel's 4096-instruction limit.
+            assert!(
+                program.len() < 2048,
+                "{kind:?}: {} instructions",
+                program.len()
+            );
+        }
+    }
+
+    /// The system calls `strace -f` saw each kind of thread make after the
+    /// point where it installs its filter (boot to reboot; API with
+    /// pause/resume/logger/metrics/stop; drives, a tap, console input,
+    /// SIGTERM), as a guard against narrowing a list by mistake.
+    #[test]
+    fn what_real_runs_do_is_allowed() {
+        use libc::*;
+        let seen: [(ThreadKind, &[i64]); 3] = [
+            (
+                ThreadKind::Vcpu,
+                &[
+                    SYS_ioctl,
+                    SYS_write,
+                    SYS_futex,
+                    SYS_rt_sigreturn,
+                    SYS_rt_sigprocmask,
+                    SYS_close,
+                    SYS_fcntl,
+                    SYS_munmap,
+                    SYS_madvise,
+                    SYS_sigaltstack,
+                    SYS_exit,
+                ],
+            ),
+            (
+                ThreadKind::Api,
+                &[
+                    SYS_accept4,
+                    SYS_epoll_wait,
+                    SYS_epoll_ctl,
+                    SYS_recvfrom,
+                    SYS_write,
+                    SYS_writev,
+                    SYS_shutdown,
+                    SYS_close,
+                    SYS_fcntl,
+                    SYS_futex,
+                    SYS_clone,
+                    SYS_mmap,
+                    SYS_mprotect,
+                    SYS_munmap,
+                    SYS_madvise,
+                    SYS_rseq,
+                    SYS_set_robust_list,
+                    SYS_rt_sigprocmask,
+                    SYS_prctl,
+                    SYS_sched_getaffinity,
+                    SYS_gettid,
+                    SYS_getrandom,
+                    SYS_sigaltstack,
+                    SYS_exit,
+                ],
+            ),
+            (
+                ThreadKind::Vmm,
+                &[
+                    SYS_epoll_wait,
+                    SYS_read,
+                    SYS_write,
+                    SYS_lseek,
+                    SYS_fdatasync,
+                    SYS_openat,
+                    SYS_statx,
+                    SYS_unlink,
+                    SYS_timerfd_settime,
+                    SYS_recvfrom,
+                    SYS_sendto,
+                    SYS_getpid,
+                    SYS_tgkill,
+                    SYS_rt_sigprocmask,
+                    SYS_rt_sigreturn,
+                    SYS_clock_nanosleep,
+                    SYS_futex,
+                    SYS_close,
+                    SYS_fcntl,
+                    SYS_munmap,
+                    SYS_sigaltstack,
+                    SYS_exit_group,
+                ],
+            ),
+        ];
+        for (kind, syscalls) in seen {
+            let rules = rules(kind).unwrap();
+            for nr in syscalls {
+                assert!(
+                    rules.0.contains_key(nr),
+                    "{kind:?} does not allow {}",
+                    syscall_name(*nr).unwrap()
+                );
+            }
+        }
+        // And what none of them needs once running.
+        for kind in [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu] {
+            let rules = rules(kind).unwrap();
+            for nr in [
+                SYS_execve,
+                SYS_fork,
+                SYS_ptrace,
+                SYS_mount,
+                SYS_rt_sigaction,
+                SYS_kill,
+            ] {
+                assert!(!rules.0.contains_key(&nr), "{kind:?} allows {nr}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_report_line() {
+        let mut out = [0u8; REPORT_MAX];
+        let len = format_report(b"flint_vcpu0\0\0\0\0\0", libc::SYS_socket, &mut out);
+        assert_eq!(
+            std::str::from_utf8(&out[..len]).unwrap(),
+            "flint: seccomp: thread flint_vcpu0 made forbidden system call 41 (socket); killing the process\n"
+        );
+        let len = format_report(b"", 999, &mut out);
+        assert_eq!(
+            std::str::from_utf8(&out[..len]).unwrap(),
+            "flint: seccomp: thread ? made forbidden system call 999 (unknown); killing the process\n"
+        );
+        // The longest names fit.
+        let len = format_report(
+            b"0123456789abcde",
+            libc::SYS_set_mempolicy_home_node,
+            &mut out,
+        );
+        assert!(out[..len].ends_with(b"killing the process\n"));
+        let mut tiny = [0u8; 10];
+        assert_eq!(format_report(b"x", -5, &mut tiny), 10);
+    }
+}
