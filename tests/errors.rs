@@ -112,3 +112,18 @@ fn fatal_guest_exit_prints_registers_and_fails() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sigterm_ends_a_flint_waiting_for_a_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("incoming.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flint"));
+    cmd.args(["run", "--migrate-listen"])
+        .arg(format!("unix:{}", sock.display()));
+    let mut waiting = Flint::spawn(cmd, tempfile::tempdir().unwrap());
+    common::wait_for_socket(&sock);
+    waiting.signal(libc::SIGTERM);
+    let status = waiting.wait_exit(Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(0), "{}", waiting.stderr());
+    assert!(!sock.exists(), "the listening socket was left behind");
+}

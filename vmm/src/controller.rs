@@ -256,7 +256,11 @@ impl Vmm {
             Start::Restore(params) => self
                 .load_snapshot(&params)
                 .map_err(MicroVmError::Snapshot)?,
-            Start::MigrateListen(address) => self.migrate_in(&address)?,
+            Start::MigrateListen(address) => {
+                if let Some(signal) = self.migrate_in(&address)? {
+                    return Ok(RunEnd::Signal(signal));
+                }
+            }
             Start::Api if self.api_requests.is_none() => {
                 return Err(MicroVmError::EventLoop(
                     "nothing to run: no config and no API".into(),
@@ -744,9 +748,24 @@ impl Vmm {
         Ok(())
     }
 
-    fn migrate_in(&mut self, address: &str) -> Result<(), MicroVmError> {
-        let (mem, state, mut stream) = crate::migration::accept_incoming(address)
-            .map_err(|e| MicroVmError::Snapshot(format!("incoming migration: {e}")))?;
+    /// Receives a migrating VM and runs it; `Some(signal)` if a signal ended
+    /// the wait first.
+    fn migrate_in(&mut self, address: &str) -> Result<Option<&'static str>, MicroVmError> {
+        let wakeups = self.wakeups.clone();
+        let mut received = None;
+        let mut cancelled = || {
+            received = wakeups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .poll_signals();
+            received.is_some()
+        };
+        let incoming = crate::migration::accept_incoming(address, &mut cancelled);
+        let (mem, state, mut stream) = match incoming {
+            Ok(incoming) => incoming,
+            Err(crate::migration::MigrationError::Cancelled) => return Ok(received),
+            Err(e) => return Err(MicroVmError::Snapshot(format!("incoming migration: {e}"))),
+        };
         let config = state.config.clone();
         let result = self
             .restore(state, mem)
@@ -761,7 +780,7 @@ impl Vmm {
         result?;
         self.pending = PendingConfig::from_config(config);
         log::info!("incoming migration complete: the VM runs here");
-        Ok(())
+        Ok(None)
     }
 
     fn flush_metrics(&mut self) {

@@ -37,6 +37,8 @@ const MAX_ROUNDS: u32 = 12;
 const MAX_RUN: usize = 1 << 20;
 /// The largest message accepted (a hostile peer must not make us allocate).
 const MAX_MESSAGE: u64 = 512 << 20;
+/// How long the destination waits for the next message before giving up.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the destination may take to restore and answer.
 const ACK_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -58,6 +60,9 @@ pub enum MigrationError {
     /// Reading or restoring state failed.
     #[error("{0}")]
     State(String),
+    /// A signal ended the wait for the source.
+    #[error("cancelled while waiting for the source")]
+    Cancelled,
 }
 
 /// A migration endpoint.
@@ -312,8 +317,33 @@ fn run_source(vm: &mut MicroVm, address: &Address) -> Result<MigrationReport, Mi
 
 /// Waits on `address` for one incoming migration and returns the guest's
 /// memory and state, plus the stream to acknowledge on once it runs.
+/// Accepts one connection, checking `cancelled` every 100 ms so that a
+/// signal still stops a flint that is waiting.
+fn accept_one<T>(
+    mut try_accept: impl FnMut() -> std::io::Result<T>,
+    cancelled: &mut dyn FnMut() -> bool,
+) -> Result<T, MigrationError> {
+    loop {
+        match try_accept() {
+            Ok(conn) => return Ok(conn),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if cancelled() {
+                    return Err(MigrationError::Cancelled);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits on `address` for one incoming migration (giving up when `cancelled`
+/// says so) and returns the guest's memory and state, plus the stream to
+/// acknowledge on once it runs. A source that stalls for [`STALL_TIMEOUT`]
+/// fails the migration.
 pub fn accept_incoming(
     address: &str,
+    cancelled: &mut dyn FnMut() -> bool,
 ) -> Result<(GuestMemory, MicroVmState, Stream), MigrationError> {
     let mut stream = match Address::parse(address)? {
         Address::Unix(path) => {
@@ -321,22 +351,28 @@ pub fn accept_incoming(
                 std::fs::remove_file(&path)?;
             }
             let listener = UnixListener::bind(&path)?;
+            listener.set_nonblocking(true)?;
             log::info!(
                 "waiting for an incoming migration on unix:{}",
                 path.display()
             );
-            let (s, _) = listener.accept()?;
+            let accepted = accept_one(|| listener.accept(), cancelled);
             let _ = std::fs::remove_file(&path);
+            let (s, _) = accepted?;
+            s.set_nonblocking(false)?;
             Stream::Unix(s)
         }
         Address::Tcp(hostport) => {
             let listener = TcpListener::bind(&hostport)?;
+            listener.set_nonblocking(true)?;
             log::info!("waiting for an incoming migration on tcp:{hostport}");
-            let (s, peer) = listener.accept()?;
+            let (s, peer) = accept_one(|| listener.accept(), cancelled)?;
+            s.set_nonblocking(false)?;
             log::info!("migration from {peer}");
             Stream::Tcp(s)
         }
     };
+    stream.set_read_timeout(Some(STALL_TIMEOUT))?;
     let (tag, payload) = receive(&mut stream)?;
     if tag != TAG_HELLO {
         return Err(MigrationError::Protocol(format!(

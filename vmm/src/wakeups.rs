@@ -108,6 +108,19 @@ impl Wakeups {
         std::mem::take(&mut self.metrics_due)
     }
 
+    /// Checks the signal pipes without the event loop (for waits that happen
+    /// outside it): the signal's name if SIGINT or SIGTERM arrived.
+    pub fn poll_signals(&mut self) -> Option<&'static str> {
+        let mut buf = [0u8; 16];
+        if matches!(self.sources.sigint.read(&mut buf), Ok(n) if n > 0) {
+            return Some("SIGINT");
+        }
+        if matches!(self.sources.sigterm.read(&mut buf), Ok(n) if n > 0) {
+            return Some("SIGTERM");
+        }
+        None
+    }
+
     /// Starts the periodic metrics timer.
     pub fn start_metrics_timer(&mut self) -> std::io::Result<()> {
         self.metrics_timer
