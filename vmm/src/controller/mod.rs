@@ -1,0 +1,386 @@
+//! The VMM's control loop: an explicit state machine driven by the event
+//! loop, the vCPU threads and the API.
+//!
+//! ```text
+//!   NotStarted --InstanceStart--> Running <--Paused/Resumed--> Paused
+//!        |                           |                            |
+//!        +------- signal ------------+---- guest reset / fatal ---+--> end
+//! ```
+//!
+//! Pre-boot, the API (or the config file) fills a pending configuration;
+//! `InstanceStart` validates it and boots. The calling thread runs the epoll
+//! loop; API requests arrive over a channel plus an eventfd and are handled
+//! here, between epoll rounds, with full access to the VMM.
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicI32;
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use api::{
+    ApiMessage, BootSourceConfig, InstanceState, MachineConfig, SnapshotLoadParams, VmConfig,
+};
+use devices::legacy::serial::SerialOutput;
+use devices::EventFdTrigger;
+use event_manager::{EventManager, SubscriberOps};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::device_manager::Subscriber;
+use crate::metrics::MetricsSink;
+use crate::microvm::{BuildContext, MicroVm, MicroVmError};
+use crate::vstate::vcpu::VcpuEventSender;
+use crate::wakeups::{Outcome, WakeupSources, Wakeups};
+
+mod requests;
+mod snapshots;
+
+/// The VMM's end of the API: requests, and the eventfd the server writes
+/// after queueing one.
+pub struct ApiEndpoint {
+    /// Queued requests.
+    pub requests: Receiver<ApiMessage>,
+    /// Written by the server after each request.
+    pub wake: EventFd,
+    /// The API server's own counters, for the metrics file.
+    pub metrics: Box<dyn Fn() -> serde_json::Value + Send>,
+}
+
+/// Knobs that are about this process, not the VM.
+pub struct VmmOptions {
+    /// When flint started (for boot-time figures in the log).
+    pub started: Instant,
+    /// Where guest console output goes (default: stdout).
+    pub console_out: Option<SerialOutput>,
+    /// Give the VM a second UART (COM2, IRQ 3, the guest's ttyS1) writing here.
+    pub console2_out: Option<SerialOutput>,
+    /// Whether to feed stdin to the guest console.
+    pub console_in: bool,
+    /// The instance id reported by `GET /`.
+    pub instance_id: String,
+    /// The API, if flint serves one.
+    pub api: Option<ApiEndpoint>,
+    /// Confine the VMM and vCPU threads with seccomp filters (on by default;
+    /// off only for debugging).
+    pub seccomp: bool,
+}
+
+impl Default for VmmOptions {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            console_out: None,
+            console2_out: None,
+            console_in: true,
+            instance_id: "flint".into(),
+            api: None,
+            seccomp: true,
+        }
+    }
+}
+
+/// How a run that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The guest reset or shut itself down.
+    GuestStopped,
+    /// A signal asked flint to stop; the VM was stopped cleanly.
+    Signal(&'static str),
+    /// The API's `Stop` action ended the run; the VM was stopped cleanly.
+    ApiStop,
+    /// The guest reported this exit status through the exit-status port.
+    GuestExit(u8),
+    /// The VM now runs in another flint (live migration).
+    Migrated,
+}
+
+/// How a run begins.
+pub enum Start {
+    /// Boot this configuration right away.
+    Boot(VmConfig),
+    /// Restore a snapshot right away.
+    Restore(SnapshotLoadParams),
+    /// Wait for a live migration on this address (`unix:PATH`, `tcp:HOST:PORT`).
+    MigrateListen(String),
+    /// Wait for the API to configure and start the VM.
+    Api,
+}
+
+/// The configuration being assembled before boot (and kept after it, for
+/// `GET /vm/config`).
+#[derive(Debug, Clone, Default)]
+struct PendingConfig {
+    boot_source: Option<BootSourceConfig>,
+    machine: MachineConfig,
+    drives: Vec<api::DriveConfig>,
+    nets: Vec<api::NetConfig>,
+}
+
+impl PendingConfig {
+    fn from_config(config: VmConfig) -> Self {
+        Self {
+            boot_source: Some(config.boot_source),
+            machine: config.machine_config,
+            drives: config.drives,
+            nets: config.network_interfaces,
+        }
+    }
+
+    /// The config as it stands, with an empty kernel path when none was set
+    /// (section checks of other sections do not look at it).
+    fn candidate(&self) -> VmConfig {
+        VmConfig {
+            boot_source: self.boot_source.clone().unwrap_or(BootSourceConfig {
+                kernel_image_path: PathBuf::new(),
+                initrd_path: None,
+                boot_args: None,
+            }),
+            machine_config: self.machine.clone(),
+            drives: self.drives.clone(),
+            network_interfaces: self.nets.clone(),
+        }
+    }
+
+    fn complete(&self) -> Result<VmConfig, String> {
+        if self.boot_source.is_none() {
+            return Err("boot-source is not configured (PUT /boot-source first)".into());
+        }
+        Ok(self.candidate())
+    }
+}
+
+/// Runs flint's VMM: starts as `start` says, serves the API if configured,
+/// and returns when the guest stops, a signal arrives, the VM migrates away,
+/// or a vCPU fails.
+pub fn run(start: Start, options: VmmOptions) -> Result<RunEnd, MicroVmError> {
+    Vmm::new(options)?.run(start)
+}
+
+struct Vmm {
+    options: VmmOptions,
+    event_manager: EventManager<Subscriber>,
+    wakeups: Arc<Mutex<Wakeups>>,
+    reset_evt: EventFdTrigger,
+    exit_evt: EventFdTrigger,
+    exit_status: Arc<AtomicI32>,
+    vcpu_events: VcpuEventSender,
+    pending: PendingConfig,
+    vm: Option<MicroVm>,
+    metrics: Option<MetricsSink>,
+    api_requests: Option<Receiver<ApiMessage>>,
+    end_requested: Option<Outcome>,
+    confined: bool,
+}
+
+impl Vmm {
+    fn new(mut options: VmmOptions) -> Result<Self, MicroVmError> {
+        let os = |what| move |e| MicroVmError::Os(what, e);
+        let reset_evt = EventFdTrigger::new().map_err(os("reset eventfd"))?;
+        let exit_evt = EventFdTrigger::new().map_err(os("exit eventfd"))?;
+        let exit_status = Arc::new(AtomicI32::new(-1));
+        let (event_tx, event_rx) = channel();
+        let vcpu_wake = EventFd::new(EFD_NONBLOCK).map_err(os("vCPU eventfd"))?;
+        let vcpu_events =
+            VcpuEventSender::new(event_tx, vcpu_wake.try_clone().map_err(os("vCPU eventfd"))?);
+        let (sigint, sigterm) = signal_pipes()?;
+        let (api_requests, api_wake, api_metrics) = match options.api.take() {
+            Some(api) => (Some(api.requests), api.wake, Some(api.metrics)),
+            None => (
+                None,
+                EventFd::new(EFD_NONBLOCK).map_err(os("API eventfd"))?,
+                None,
+            ),
+        };
+        let wakeups = Wakeups::new(WakeupSources {
+            reset_evt: reset_evt
+                .try_clone()
+                .map_err(os("reset eventfd"))?
+                .into_eventfd(),
+            vcpu_wake,
+            vcpu_events: event_rx,
+            sigint,
+            sigterm,
+            api_wake,
+            exit_evt: exit_evt
+                .try_clone()
+                .map_err(os("exit eventfd"))?
+                .into_eventfd(),
+            exit_status: exit_status.clone(),
+        })
+        .map_err(os("metrics timer"))?;
+        let wakeups = Arc::new(Mutex::new(wakeups));
+        let mut event_manager = EventManager::<Subscriber>::new()
+            .map_err(|e| MicroVmError::EventLoop(e.to_string()))?;
+        event_manager.add_subscriber(wakeups.clone());
+        Ok(Self {
+            options,
+            event_manager,
+            wakeups,
+            reset_evt,
+            exit_evt,
+            exit_status,
+            vcpu_events,
+            pending: PendingConfig::default(),
+            vm: None,
+            metrics: Some(MetricsSink::new(api_metrics)),
+            api_requests,
+            end_requested: None,
+            confined: false,
+        })
+    }
+
+    fn state(&self) -> InstanceState {
+        match &self.vm {
+            None => InstanceState::NotStarted,
+            Some(vm) if vm.is_paused() => InstanceState::Paused,
+            Some(_) => InstanceState::Running,
+        }
+    }
+
+    fn run(mut self, start: Start) -> Result<RunEnd, MicroVmError> {
+        match start {
+            Start::Boot(config) => {
+                self.pending = PendingConfig::from_config(config.clone());
+                self.boot(&config)?;
+            }
+            Start::Restore(params) => self
+                .load_snapshot(&params)
+                .map_err(MicroVmError::Snapshot)?,
+            Start::MigrateListen(address) => {
+                if let Some(signal) = self.migrate_in(&address)? {
+                    return Ok(RunEnd::Signal(signal));
+                }
+            }
+            Start::Api if self.api_requests.is_none() => {
+                return Err(MicroVmError::EventLoop(
+                    "nothing to run: no config and no API".into(),
+                ))
+            }
+            Start::Api => {}
+        }
+        self.confine_if_running()?;
+        let outcome = loop {
+            if let Err(e) = self.event_manager.run() {
+                break Outcome::Fatal {
+                    vcpu: 0,
+                    reason: format!("event loop: {e}"),
+                };
+            }
+            let (outcome, api_pending, metrics_due) = {
+                let mut w = self.wakeups.lock().unwrap_or_else(|p| p.into_inner());
+                (w.take_outcome(), w.take_api_pending(), w.take_metrics_due())
+            };
+            if let Some(outcome) = outcome {
+                break outcome;
+            }
+            if api_pending {
+                self.serve_api();
+                if let Err(e) = self.confine_if_running() {
+                    break Outcome::Fatal {
+                        vcpu: 0,
+                        reason: e.to_string(),
+                    };
+                }
+                if let Some(outcome) = self.end_requested.take() {
+                    break outcome;
+                }
+            }
+            if metrics_due {
+                self.flush_metrics();
+            }
+        };
+        if let Some(vm) = &mut self.vm {
+            vm.stop();
+        }
+        self.flush_metrics();
+        match outcome {
+            Outcome::GuestStopped => Ok(RunEnd::GuestStopped),
+            Outcome::Signal(name) => Ok(RunEnd::Signal(name)),
+            Outcome::ApiStop => Ok(RunEnd::ApiStop),
+            Outcome::GuestExit(code) => Ok(RunEnd::GuestExit(code)),
+            Outcome::Migrated => Ok(RunEnd::Migrated),
+            Outcome::Fatal { vcpu, reason } => Err(MicroVmError::GuestFatal { vcpu, reason }),
+        }
+    }
+
+    fn boot(&mut self, config: &VmConfig) -> Result<(), MicroVmError> {
+        let vm = MicroVm::boot(config, self.build_context())?;
+        self.vm = Some(vm);
+        Ok(())
+    }
+
+    /// Once a VM exists, the VMM thread only needs the run-time allow-list:
+    /// install it (before the event loop serves the guest's devices).
+    fn confine_if_running(&mut self) -> Result<(), MicroVmError> {
+        if self.vm.is_none() || self.confined || !self.options.seccomp {
+            return Ok(());
+        }
+        crate::seccomp::install(crate::seccomp::ThreadKind::Vmm).map_err(|e| {
+            MicroVmError::Os(
+                "installing the VMM thread's seccomp filter",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        self.confined = true;
+        log::debug!("seccomp filter installed on the VMM thread");
+        Ok(())
+    }
+
+    /// What building or restoring a VM needs from the VMM (the console
+    /// writers are handed over once).
+    fn build_context(&mut self) -> BuildContext<'_> {
+        BuildContext {
+            started: self.options.started,
+            console_out: self
+                .options
+                .console_out
+                .take()
+                .unwrap_or_else(|| Box::new(std::io::stdout())),
+            console2_out: self.options.console2_out.take(),
+            console_in: self.options.console_in,
+            seccomp: self.options.seccomp,
+            reset_evt: &self.reset_evt,
+            exit_status: (&self.exit_evt, &self.exit_status),
+            vcpu_events: &self.vcpu_events,
+            event_manager: &mut self.event_manager,
+        }
+    }
+
+    fn serve_api(&mut self) {
+        let Some(requests) = self.api_requests.take() else {
+            return;
+        };
+        while let Ok(message) = requests.try_recv() {
+            let response = self.handle(message.request);
+            // The client may have given up (timeout); nothing to do then.
+            let _ = message.reply.send(response);
+        }
+        self.api_requests = Some(requests);
+    }
+
+    fn flush_metrics(&mut self) {
+        let Some(sink) = self.metrics.as_mut() else {
+            return;
+        };
+        if let Err(e) = sink.write(self.vm.as_ref()) {
+            log::warn!("writing metrics: {e}");
+        }
+    }
+}
+
+/// Self-pipes that SIGINT and SIGTERM write into; the read ends go into epoll.
+fn signal_pipes() -> Result<(UnixStream, UnixStream), MicroVmError> {
+    let pipe = |signal| -> Result<UnixStream, MicroVmError> {
+        let (rx, tx) = UnixStream::pair().map_err(|e| MicroVmError::Os("signal pipe", e))?;
+        rx.set_nonblocking(true)
+            .map_err(|e| MicroVmError::Os("signal pipe", e))?;
+        signal_hook::low_level::pipe::register(signal, tx)
+            .map_err(|e| MicroVmError::Os("registering a signal handler", e))?;
+        Ok(rx)
+    };
+    Ok((
+        pipe(signal_hook::consts::SIGINT)?,
+        pipe(signal_hook::consts::SIGTERM)?,
+    ))
+}

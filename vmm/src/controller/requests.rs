@@ -1,0 +1,292 @@
+//! The API requests the control loop serves: configuration before boot,
+//! lifecycle actions, pause/resume, run-time device updates, logger and
+//! metrics.
+
+use api::{ActionType, ApiError, ApiRequest, ApiResponse, InstanceInfo, VmConfig, VmStateRequest};
+
+use super::{PendingConfig, Vmm};
+use crate::wakeups::Outcome;
+
+/// A 400 answer whose fault message says why.
+pub(super) fn bad_request(message: impl Into<String>) -> ApiResponse {
+    ApiResponse::Error(ApiError::bad_request(message))
+}
+
+impl Vmm {
+    pub(super) fn handle(&mut self, request: ApiRequest) -> ApiResponse {
+        use ApiRequest as R;
+        let started = self.vm.is_some();
+        match request {
+            R::GetInstanceInfo => ApiResponse::InstanceInfo(InstanceInfo {
+                id: self.options.instance_id.clone(),
+                state: self.state(),
+                vmm_version: env!("CARGO_PKG_VERSION").into(),
+                app_name: "flint".into(),
+            }),
+            R::GetMachineConfig => ApiResponse::MachineConfig(self.pending.machine.clone()),
+            // Before PUT /boot-source the kernel path is empty.
+            R::GetVmConfig => ApiResponse::VmConfig(self.pending.candidate()),
+            R::PutMachineConfig(_) | R::PatchMachineConfig(_) | R::PutBootSource(_) | R::PutDrive(_)
+            | R::PutNetworkInterface(_)
+                if started =>
+            {
+                bad_request("the VM is already running: this can only be configured before InstanceStart")
+            }
+            R::PutMachineConfig(machine) => self.update_section(|p| p.machine = machine, VmConfig::validate_machine_config),
+            R::PatchMachineConfig(patch) => self.update_section(
+                |p| {
+                    let m = &mut p.machine;
+                    if let Some(v) = patch.vcpu_count {
+                        m.vcpu_count = v;
+                    }
+                    if let Some(v) = patch.mem_size_mib {
+                        m.mem_size_mib = v;
+                    }
+                    if let Some(v) = patch.cpu_template {
+                        m.cpu_template = v;
+                    }
+                    if let Some(v) = patch.emulation_quirks {
+                        m.emulation_quirks = v;
+                    }
+                    if let Some(v) = patch.track_dirty_pages {
+                        m.track_dirty_pages = v;
+                    }
+                },
+                VmConfig::validate_machine_config,
+            ),
+            R::PutBootSource(source) => {
+                self.update_section(|p| p.boot_source = Some(source), VmConfig::validate_boot_source)
+            }
+            R::PutDrive(drive) => self.update_section(
+                |p| match p.drives.iter_mut().find(|d| d.drive_id == drive.drive_id) {
+                    Some(existing) => *existing = drive,
+                    None => p.drives.push(drive),
+                },
+                VmConfig::validate_drives,
+            ),
+            R::PutNetworkInterface(net) => self.update_section(
+                |p| match p.nets.iter_mut().find(|n| n.iface_id == net.iface_id) {
+                    Some(existing) => *existing = net,
+                    None => p.nets.push(net),
+                },
+                VmConfig::validate_network,
+            ),
+            R::PatchDrive(patch) => {
+                let known = self.pending.drives.iter().any(|d| d.drive_id == patch.drive_id);
+                if let (Some(_), false) = (&self.vm, known) {
+                    return ApiResponse::Error(ApiError::not_found(format!("no drive {:?}", patch.drive_id)));
+                }
+                if let Some(vm) = self.vm.as_mut() {
+                    if patch.path_on_host.as_ref().is_some_and(|p| !p.is_file()) {
+                        return bad_request(format!("drives[{}].path_on_host: not a file", patch.drive_id));
+                    }
+                    return match vm.update_drive(&patch) {
+                        Ok(()) => {
+                            self.pending = PendingConfig::from_config(vm.config().clone());
+                            ApiResponse::Empty
+                        }
+                        Err(e) => bad_request(e),
+                    };
+                }
+                let Some(index) = self.pending.drives.iter().position(|d| d.drive_id == patch.drive_id) else {
+                    return ApiResponse::Error(ApiError::not_found(format!("no drive {:?}", patch.drive_id)));
+                };
+                self.update_section(
+                    |p| {
+                        let d = &mut p.drives[index];
+                        if let Some(path) = patch.path_on_host {
+                            d.path_on_host = path;
+                        }
+                        if patch.rate_limiter.is_some() {
+                            d.rate_limiter = patch.rate_limiter;
+                        }
+                    },
+                    VmConfig::validate_drives,
+                )
+            }
+            R::PatchNetworkInterface(patch) => {
+                let known = self.pending.nets.iter().any(|n| n.iface_id == patch.iface_id);
+                if let (Some(_), false) = (&self.vm, known) {
+                    return ApiResponse::Error(ApiError::not_found(format!(
+                        "no network interface {:?}",
+                        patch.iface_id
+                    )));
+                }
+                if let Some(vm) = self.vm.as_mut() {
+                    return match vm.update_net(&patch) {
+                        Ok(()) => {
+                            self.pending = PendingConfig::from_config(vm.config().clone());
+                            ApiResponse::Empty
+                        }
+                        Err(e) => bad_request(e),
+                    };
+                }
+                let Some(index) = self.pending.nets.iter().position(|n| n.iface_id == patch.iface_id) else {
+                    return ApiResponse::Error(ApiError::not_found(format!(
+                        "no network interface {:?}",
+                        patch.iface_id
+                    )));
+                };
+                self.update_section(
+                    |p| {
+                        let n = &mut p.nets[index];
+                        if patch.rx_rate_limiter.is_some() {
+                            n.rx_rate_limiter = patch.rx_rate_limiter;
+                        }
+                        if patch.tx_rate_limiter.is_some() {
+                            n.tx_rate_limiter = patch.tx_rate_limiter;
+                        }
+                    },
+                    VmConfig::validate_network,
+                )
+            }
+            R::Action(ActionType::InstanceStart) => self.instance_start(),
+            R::Action(ActionType::Stop) => {
+                if !started {
+                    return bad_request("the VM is not started (send SIGTERM to end a flint that has not booted)");
+                }
+                log::info!("stop requested through the API");
+                self.end_requested = Some(Outcome::ApiStop);
+                ApiResponse::Empty
+            }
+            R::Action(ActionType::SendCtrlAltDel) => {
+                bad_request("SendCtrlAltDel: this VM has no i8042 keyboard for the guest to read; use the guest's own reboot")
+            }
+            R::Action(ActionType::FlushMetrics) => match self.metrics.as_ref().map(|m| m.has_path()) {
+                Some(true) => {
+                    self.flush_metrics();
+                    ApiResponse::Empty
+                }
+                _ => bad_request("no metrics file configured (PUT /metrics first)"),
+            },
+            R::PatchVm(state) => self.change_vm_state(state),
+            R::CreateSnapshot(params) => match self.create_snapshot(&params) {
+                Ok(()) => ApiResponse::Empty,
+                Err(e) => bad_request(e),
+            },
+            R::LoadSnapshot(params) => match self.load_snapshot(&params) {
+                Ok(()) => ApiResponse::Empty,
+                Err(e) => bad_request(e),
+            },
+            R::Migrate(params) => {
+                let Some(vm) = self.vm.as_mut() else {
+                    return bad_request("the VM is not started");
+                };
+                match crate::migration::migrate_out(vm, &params.destination) {
+                    Ok(report) => {
+                        log::info!(
+                            "migration to {} complete: {} rounds, {:.1} MiB of memory and {} KiB of state sent, total {} ms, downtime {} ms",
+                            params.destination,
+                            report.rounds,
+                            report.bytes as f64 / (1 << 20) as f64,
+                            report.state_bytes / 1024,
+                            report.total.as_millis(),
+                            report.downtime.as_millis()
+                        );
+                        self.end_requested = Some(Outcome::Migrated);
+                        ApiResponse::Empty
+                    }
+                    Err(e) => {
+                        log::error!("migration to {} failed, the VM stays here: {e}", params.destination);
+                        bad_request(format!("migration failed (the VM keeps running here): {e}"))
+                    }
+                }
+            }
+            R::PutLogger(config) => {
+                let level = match config.level {
+                    Some(level) => match crate::logger::parse_level(&format!("{level:?}")) {
+                        Some(l) => Some(l),
+                        None => return bad_request(format!("unknown log level {level:?}")),
+                    },
+                    None => None,
+                };
+                match crate::logger::configure(
+                    config.log_path.as_deref(),
+                    level,
+                    config.show_level,
+                    config.show_log_origin,
+                ) {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => bad_request(e.to_string()),
+                }
+            }
+            R::PutMetrics(config) => {
+                let Some(sink) = self.metrics.as_mut() else {
+                    return bad_request("metrics are unavailable");
+                };
+                if let Err(e) = sink.set_path(&config.metrics_path) {
+                    return bad_request(e.to_string());
+                }
+                let timer = self
+                    .wakeups
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .start_metrics_timer();
+                match timer {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => bad_request(format!("starting the metrics timer: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Applies `change` to the pending config if `check` accepts the result.
+    fn update_section(
+        &mut self,
+        change: impl FnOnce(&mut PendingConfig),
+        check: impl Fn(&VmConfig) -> Result<(), api::ConfigError>,
+    ) -> ApiResponse {
+        let mut candidate = self.pending.clone();
+        change(&mut candidate);
+        match check(&candidate.candidate()) {
+            Ok(()) => {
+                self.pending = candidate;
+                ApiResponse::Empty
+            }
+            Err(e) => bad_request(e.to_string()),
+        }
+    }
+
+    fn instance_start(&mut self) -> ApiResponse {
+        if self.vm.is_some() {
+            return bad_request("the VM is already started");
+        }
+        let config = match self.pending.complete() {
+            Ok(config) => config,
+            Err(e) => return bad_request(e),
+        };
+        if let Err(e) = config.validate() {
+            return bad_request(e.to_string());
+        }
+        match self.boot(&config) {
+            Ok(()) => ApiResponse::Empty,
+            Err(e) => {
+                log::error!("InstanceStart failed: {e}");
+                bad_request(format!("InstanceStart failed: {e}"))
+            }
+        }
+    }
+
+    fn change_vm_state(&mut self, state: VmStateRequest) -> ApiResponse {
+        let Some(vm) = self.vm.as_mut() else {
+            return bad_request("the VM is not started");
+        };
+        let result = match state {
+            VmStateRequest::Paused if vm.is_paused() => {
+                return bad_request("the VM is already paused")
+            }
+            VmStateRequest::Resumed if !vm.is_paused() => {
+                return bad_request("the VM is not paused")
+            }
+            VmStateRequest::Paused => vm.pause(),
+            VmStateRequest::Resumed => vm.resume(),
+        };
+        match result {
+            Ok(()) => {
+                log::info!("VM {}", if vm.is_paused() { "paused" } else { "resumed" });
+                ApiResponse::Empty
+            }
+            Err(e) => bad_request(e.to_string()),
+        }
+    }
+}
