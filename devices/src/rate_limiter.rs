@@ -84,6 +84,25 @@ impl TokenBucket {
         })
     }
 
+    /// What a snapshot keeps of the bucket: what is left to spend.
+    pub fn state(&self) -> BucketState {
+        BucketState {
+            budget: self.budget,
+            one_time_burst: self.burst,
+            debt: self.debt,
+        }
+    }
+
+    /// Puts saved levels back (clamped to this bucket's size); refilling
+    /// continues from now.
+    pub fn restore_state(&mut self, state: &BucketState, now: Instant) {
+        self.budget = state.budget.min(self.size);
+        self.burst = state.one_time_burst;
+        self.debt = state.debt;
+        self.carry = 0;
+        self.last_update = now;
+    }
+
     /// Regular tokens available now (not counting the one-time burst).
     pub fn budget(&self) -> u64 {
         self.budget
@@ -175,6 +194,26 @@ fn nanos_to_duration(ns: u128) -> Duration {
     Duration::new(secs, (ns % 1_000_000_000) as u32)
 }
 
+/// A bucket's levels in a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BucketState {
+    /// Regular tokens left.
+    pub budget: u64,
+    /// One-time burst tokens left.
+    pub one_time_burst: u64,
+    /// Tokens owed by an oversize request.
+    pub debt: u64,
+}
+
+/// A limiter's levels in a snapshot (`None`: that bucket is unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RateLimiterState {
+    /// The bandwidth bucket.
+    pub bandwidth: Option<BucketState>,
+    /// The operations bucket.
+    pub ops: Option<BucketState>,
+}
+
 /// A limiter's two buckets, as a run-time update gives them.
 pub type Limits = (Option<BucketConfig>, Option<BucketConfig>);
 
@@ -207,6 +246,26 @@ impl RateLimiter {
         let now = Instant::now();
         self.bandwidth = bandwidth.and_then(|c| TokenBucket::new(c, now));
         self.ops = ops.and_then(|c| TokenBucket::new(c, now));
+    }
+
+    /// The buckets' levels, for a snapshot.
+    pub fn state(&self) -> RateLimiterState {
+        RateLimiterState {
+            bandwidth: self.bandwidth.as_ref().map(TokenBucket::state),
+            ops: self.ops.as_ref().map(TokenBucket::state),
+        }
+    }
+
+    /// Puts saved levels back into the buckets this limiter has (a restored
+    /// VM keeps what it had left to spend instead of starting full).
+    pub fn restore_state(&mut self, state: &RateLimiterState) {
+        let now = Instant::now();
+        if let (Some(bucket), Some(saved)) = (self.bandwidth.as_mut(), state.bandwidth.as_ref()) {
+            bucket.restore_state(saved, now);
+        }
+        if let (Some(bucket), Some(saved)) = (self.ops.as_mut(), state.ops.as_ref()) {
+            bucket.restore_state(saved, now);
+        }
     }
 
     fn bucket_mut(&mut self, kind: TokenKind) -> Option<&mut TokenBucket> {
@@ -282,6 +341,41 @@ impl AsRawFd for RateLimiter {
     /// The timer fd, to register with epoll (readable when it unblocks).
     fn as_raw_fd(&self) -> RawFd {
         self.timer.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    #[test]
+    fn levels_survive_a_snapshot_round_trip() {
+        let cfg = BucketConfig {
+            size: 1000,
+            one_time_burst: 0,
+            refill_time_ms: 60_000,
+        };
+        let mut limiter = RateLimiter::new(Some(cfg), None).unwrap();
+        assert!(limiter.consume(900, TokenKind::Bytes));
+        let saved = limiter.state();
+        assert!(saved.ops.is_none());
+        let mut restored = RateLimiter::new(Some(cfg), None).unwrap();
+        restored.restore_state(&saved);
+        assert!(
+            !restored.consume(500, TokenKind::Bytes),
+            "only ~100 tokens were left"
+        );
+        // Hostile levels are clamped to the bucket's size.
+        let mut clamped = RateLimiter::new(Some(cfg), None).unwrap();
+        clamped.restore_state(&RateLimiterState {
+            bandwidth: Some(BucketState {
+                budget: u64::MAX,
+                one_time_burst: 0,
+                debt: 0,
+            }),
+            ops: None,
+        });
+        assert_eq!(clamped.bucket(TokenKind::Bytes).unwrap().budget(), 1000);
     }
 }
 

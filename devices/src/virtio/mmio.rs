@@ -116,6 +116,8 @@ pub struct MmioTransportState {
     pub activated: bool,
     /// `(next_avail, next_used)` of each running queue.
     pub positions: Vec<(u16, u16)>,
+    /// The device's rate limiters' levels.
+    pub rate_limiters: Vec<crate::rate_limiter::RateLimiterState>,
 }
 
 /// A virtio device behind its MMIO register window.
@@ -385,6 +387,7 @@ impl MmioTransport {
             } else {
                 Vec::new()
             },
+            rate_limiters: device.rate_limiter_states(),
         }
     }
 
@@ -405,6 +408,7 @@ impl MmioTransport {
         }
         self.regs = state.regs.clone();
         self.queues = state.queues.clone();
+        lock(&self.device).restore_rate_limiter_states(&state.rate_limiters);
         if state.activated {
             self.activate_at(&state.positions)?;
             self.activated = true;

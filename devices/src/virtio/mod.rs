@@ -147,6 +147,12 @@ pub trait VirtioDevice: Send {
     fn queue_positions(&self) -> Vec<(u16, u16)> {
         Vec::new()
     }
+    /// The device's rate limiters' levels, for snapshots.
+    fn rate_limiter_states(&self) -> Vec<crate::rate_limiter::RateLimiterState> {
+        Vec::new()
+    }
+    /// Puts saved rate limiter levels back (same order as saved).
+    fn restore_rate_limiter_states(&mut self, _states: &[crate::rate_limiter::RateLimiterState]) {}
     /// Gets ready for a snapshot: gives back to the rings anything taken
     /// from them but not yet used, so the positions describe the guest's view.
     fn prepare_snapshot(&mut self) {}

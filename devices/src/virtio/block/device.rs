@@ -77,6 +77,16 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
+    fn rate_limiter_states(&self) -> Vec<crate::rate_limiter::RateLimiterState> {
+        self.rate_limiter.iter().map(RateLimiter::state).collect()
+    }
+
+    fn restore_rate_limiter_states(&mut self, states: &[crate::rate_limiter::RateLimiterState]) {
+        if let (Some(limiter), Some(state)) = (self.rate_limiter.as_mut(), states.first()) {
+            limiter.restore_state(state);
+        }
+    }
+
     fn queue_positions(&self) -> Vec<(u16, u16)> {
         self.active
             .iter()

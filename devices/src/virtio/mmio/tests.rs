@@ -12,6 +12,7 @@ use crate::virtio::{ActivateError, TYPE_BLOCK};
 struct Recorder {
     queue_evts: Vec<EventFd>,
     activations: Vec<u64>,
+    positions: Vec<(u16, u16)>,
     resets: usize,
     config: Vec<u8>,
 }
@@ -36,7 +37,19 @@ impl VirtioDevice for Recorder {
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
         assert_eq!(a.queues.len(), 1);
         self.activations.push(a.acked_features);
+        self.positions = a
+            .queues
+            .iter()
+            .map(|q| (q.next_avail(), q.next_used()))
+            .collect();
         Ok(())
+    }
+    fn queue_positions(&self) -> Vec<(u16, u16)> {
+        // Pretend the device got through 5 requests.
+        self.positions
+            .iter()
+            .map(|&(a, u)| (a.wrapping_add(5), u.wrapping_add(5)))
+            .collect()
     }
     fn reset(&mut self) {
         self.resets += 1;
@@ -47,6 +60,7 @@ fn setup() -> (MmioTransport, Arc<Mutex<Recorder>>) {
     let dev = Arc::new(Mutex::new(Recorder {
         queue_evts: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
         activations: vec![],
+        positions: vec![],
         resets: 0,
         config: vec![1, 2, 3, 4, 5, 6, 7, 8],
     }));
@@ -260,4 +274,41 @@ fn config_space_reads_and_interrupt_ack() {
     assert_eq!(r(&mut t, 0x60), 3);
     w(&mut t, 0x64, 1);
     assert_eq!(r(&mut t, 0x60), 2);
+}
+
+#[test]
+fn save_and_restore_continue_at_the_saved_ring_positions() {
+    let (mut t, _) = setup();
+    negotiate(&mut t, VIRTIO_F_VERSION_1 | 0b1);
+    setup_queue(&mut t, 16, 0x1000, 0x2000, 0x3000);
+    w(&mut t, 0x70, ALL_OK);
+    t.interrupt().trigger(IrqKind::Vring).unwrap();
+    let saved = t.save();
+    assert!(saved.activated);
+    assert_eq!(saved.positions, vec![(5, 5)]);
+    assert_eq!(saved.interrupt_status, 1);
+
+    let (mut fresh, dev) = setup();
+    fresh.restore(&saved).unwrap();
+    assert_eq!(r(&mut fresh, 0x70), ALL_OK);
+    let d = dev.lock().unwrap();
+    assert_eq!(d.activations, vec![VIRTIO_F_VERSION_1 | 0b1]);
+    assert_eq!(
+        d.positions,
+        vec![(5, 5)],
+        "the device starts where it stopped"
+    );
+    drop(d);
+    assert_eq!(
+        r(&mut fresh, 0x60),
+        1,
+        "the pending interrupt is raised again"
+    );
+    assert!(fresh.interrupt().eventfd().read().is_ok());
+
+    // A state for another device shape is refused.
+    let mut wrong = saved.clone();
+    wrong.queues.push(wrong.queues[0].clone());
+    let (mut other, _) = setup();
+    assert!(other.restore(&wrong).is_err());
 }

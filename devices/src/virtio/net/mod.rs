@@ -396,6 +396,24 @@ impl VirtioDevice for Net {
         Net::needs_reset(self)
     }
 
+    fn rate_limiter_states(&self) -> Vec<crate::rate_limiter::RateLimiterState> {
+        [&self.rx_limiter, &self.tx_limiter]
+            .into_iter()
+            .map(|l| l.as_ref().map(RateLimiter::state).unwrap_or_default())
+            .collect()
+    }
+
+    fn restore_rate_limiter_states(&mut self, states: &[crate::rate_limiter::RateLimiterState]) {
+        for (limiter, state) in [&mut self.rx_limiter, &mut self.tx_limiter]
+            .into_iter()
+            .zip(states)
+        {
+            if let Some(limiter) = limiter.as_mut() {
+                limiter.restore_state(state);
+            }
+        }
+    }
+
     fn queue_positions(&self) -> Vec<(u16, u16)> {
         self.active
             .iter()
