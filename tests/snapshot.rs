@@ -159,13 +159,26 @@ fn snapshot_restore_cycle(vcpus: u8, with_disk: bool) {
     }
     let dir = tempfile::tempdir().unwrap();
     let config = counter_config_net(dir.path(), vcpus, with_disk, ns.is_some());
-    let (mut vm, sock) = start_in(
-        ns.as_ref(),
-        dir.path(),
-        "original",
-        &["--config", config.to_str().unwrap()],
-    );
-    vm.wait_for("TICK 3", BOOT_TIMEOUT).unwrap();
+    let boot = || {
+        start_in(
+            ns.as_ref(),
+            dir.path(),
+            "original",
+            &["--config", config.to_str().unwrap()],
+        )
+    };
+    let (mut vm, mut sock) = boot();
+    if let Err(e) = vm.wait_for("TICK 3", BOOT_TIMEOUT) {
+        // Known host flake (shared/guest/README.md): with 2 vCPUs, PID 1
+        // sometimes segfaults before GUEST-INIT. Retry once, and say so.
+        let host_flake = vcpus > 1 && e.contains("segfault") && !e.contains("GUEST-INIT");
+        assert!(host_flake, "{e}");
+        println!("the first SMP boot hit the known host flake (init segfault); retrying once");
+        drop(vm);
+        let _ = std::fs::remove_file(&sock);
+        (vm, sock) = boot();
+        vm.wait_for("TICK 3", BOOT_TIMEOUT).unwrap();
+    }
     if ns.is_some() {
         vm.wait_for("NET-OK", BOOT_TIMEOUT).unwrap();
     }
@@ -295,6 +308,20 @@ fn snapshot_and_kill_diff(vm: &mut Flint, sock: &Path, snap: &Path) -> u64 {
     tick
 }
 
+/// Waits until a `--migrate-listen` flint listens (its API socket comes up
+/// first, before the VMM binds the migration address).
+fn wait_for_listener(vm: &Flint) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !vm.stderr().contains("waiting for an incoming migration") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the destination never listened:\n{}",
+            vm.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn live_migration_over_unix_then_tcp_keeps_the_guest_counting() {
     let _one_vcpu = BOOT_LOCK.read().unwrap_or_else(|p| p.into_inner());
@@ -310,6 +337,7 @@ fn live_migration_over_unix_then_tcp_keeps_the_guest_counting() {
     // Hop 1: over a Unix socket.
     let unix_addr = format!("unix:{}", dir.path().join("migrate.sock").display());
     let (mut middle, middle_sock) = start(dir.path(), "middle", &["--migrate-listen", &unix_addr]);
+    wait_for_listener(&middle);
     ctl(&sock, &["migrate", "--to", &unix_addr]);
     assert_eq!(
         source.wait_exit(Duration::from_secs(60)).unwrap().code(),
@@ -333,6 +361,7 @@ fn live_migration_over_unix_then_tcp_keeps_the_guest_counting() {
     };
     let tcp_addr = format!("tcp:127.0.0.1:{port}");
     let (mut last, last_sock) = start(dir.path(), "last", &["--migrate-listen", &tcp_addr]);
+    wait_for_listener(&last);
     ctl(&middle_sock, &["migrate", "--to", &tcp_addr]);
     assert_eq!(
         middle.wait_exit(Duration::from_secs(60)).unwrap().code(),
