@@ -128,6 +128,8 @@ fn lifecycle_through_the_api_only() {
     let (ok, _, err) = ctl(&sock, &["pause"]);
     assert!(ok, "flint ctl pause: {err}");
     assert_eq!(state(&sock), "Paused");
+    // Let a line the guest wrote just before the pause reach the reader.
+    std::thread::sleep(Duration::from_millis(300));
     let ticks_at_pause = vm.console().matches("TICK").count();
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(state(&sock), "Paused");
