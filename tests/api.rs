@@ -110,6 +110,30 @@ fn lifecycle_through_the_api_only() {
     let (status, body) = call(&sock, "PUT", "/machine-config", Some(machine));
     assert_eq!(status, 400, "pre-boot configuration after boot: {body}");
 
+    // Logs and metrics go where the API says.
+    let log_file = dir.path().join("flint.log");
+    let logger =
+        serde_json::json!({"log_path": log_file, "level": "Debug", "show_log_origin": true});
+    assert_eq!(
+        call(&sock, "PUT", "/logger", Some(&logger.to_string())).0,
+        204
+    );
+    let metrics_file = dir.path().join("metrics.json");
+    let metrics = serde_json::json!({"metrics_path": metrics_file});
+    assert_eq!(
+        call(&sock, "PUT", "/metrics", Some(&metrics.to_string())).0,
+        204
+    );
+    let flush = r#"{"action_type": "FlushMetrics"}"#;
+    assert_eq!(call(&sock, "PUT", "/actions", Some(flush)).0, 204);
+    let text = std::fs::read_to_string(&metrics_file).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert!(
+        last["vm"]["vcpu_exits"]["io_out"].as_u64().unwrap() > 0,
+        "{last}"
+    );
+    assert!(last["api"]["requests"].as_u64().unwrap() > 0, "{last}");
+
     // 200 concurrent GET / from 8 clients while the guest runs.
     let clients: Vec<_> = (0..8)
         .map(|_| {
@@ -155,6 +179,13 @@ fn lifecycle_through_the_api_only() {
     let file = dir.path().join("roundtrip.json");
     std::fs::write(&file, &config).unwrap();
     api::VmConfig::from_file(&file).unwrap();
+
+    // The log file got the pause/resume lines, with their origin.
+    let log_text = std::fs::read_to_string(&log_file).unwrap();
+    assert!(
+        log_text.contains("VM paused") && log_text.contains("controller"),
+        "{log_text}"
+    );
 
     let (ok, _, err) = ctl(&sock, &["stop"]);
     assert!(ok, "flint ctl stop: {err}");
