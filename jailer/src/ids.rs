@@ -8,65 +8,53 @@ use crate::JailError;
 /// Refuses a uid with no passwd entry: running a jail as a nameless uid is
 /// almost always a typo.
 pub(crate) fn check_user(uid: u32) -> Result<(), JailError> {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    loop {
-        let mut pwd = MaybeUninit::<libc::passwd>::uninit();
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: `pwd`, `buf` and `result` are valid for writes for the whole
-        // call and `buf.len()` is the buffer's true size; nothing is read back
-        // except the `result` pointer's nullness.
-        let rc = unsafe {
-            libc::getpwuid_r(
-                uid,
-                pwd.as_mut_ptr(),
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        match lookup_outcome(rc, result.is_null(), &mut buf) {
-            Lookup::Retry => continue,
-            Lookup::Found => return Ok(()),
-            Lookup::Missing => return Err(JailError::UnknownUid(uid)),
-            Lookup::Failed(source) => {
-                return Err(JailError::IdLookup {
-                    what: "uid",
-                    id: uid,
-                    source,
-                })
-            }
-        }
+    // SAFETY: `lookup` passes pointers valid for writes for the whole call and
+    // the buffer's true length; only `result`'s nullness is read back.
+    let found = lookup(|entry: *mut libc::passwd, buf, len, result| unsafe {
+        libc::getpwuid_r(uid, entry, buf, len, result)
+    });
+    match found {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(JailError::UnknownUid(uid)),
+        Err(source) => Err(JailError::IdLookup {
+            what: "uid",
+            id: uid,
+            source,
+        }),
     }
 }
 
 /// Refuses a gid with no group entry, for the same reason as [`check_user`].
 pub(crate) fn check_group(gid: u32) -> Result<(), JailError> {
+    // SAFETY: as in `check_user`.
+    let found = lookup(|entry: *mut libc::group, buf, len, result| unsafe {
+        libc::getgrgid_r(gid, entry, buf, len, result)
+    });
+    match found {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(JailError::UnknownGid(gid)),
+        Err(source) => Err(JailError::IdLookup {
+            what: "gid",
+            id: gid,
+            source,
+        }),
+    }
+}
+
+/// Runs a `get*id_r` call with a growing buffer: whether the entry exists.
+fn lookup<T>(
+    call: impl Fn(*mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int,
+) -> io::Result<bool> {
     let mut buf = vec![0 as libc::c_char; 4096];
     loop {
-        let mut grp = MaybeUninit::<libc::group>::uninit();
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: as in `check_user`: all pointers are valid for writes for
-        // the call and `buf.len()` is the buffer's size.
-        let rc = unsafe {
-            libc::getgrgid_r(
-                gid,
-                grp.as_mut_ptr(),
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
+        let mut entry = MaybeUninit::<T>::uninit();
+        let mut result: *mut T = std::ptr::null_mut();
+        let rc = call(entry.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut result);
         match lookup_outcome(rc, result.is_null(), &mut buf) {
             Lookup::Retry => continue,
-            Lookup::Found => return Ok(()),
-            Lookup::Missing => return Err(JailError::UnknownGid(gid)),
-            Lookup::Failed(source) => {
-                return Err(JailError::IdLookup {
-                    what: "gid",
-                    id: gid,
-                    source,
-                })
-            }
+            Lookup::Found => return Ok(true),
+            Lookup::Missing => return Ok(false),
+            Lookup::Failed(e) => return Err(e),
         }
     }
 }

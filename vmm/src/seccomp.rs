@@ -235,6 +235,17 @@ fn common(r: &mut Rules) -> BuildResult {
     Ok(())
 }
 
+/// An epoll loop woken by eventfds (the API's reactor, the VMM's event
+/// manager).
+const EVENT_LOOP: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_create1,
+    libc::SYS_eventfd2,
+];
+
 /// A vCPU thread: `KVM_RUN` and the exits it handles (PIO/MMIO into device
 /// code: serial output to stdout, virtio register accesses that kick
 /// eventfds and activate devices, the i8042 and exit-status ports).
@@ -254,14 +265,7 @@ fn api(r: &mut Rules) -> BuildResult {
     r.allow_arg_in(SYS_ioctl, 1, &to_u64(ioctls::API))?;
     // The reactor (epoll; its waker is an eventfd). Creating them is allowed
     // too, should the runtime ever be built on this thread.
-    r.allow(&[
-        SYS_epoll_wait,
-        SYS_epoll_pwait,
-        SYS_epoll_pwait2,
-        SYS_epoll_ctl,
-        SYS_epoll_create1,
-        SYS_eventfd2,
-    ]);
+    r.allow(EVENT_LOOP);
     // Connections: accept, read requests, write answers, close.
     r.allow(&[
         SYS_accept4,
@@ -307,13 +311,8 @@ fn vmm(r: &mut Rules) -> BuildResult {
     use libc::*;
     r.allow_arg_in(SYS_ioctl, 1, &to_u64(ioctls::VMM))?;
     // The event loop and its sources.
+    r.allow(EVENT_LOOP);
     r.allow(&[
-        SYS_epoll_wait,
-        SYS_epoll_pwait,
-        SYS_epoll_pwait2,
-        SYS_epoll_ctl,
-        SYS_epoll_create1,
-        SYS_eventfd2,
         SYS_timerfd_create,
         SYS_timerfd_settime,
         SYS_timerfd_gettime,
