@@ -116,7 +116,8 @@ if [[ $SKIP_APT != 1 ]]; then
 			lz4 xz-utils patch binutils)
 	fi
 	if want rootfs; then
-		pkgs+=(cpio gzip e2fsprogs)
+		# musl-tools + the kernel's uapi headers build the static /bin/vsock-io
+		pkgs+=(cpio gzip e2fsprogs musl-tools linux-libc-dev binutils)
 	fi
 	apt-get install -y -q --no-install-recommends "${pkgs[@]}" >&2
 	# busybox-static is only unpacked into the guest tree, never installed on
@@ -167,7 +168,14 @@ gen_config() {
 	# (virtio_mmio.device=4K@0xd0000000:5): block, net, rng, vsock
 	$c -e VIRTIO_MENU -e VIRTIO -e VIRTIO_MMIO -e VIRTIO_MMIO_CMDLINE_DEVICES \
 	   -e BLK_DEV -e VIRTIO_BLK -e NETDEVICES -e NET_CORE -e VIRTIO_NET \
-	   -e HW_RANDOM -e HW_RANDOM_VIRTIO -d VIRTIO_BALLOON -d VIRTIO_INPUT
+	   -e HW_RANDOM -e HW_RANDOM_VIRTIO -d VIRTIO_INPUT
+	# memory devices: balloon (with free page reporting), virtio-mem, virtio-pmem
+	$c -e MEMORY_BALLOON -e VIRTIO_BALLOON -e BALLOON_COMPACTION -e COMPACTION -e MIGRATION \
+	   -e PAGE_REPORTING -e SPARSEMEM_VMEMMAP -e MEMORY_HOTPLUG -e MEMORY_HOTREMOVE \
+	   -e CONTIG_ALLOC -e VIRTIO_MEM -e LIBNVDIMM -e BLK_DEV_PMEM -e VIRTIO_PMEM -e DAX -e FS_DAX
+	# containers inside the guest: cgroups, namespaces, overlayfs; virtio-fs shares
+	$c -e CGROUPS -e MEMCG -e CGROUP_PIDS -e CPUSETS -e CGROUP_SCHED -e FAIR_GROUP_SCHED -e CGROUP_FREEZER \
+	   -e NAMESPACES -e UTS_NS -e IPC_NS -e PID_NS -e NET_NS -e OVERLAY_FS -e FUSE_FS -e VIRTIO_FS
 	$c -e NET -e INET -e UNIX -e PACKET -e IP_PNP -d IPV6 -d WIRELESS -d WLAN -d ETHERNET \
 	   -e VSOCKETS -e VIRTIO_VSOCKETS
 	make -s ARCH=x86_64 olddefconfig
@@ -182,7 +190,8 @@ check_config() {
 	         BINFMT_ELF BINFMT_SCRIPT PROC_FS SYSFS TMPFS DEVTMPFS DEVTMPFS_MOUNT BLK_DEV_INITRD \
 	         RD_GZIP RD_LZ4 VIRTIO VIRTIO_MMIO VIRTIO_MMIO_CMDLINE_DEVICES VIRTIO_BLK VIRTIO_NET \
 	         NET INET UNIX PACKET EXT4_FS VSOCKETS VIRTIO_VSOCKETS HW_RANDOM HW_RANDOM_VIRTIO \
-	         FUTEX EPOLL MULTIUSER KERNEL_LZ4 HZ_100; do
+	         FUTEX EPOLL MULTIUSER KERNEL_LZ4 HZ_100 VIRTIO_BALLOON PAGE_REPORTING VIRTIO_MEM \
+	         VIRTIO_PMEM BLK_DEV_PMEM CGROUPS MEMCG PID_NS NET_NS OVERLAY_FS FUSE_FS VIRTIO_FS; do
 		grep -q "^CONFIG_$o=y\$" .config || { log "config: CONFIG_$o is not set"; bad=1; }
 	done
 	for o in PCI ACPI MODULES SERIO_I8042 RANDOMIZE_BASE DEBUG_INFO; do
@@ -299,6 +308,15 @@ build_rootfs() {
 	chmod 1777 "$s/tmp"
 	chmod 700 "$s/root"
 	cp bbx/bin/busybox "$s/bin/busybox"
+	# vsock-io: a small static AF_VSOCK tool (echo server, listen, connect) for
+	# the vsock tests. musl-gcc hides the system include path; give it the
+	# kernel's uapi headers alone.
+	mkdir -p khdr
+	ln -sfn /usr/include/linux khdr/linux
+	ln -sfn /usr/include/asm-generic khdr/asm-generic
+	ln -sfn /usr/include/x86_64-linux-gnu/asm khdr/asm
+	musl-gcc -static -Os -Wall -idirafter "$WORK/khdr" -o "$s/bin/vsock-io" "$HERE/vsock-io.c"
+	strip "$s/bin/vsock-io"
 
 	# One relative symlink per applet, where busybox itself says it belongs.
 	for p in $(bbx/bin/busybox --list-full); do
