@@ -55,8 +55,9 @@ impl Balloon {
     }
 
     /// Changes how often statistics are polled (`PATCH
-    /// /balloon/statistics`). Statistics cannot be switched on or off
-    /// after creation: the statistics queue exists or not from boot.
+    /// /balloon/statistics`); the first update is asked for right away.
+    /// Statistics cannot be switched on or off after creation: the
+    /// statistics queue exists or not from boot.
     pub fn update_stats_interval(&mut self, secs: u16) -> Result<(), BalloonError> {
         if !has(self.state.avail_features, VIRTIO_BALLOON_F_STATS_VQ) {
             return Err(BalloonError::StatsDisabled);
@@ -65,7 +66,9 @@ impl Balloon {
             return Err(BalloonError::StatsStateChange);
         }
         self.state.config.stats_polling_interval_s = secs;
-        self.arm_stats_timer()
+        self.arm_stats_timer()?;
+        self.return_stats_buffer();
+        Ok(())
     }
 
     /// The guest's latest statistics with the balloon's figures (`GET

@@ -22,13 +22,15 @@
 //! Split by concern: [`config`] (features, config space, queue layout),
 //! [`pages`] (dropping pages, PFN arrays), [`stats`] (statistics),
 //! [`device`] (the [`VirtioDevice`](super::VirtioDevice) side and queue
-//! processing), [`api`] (the run-time methods the VMM's API calls),
-//! [`event_handler`] (the VMM event loop side).
+//! processing), [`handlers`] (what each queue's buffers mean), [`api`]
+//! (the run-time methods the VMM's API calls), [`event_handler`] (the VMM
+//! event loop side).
 
 mod api;
 pub mod config;
 mod device;
 mod event_handler;
+mod handlers;
 pub mod pages;
 pub mod stats;
 

@@ -159,8 +159,15 @@ fn stats_interval_cannot_switch_stats_on_or_off() {
         t.b.update_stats_interval(0),
         Err(BalloonError::StatsStateChange)
     ));
+    // The guest's buffer is held; a new interval asks for figures now.
+    let buf = t.g.alloc(10);
+    let q = t.q(QueueKind::Stats);
+    let head = t.g.chain(q, &[r(buf, 10)]);
+    t.b.process_queue(q);
+    assert!(t.g.used(q).is_empty());
     t.b.update_stats_interval(30).unwrap();
     assert_eq!(t.b.config().stats_polling_interval_s, 30);
+    assert_eq!(t.g.used(q), vec![(head, 0)]);
 }
 
 #[test]
