@@ -21,9 +21,9 @@
 //!
 //! Split by concern: [`config`] (features, config space, queue layout),
 //! [`pages`] (dropping pages, PFN arrays), [`stats`] (statistics),
-//! [`device`] (the [`VirtioDevice`](super::VirtioDevice) side and queue
-//! processing), [`handlers`] (what each queue's buffers mean), [`api`]
-//! (the run-time methods the VMM's API calls), [`event_handler`] (the VMM
+//! `device` (the [`VirtioDevice`](super::VirtioDevice) side and queue
+//! processing), `handlers` (what each queue's buffers mean), `api`
+//! (the run-time methods the VMM's API calls), `event_handler` (the VMM
 //! event loop side).
 
 mod api;

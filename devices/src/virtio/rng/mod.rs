@@ -13,8 +13,8 @@
 //! device until the driver resets it. An optional [`RateLimiter`] throttles
 //! bytes and requests; held-back requests resume on its timer.
 //!
-//! Split by concern: [`device`] (the [`VirtioDevice`](super::VirtioDevice)
-//! side and queue processing), [`event_handler`] (the VMM event loop side).
+//! Split by concern: `device` (the [`VirtioDevice`](super::VirtioDevice)
+//! side and queue processing), `event_handler` (the VMM event loop side).
 
 mod device;
 mod event_handler;

@@ -31,9 +31,11 @@ fn inflating_64_mib_returns_it_to_the_host() {
     let first = pfn(LOW);
     let pfns: Vec<u32> = (first..first + AREA_PAGES as u32).collect();
     let mut heads = Vec::new();
+    let start = std::time::Instant::now();
     for chunk in pfns.chunks(256) {
         heads.push(t.send_pfns(QueueKind::Inflate, chunk));
     }
+    let took = start.elapsed();
     let q = t.q(QueueKind::Inflate);
     let used = t.g.used(q);
     assert_eq!(used.len(), heads.len());
@@ -45,7 +47,8 @@ fn inflating_64_mib_returns_it_to_the_host() {
     let rss_after = vm_rss_kib();
     println!(
         "balloon inflate: {} MiB touched, {} MiB resident before, {} KiB after; \
-         returned {} MiB (mincore); process VmRSS {} -> {} KiB",
+         returned {} MiB (mincore) in {took:?} (64 chains of 256 PFNs); \
+         process VmRSS {} -> {} KiB",
         AREA / MIB,
         before as u64 * PAGE_SIZE / MIB,
         after as u64 * PAGE_SIZE / 1024,
