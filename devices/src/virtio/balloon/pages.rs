@@ -119,7 +119,9 @@ pub struct PfnWalk {
 /// Reads the little-endian u32 PFNs in guest buffers `bufs` (`(address,
 /// length)`, already checked: inside guest memory, lengths multiples of 4)
 /// and calls `each_run(addr, len)` once per run of contiguous valid pages.
-/// PFNs outside guest RAM are counted and skipped.
+/// PFNs outside guest RAM are counted and skipped. At most
+/// [`MAX_PFN_BYTES`] are read whatever the buffers say (the guest can
+/// rewrite a descriptor between the caller's checks and this walk).
 pub fn walk_pfns(
     mem: &GuestMemory,
     bufs: impl IntoIterator<Item = (u64, u32)>,
@@ -128,14 +130,15 @@ pub fn walk_pfns(
     let mut walk = PfnWalk::default();
     let mut run: Option<(u64, u64)> = None;
     let mut chunk = [0u8; 1024];
+    let mut budget = MAX_PFN_BYTES;
     for (addr, len) in bufs {
+        let len = u64::from(len).min(budget) & !3;
+        budget -= len;
         let mut done = 0u64;
-        while done < u64::from(len) {
-            let n = (u64::from(len) - done).min(chunk.len() as u64) as usize;
-            if mem
-                .read_slice(&mut chunk[..n], GuestAddress(addr + done))
-                .is_err()
-            {
+        while done < len {
+            let n = (len - done).min(chunk.len() as u64) as usize;
+            let at = addr.checked_add(done).map(GuestAddress);
+            if at.is_none_or(|at| mem.read_slice(&mut chunk[..n], at).is_err()) {
                 walk.invalid += n as u64 / 4;
                 done += n as u64;
                 continue;

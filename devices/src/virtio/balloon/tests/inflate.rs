@@ -120,6 +120,10 @@ fn contiguous_pfns_are_coalesced_into_runs() {
     g.fill(buf, &big);
     let walk = walk_pfns(g.mem, [(buf, MAX_PFN_BYTES as u32)], |_, _| {});
     assert_eq!((walk.valid, walk.runs), (u64::from(n), u64::from(n / 256)));
+    // Buffers rewritten to claim more after the checks: the walk still
+    // reads at most MAX_PFN_BYTES.
+    let walk = walk_pfns(g.mem, [(buf, 1 << 20), (buf, u32::MAX)], |_, _| {});
+    assert_eq!(walk.valid + walk.invalid, MAX_PFN_BYTES / 4);
 }
 
 #[test]
