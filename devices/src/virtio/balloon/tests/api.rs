@@ -209,3 +209,60 @@ fn reset_forgets_the_queues() {
     t.activate(features);
     assert!(t.b.is_activated());
 }
+
+/// The sequence Linux's driver goes through: the statistics buffer is
+/// posted before DRIVER_OK, then the host sets a target, the guest inflates
+/// and reports `actual`.
+#[test]
+fn driver_sequence_from_probe_to_inflated() {
+    let mut b = Balloon::new(all_options()).unwrap();
+    let n = b.layout().count;
+    let mut g = Guest::new(LOW + (4 << 20), n);
+    let stats_q = b.layout().stats.unwrap();
+    let buf = g.alloc(10);
+    let mut entry = 5u16.to_le_bytes().to_vec();
+    entry.extend_from_slice(&(12u64 << 20).to_le_bytes());
+    g.fill(buf, &entry);
+    let stats_head = g.chain(stats_q, &[r(buf, 10)]);
+    let irq = Arc::new(IrqTrigger::new().unwrap());
+    b.activate(Activation {
+        mem: g.mem.clone(),
+        queues: g.all_queues(),
+        interrupt: irq.clone(),
+        acked_features: b.avail_features(),
+    })
+    .unwrap();
+    // Activation kicked every queue: the early buffer is picked up.
+    for i in 0..n {
+        assert_eq!(b.queue_events()[i].read().unwrap(), 1);
+        b.queue_events()[i].write(1).unwrap();
+        b.handle_queue_event(i);
+    }
+    assert_eq!(b.latest_stats().unwrap().total_memory, Some(12 << 20));
+    assert!(g.used(stats_q).is_empty(), "held");
+    // The host asks for 1 MiB; the guest inflates 256 pages and says so.
+    b.set_target_mib(1).unwrap();
+    assert!(irq.status() & IrqKind::Config as u32 != 0);
+    let mut cfg = [0u8; 4];
+    b.read_config(0, &mut cfg);
+    let want = u32::from_le_bytes(cfg);
+    assert_eq!(want, 256);
+    let first = (LOW / PAGE_SIZE) as u32;
+    let pfns: Vec<u8> = (first..first + want)
+        .flat_map(|p| p.to_le_bytes())
+        .collect();
+    let pbuf = g.alloc(pfns.len() as u64);
+    g.fill(pbuf, &pfns);
+    let head = g.chain(0, &[r(pbuf, pfns.len() as u32)]);
+    b.queue_events()[0].write(1).unwrap();
+    b.handle_queue_event(0);
+    assert_eq!(g.used(0), vec![(head, 0)]);
+    b.write_config(4, &want.to_le_bytes());
+    assert_eq!(b.actual_mib(), 1);
+    let s = b.latest_stats().unwrap();
+    assert_eq!((s.target_mib, s.actual_mib, s.actual_pages), (1, 1, 256));
+    assert_eq!(b.balloon_counters().returned_bytes(), 1 << 20);
+    // The stats timer tick returns the held buffer.
+    assert!(b.return_stats_buffer());
+    assert_eq!(g.used(stats_q), vec![(stats_head, 0)]);
+}
