@@ -7,9 +7,11 @@
 //! on the VMM's event loop, woken by KVM ioeventfds on the queue-notify
 //! register, and interrupts the guest through a KVM irqfd.
 
+pub mod balloon;
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod rng;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
