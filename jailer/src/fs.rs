@@ -62,6 +62,18 @@ pub(crate) fn build_jail(cfg: &JailConfig) -> Result<(), JailError> {
     let root = &cfg.jail_root;
     let id = std::ffi::OsStr::new(&cfg.id);
     create_jail_dirs(&cfg.chroot_base, &[&cfg.exec_name, id], root)?;
+    // From here on the root is ours: a failure removes it again, so it does
+    // not block a retry with this id.
+    fill_jail(cfg).inspect_err(|_| {
+        if let Err(rm) = fs::remove_dir_all(root) {
+            log::warn!("removing {}: {rm}", root.display());
+        }
+    })
+}
+
+/// Puts the binary, its libraries and the device nodes into the new root.
+fn fill_jail(cfg: &JailConfig) -> Result<(), JailError> {
+    let root = &cfg.jail_root;
     set_mode(root, 0o755)?;
 
     let exec_dst = root.join(&cfg.exec_name);

@@ -521,3 +521,53 @@ fn joins_network_namespace() {
         .status();
     assert!(wait_for(1, || !Path::new(&ns_path).exists()));
 }
+
+/// A minimal dynamic ELF64 executable (never run) whose only DT_NEEDED
+/// names a library that exists nowhere.
+fn elf_needing_a_missing_library() -> Vec<u8> {
+    let mut f = vec![0u8; 0x400];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4..7].copy_from_slice(&[2, 1, 1]);
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    #[cfg(target_arch = "x86_64")]
+    f[18..20].copy_from_slice(&0x3eu16.to_le_bytes());
+    #[cfg(target_arch = "aarch64")]
+    f[18..20].copy_from_slice(&0xb7u16.to_le_bytes());
+    f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f[54..56].copy_from_slice(&56u16.to_le_bytes());
+    f[56..58].copy_from_slice(&2u16.to_le_bytes());
+    for (at, kind, off, size) in [(64, 1u32, 0u64, 0x400u64), (120, 2, 0x300, 48)] {
+        f[at..at + 4].copy_from_slice(&kind.to_le_bytes());
+        f[at + 8..at + 16].copy_from_slice(&off.to_le_bytes());
+        f[at + 16..at + 24].copy_from_slice(&off.to_le_bytes());
+        f[at + 32..at + 40].copy_from_slice(&size.to_le_bytes());
+    }
+    let strings = b"\0libflint-nonexistent.so.1\0";
+    f[0x200..0x200 + strings.len()].copy_from_slice(strings);
+    for (i, (tag, val)) in [(5u64, 0x200u64), (10, strings.len() as u64), (1, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let at = 0x300 + 16 * i;
+        f[at..at + 8].copy_from_slice(&tag.to_le_bytes());
+        f[at + 8..at + 16].copy_from_slice(&val.to_le_bytes());
+    }
+    f
+}
+
+#[test]
+fn missing_shared_library_is_an_error_and_leaves_no_jail() {
+    require_root!();
+    let bin_dir = tempfile::tempdir().expect("tempdir");
+    let exe = bin_dir.path().join("needs-missing-lib");
+    fs::write(&exe, elf_needing_a_missing_library()).expect("write");
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut jail = Jail::new("missinglib");
+    jail.exec_file = exe.to_string_lossy().into_owned();
+    let status = jail.run(&[], &[]);
+    assert_failed_with(&jail, status, "libflint-nonexistent.so.1");
+    assert!(
+        !jail.root().exists(),
+        "a failed jail must not block a retry"
+    );
+}
