@@ -57,7 +57,7 @@ enum Command {
         /// With --restore: attach an interface to another tap (IFACE_ID=TAP).
         #[arg(long, value_name = "ID=TAP", requires = "restore")]
         net_override: Vec<String>,
-        /// Wait for a live migration on unix:PATH or tcp:HOST:PORT and run
+        /// Wait for a live migration on unix:PATH or tcp:IP:PORT and run
         /// the VM that arrives.
         #[arg(long, value_name = "ADDR", conflicts_with_all = ["config", "restore"])]
         migrate_listen: Option<String>,

@@ -127,3 +127,118 @@ fn sigterm_ends_a_flint_waiting_for_a_migration() {
     assert_eq!(status.code(), Some(0), "{}", waiting.stderr());
     assert!(!sock.exists(), "the listening socket was left behind");
 }
+
+/// Runs `flint run ARGS` with stdio captured, its address space capped at
+/// 1 GiB (so a flint that reads without bound fails instead of exhausting
+/// the host) and killed if it has not exited after `limit`: a hang guard,
+/// not a timing check. Returns its exit code (None if killed) and stderr.
+fn flint_run_args(args: &[&std::ffi::OsStr], limit: Duration) -> (Option<i32>, String) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flint"));
+    cmd.arg("run")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let cap = libc::rlimit {
+                rlim_cur: 1 << 30,
+                rlim_max: 1 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &cap) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    let code = status.and_then(|s| s.code());
+    assert!(status.is_some(), "flint hung (killed); stderr:\n{stderr}");
+    (code, stderr)
+}
+
+#[test]
+fn config_must_be_a_small_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("config.fifo");
+    let c_fifo = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string path.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    let big = dir.path().join("big.json");
+    std::fs::write(&big, vec![b' '; (1 << 20) + 1]).unwrap();
+    let cases: [(&std::path::Path, &str); 4] = [
+        (std::path::Path::new("/dev/zero"), "not a regular file"),
+        (std::path::Path::new("/dev/urandom"), "not a regular file"),
+        (&fifo, "not a regular file"),
+        (&big, "larger than 1048576 bytes"),
+    ];
+    for (path, needle) in cases {
+        let (code, stderr) = flint_run_args(
+            &[
+                "--no-console-input".as_ref(),
+                "--config".as_ref(),
+                path.as_os_str(),
+            ],
+            Duration::from_secs(60),
+        );
+        assert_eq!(code, Some(2), "{}: {stderr}", path.display());
+        assert!(stderr.contains("invalid config"), "{stderr}");
+        assert!(stderr.contains(needle), "{}: {stderr}", path.display());
+    }
+}
+
+#[test]
+fn migrate_listen_replaces_only_a_stale_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    // A regular file at the path is refused and left alone.
+    let file = dir.path().join("precious.txt");
+    std::fs::write(&file, b"keep me").unwrap();
+    let addr = format!("unix:{}", file.display());
+    let (code, stderr) = flint_run_args(
+        &["--migrate-listen".as_ref(), addr.as_ref()],
+        Duration::from_secs(60),
+    );
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("not a socket"), "{stderr}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+    // A socket another process serves is refused too, and kept.
+    let live = dir.path().join("live.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let addr = format!("unix:{}", live.display());
+    let (code, stderr) = flint_run_args(
+        &["--migrate-listen".as_ref(), addr.as_ref()],
+        Duration::from_secs(60),
+    );
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("another process is listening"), "{stderr}");
+    assert!(live.exists());
+}
+
+#[test]
+fn migrate_addresses_must_be_ip_literals() {
+    // A host name would need DNS, whose syscalls seccomp kills flint for.
+    let (code, stderr) = flint_run_args(
+        &["--migrate-listen".as_ref(), "tcp:localhost:4444".as_ref()],
+        Duration::from_secs(60),
+    );
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("IP literal"), "{stderr}");
+}

@@ -173,6 +173,45 @@ pub struct TokenBucketConfig {
     pub refill_time: u64,
 }
 
+/// The largest config file `--config` reads; real configs are a few KiB.
+const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a config file that must be a regular file of at most
+/// [`MAX_CONFIG_FILE_BYTES`]. It is opened `O_NONBLOCK` and checked with
+/// `fstat` before any read, so a FIFO cannot block flint and a device like
+/// `/dev/zero` cannot make it allocate without bound.
+fn read_config_file(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a config must be a plain JSON file)",
+        ));
+    }
+    let too_big = || {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("larger than {MAX_CONFIG_FILE_BYTES} bytes"),
+        )
+    };
+    if meta.len() > MAX_CONFIG_FILE_BYTES {
+        return Err(too_big());
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        return Err(too_big());
+    }
+    Ok(text)
+}
+
 impl VmConfig {
     /// Parses a config from JSON text, without checking it against the host.
     ///
@@ -199,7 +238,7 @@ impl VmConfig {
     /// Relative paths inside the file are taken relative to the file's own
     /// directory, so example configs work from any working directory.
     pub fn from_file(path: &Path) -> Result<VmConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = read_config_file(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
             source,
         })?;

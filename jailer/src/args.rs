@@ -42,6 +42,10 @@ pub struct JailArgs {
     #[arg(long)]
     pub gid: u32,
 
+    /// Allow --uid 0 or --gid 0 (refused otherwise: a root jail confines little).
+    #[arg(long)]
+    pub allow_root: bool,
+
     /// Absolute directory under which <exec-file-name>/<id>/root is built.
     #[arg(long, value_name = "DIR")]
     pub chroot_base: PathBuf,

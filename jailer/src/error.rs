@@ -33,6 +33,16 @@ pub enum JailError {
         source: io::Error,
     },
 
+    /// `--uid 0` or `--gid 0` without `--allow-root`.
+    #[error(
+        "--{what} 0: refusing to run the jailed process as root (a jail that keeps root \
+         privileges confines little); pass --allow-root to force it"
+    )]
+    RootRefused {
+        /// "uid" or "gid".
+        what: &'static str,
+    },
+
     /// `--exec-file` is missing, not a regular file or not executable.
     #[error("--exec-file {path}: {reason}")]
     ExecFile {
@@ -50,6 +60,20 @@ pub enum JailError {
         /// What is wrong with it.
         reason: String,
     },
+
+    /// A directory the jail is built in is a symlink or could be replaced
+    /// by someone other than root.
+    #[error("{path}: {reason}; refusing to build the jail there")]
+    UnsafePath {
+        /// The offending path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The exec file's shared libraries could not be resolved.
+    #[error("--exec-file: resolving shared libraries: {0}")]
+    SharedLibraries(#[from] crate::elf::ElfError),
 
     /// The jail directory for this exec file and id already exists.
     #[error(
@@ -115,6 +139,18 @@ pub enum JailError {
         path: PathBuf,
         /// The underlying error.
         source: io::Error,
+    },
+
+    /// A requested cgroup setting cannot be applied on this host (no such
+    /// hierarchy or controller): the jailer fails rather than run unlimited.
+    #[error("--cgroup {key}={value}: {reason}")]
+    CgroupUnavailable {
+        /// The key as requested (after v1/v2 translation).
+        key: String,
+        /// The value requested.
+        value: String,
+        /// Why it cannot be applied.
+        reason: String,
     },
 
     /// A cgroup key names a file the controller's cgroup does not have.

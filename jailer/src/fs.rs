@@ -1,12 +1,13 @@
 //! Builds the jail's directory tree on the host.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs::{self, DirBuilder, Permissions};
 use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{chown, DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use crate::validate::JailConfig;
 use crate::JailError;
@@ -48,26 +49,31 @@ const DEV_NULL: DeviceNode = DeviceNode {
     jail_owned: false,
 };
 
-/// Creates `<chroot-base>/<exec-name>/<id>/root` with the binary and device
-/// nodes in it, owned so that the jailed uid can use it.
+/// Creates `<chroot-base>/<exec-name>/<id>/root` with the binary, the
+/// shared libraries it needs and device nodes in it, owned so that the
+/// jailed uid can use it.
 ///
-/// The final `root` component is created with a non-recursive mkdir, so two
-/// jailers racing for the same id cannot both succeed.
+/// The directories below the chroot base are made and opened one at a time
+/// without following symlinks (see [`create_jail_dirs`]), so a planted
+/// symlink cannot redirect the jail. The final `root` component is created
+/// with a non-recursive mkdir, so two jailers racing for the same id cannot
+/// both succeed.
 pub(crate) fn build_jail(cfg: &JailConfig) -> Result<(), JailError> {
     let root = &cfg.jail_root;
-    if let Some(parent) = root.parent() {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .map_err(JailError::fs("creating directory", parent))?;
-    }
-    match DirBuilder::new().mode(0o755).create(root) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(JailError::JailExists(root.clone()))
+    let id = std::ffi::OsStr::new(&cfg.id);
+    create_jail_dirs(&cfg.chroot_base, &[&cfg.exec_name, id], root)?;
+    // From here on the root is ours: a failure removes it again, so it does
+    // not block a retry with this id.
+    fill_jail(cfg).inspect_err(|_| {
+        if let Err(rm) = fs::remove_dir_all(root) {
+            log::warn!("removing {}: {rm}", root.display());
         }
-        other => other.map_err(JailError::fs("creating jail root", root))?,
-    }
+    })
+}
+
+/// Puts the binary, its libraries and the device nodes into the new root.
+fn fill_jail(cfg: &JailConfig) -> Result<(), JailError> {
+    let root = &cfg.jail_root;
     set_mode(root, 0o755)?;
 
     let exec_dst = root.join(&cfg.exec_name);
@@ -93,41 +99,119 @@ pub(crate) fn build_jail(cfg: &JailConfig) -> Result<(), JailError> {
     Ok(())
 }
 
-/// The shared libraries (and dynamic loader) a dynamically linked binary
-/// needs, from `ldd`'s output: absolute paths only. A static binary has none.
-pub(crate) fn parse_ldd(output: &str) -> Vec<PathBuf> {
-    output
-        .lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            let path = match line.split_once("=>") {
-                Some((_, rest)) => rest.split_whitespace().next()?,
-                None => line.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
+fn unsafe_path(path: &Path, reason: impl Into<String>) -> JailError {
+    JailError::UnsafePath {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
 }
 
-/// Copies the libraries a dynamically linked exec file needs into the jail
-/// at the same paths, so a glibc-linked flint runs inside it. Files, not
-/// links: nothing in the jail points back at the host.
-fn copy_shared_libraries(exec_file: &Path, root: &Path) -> Result<(), JailError> {
-    let output = match Command::new("ldd").arg(exec_file).output() {
-        Ok(out) => out,
-        Err(e) => {
-            log::warn!(
-                "cannot run ldd ({e}); assuming {} is static",
-                exec_file.display()
-            );
-            return Ok(());
-        }
-    };
-    // ldd fails ("not a dynamic executable") for static binaries: nothing to copy.
-    if !output.status.success() {
-        return Ok(());
+fn c_name(name: &OsStr, path: &Path) -> Result<CString, JailError> {
+    CString::new(name.as_bytes()).map_err(|_| JailError::NulInPath(path.to_owned()))
+}
+
+/// `fstat` of an open descriptor.
+fn fstat(fd: &OwnedFd, path: &Path) -> Result<libc::stat, JailError> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `fd` is open and `st` is valid for writes of one `stat`.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(JailError::fs("fstat", path)(io::Error::last_os_error()));
     }
-    for lib in parse_ldd(&String::from_utf8_lossy(&output.stdout)) {
+    // SAFETY: fstat succeeded, so it filled in `st`.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Opens directory `name` under `parent` without following a symlink there.
+fn open_dir_nofollow(parent: &OwnedFd, name: &CString, path: &Path) -> Result<OwnedFd, JailError> {
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `parent` is an open directory and `name` a valid C string.
+    let fd = unsafe { libc::openat(parent.as_raw_fd(), name.as_ptr(), flags) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ELOOP) => unsafe_path(path, "is a symbolic link"),
+            Some(libc::ENOTDIR) => unsafe_path(path, "is not a directory (or is a symbolic link)"),
+            _ => JailError::fs("opening directory", path)(e),
+        });
+    }
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Creates (or, for all but the last, reuses) each directory of
+/// `<base>/<components...>/root`, walking with `openat(O_NOFOLLOW)` from the
+/// base so no component can be a symlink. A reused directory must be owned
+/// by root and not writable by group or others, so nobody else can swap it
+/// for a symlink later; the base itself must not be writable by others
+/// unless it is sticky (like /tmp).
+fn create_jail_dirs(base: &Path, components: &[&OsStr], root: &Path) -> Result<(), JailError> {
+    let c_base = c_name(base.as_os_str(), base)?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    // SAFETY: `c_base` is a valid C string.
+    let fd = unsafe { libc::open(c_base.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(JailError::fs("opening chroot base", base)(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` was just returned by open and is owned by nobody else.
+    let mut dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    let st = fstat(&dir, base)?;
+    if st.st_mode & 0o022 != 0 && st.st_mode & libc::S_ISVTX == 0 {
+        return Err(unsafe_path(
+            base,
+            "chroot base is writable by group or others and not sticky",
+        ));
+    }
+    let mut path = base.to_owned();
+    for name in components {
+        path.push(name);
+        let c = c_name(name, &path)?;
+        // SAFETY: `dir` is an open directory and `c` a valid C string.
+        let created = unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) } == 0;
+        if !created && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+            return Err(JailError::fs("creating directory", &path)(
+                io::Error::last_os_error(),
+            ));
+        }
+        let next = open_dir_nofollow(&dir, &c, &path)?;
+        if created {
+            // SAFETY: `next` is an open descriptor; plain mode argument.
+            unsafe { libc::fchmod(next.as_raw_fd(), 0o755) };
+        }
+        let st = fstat(&next, &path)?;
+        if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+            return Err(unsafe_path(
+                &path,
+                format!(
+                    "existing directory is owned by uid {} with mode {:o}; it must be owned \
+                     by root and not writable by group or others",
+                    st.st_uid,
+                    st.st_mode & 0o7777
+                ),
+            ));
+        }
+        dir = next;
+    }
+    let c = c_name(OsStr::new("root"), root)?;
+    // SAFETY: `dir` is an open directory and `c` a valid C string.
+    if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+            JailError::JailExists(root.to_owned())
+        } else {
+            JailError::fs("creating jail root", root)(e)
+        });
+    }
+    open_dir_nofollow(&dir, &c, root).map(drop)
+}
+
+/// Copies the loader and libraries a dynamically linked exec file needs
+/// (found by [`crate::elf::shared_libraries`], never by running `ldd`) into
+/// the jail at the same paths, so a glibc-linked flint runs inside it.
+/// Files, not links: nothing in the jail points back at the host.
+fn copy_shared_libraries(exec_file: &Path, root: &Path) -> Result<(), JailError> {
+    for lib in crate::elf::shared_libraries(exec_file)? {
         let rel = lib.strip_prefix("/").unwrap_or(&lib);
         let dst = root.join(rel);
         if let Some(dir) = dst.parent() {
@@ -167,23 +251,4 @@ fn make_device(root: &Path, node: &DeviceNode, uid: u32, gid: u32) -> Result<(),
         chown(&path, Some(uid), Some(gid)).map_err(JailError::fs("chown of device node", &path))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod ldd_tests {
-    use super::*;
-
-    #[test]
-    fn ldd_output_gives_absolute_library_paths() {
-        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x7f)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x7f)\n\t/lib64/ld-linux-x86-64.so.2 (0x7f)\n";
-        assert_eq!(
-            parse_ldd(out),
-            vec![
-                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
-                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
-            ]
-        );
-        assert!(parse_ldd("\tnot a dynamic executable\n").is_empty());
-    }
 }

@@ -8,6 +8,7 @@
 
 mod args;
 mod cgroup;
+mod elf;
 mod error;
 mod exec;
 mod fs;
@@ -20,6 +21,7 @@ use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 
 pub use args::{CgroupVersionArg, JailArgs};
+pub use elf::ElfError;
 pub use error::JailError;
 
 /// The jail's root directory, `<chroot_base>/<exec_file name>/<id>/root`.

@@ -21,6 +21,8 @@ pub(crate) struct JailConfig {
     pub exec_name: OsString,
     pub uid: u32,
     pub gid: u32,
+    /// `--chroot-base`, under which the jail directories are made.
+    pub chroot_base: PathBuf,
     /// `<chroot-base>/<exec-name>/<id>/root`.
     pub jail_root: PathBuf,
     pub netns: Option<PathBuf>,
@@ -36,6 +38,7 @@ pub(crate) struct JailConfig {
 /// Checks every argument and the host state they refer to.
 pub(crate) fn validate(args: JailArgs) -> Result<JailConfig, JailError> {
     validate_id(&args.id)?;
+    check_not_root(args.uid, args.gid, args.allow_root)?;
     check_user(args.uid)?;
     check_group(args.gid)?;
     let exec_name = check_exec_file(&args.exec_file)?;
@@ -58,6 +61,7 @@ pub(crate) fn validate(args: JailArgs) -> Result<JailConfig, JailError> {
         exec_name,
         uid: args.uid,
         gid: args.gid,
+        chroot_base: args.chroot_base,
         jail_root,
         netns: args.netns,
         new_pid_ns: args.new_pid_ns,
@@ -80,6 +84,24 @@ pub(crate) fn validate_id(id: &str) -> Result<(), JailError> {
     } else {
         Err(JailError::InvalidId(id.to_owned()))
     }
+}
+
+/// Refuses uid or gid 0 unless `allow_root`: a jailed process that keeps
+/// root can undo most of the jail (it may mknod, remount, ptrace the host).
+pub(crate) fn check_not_root(uid: u32, gid: u32, allow_root: bool) -> Result<(), JailError> {
+    if allow_root {
+        if uid == 0 || gid == 0 {
+            log::warn!("--allow-root: the jailed process keeps uid {uid} / gid {gid}");
+        }
+        return Ok(());
+    }
+    if uid == 0 {
+        return Err(JailError::RootRefused { what: "uid" });
+    }
+    if gid == 0 {
+        return Err(JailError::RootRefused { what: "gid" });
+    }
+    Ok(())
 }
 
 /// The exec file must be a regular executable; returns its file name.
@@ -242,6 +264,22 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn root_ids_need_allow_root() {
+        for (uid, gid, what) in [(0, 65534, "uid"), (65534, 0, "gid"), (0, 0, "uid")] {
+            match check_not_root(uid, gid, false) {
+                Err(e @ JailError::RootRefused { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(&format!("--{what} 0")), "{msg}");
+                    assert!(msg.contains("--allow-root"), "{msg}");
+                }
+                other => panic!("{uid}:{gid}: {other:?}"),
+            }
+            assert!(check_not_root(uid, gid, true).is_ok());
+        }
+        assert!(check_not_root(65534, 65534, false).is_ok());
     }
 
     #[test]

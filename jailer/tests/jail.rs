@@ -331,23 +331,112 @@ fn v2_cgroup_limits_apply() {
 }
 
 #[test]
-fn missing_v2_controller_is_skipped_with_a_warning() {
+fn missing_v2_controller_is_an_error() {
     require_root!();
+    if common::v2_mount().is_none() {
+        eprintln!("skipped: no cgroup2 mount");
+        return;
+    }
     if common::v2_controllers().iter().any(|c| c == "cpu") {
         eprintln!("skipped: the cgroup2 mount has the cpu controller");
         return;
     }
-    let mut jail = Jail::new("cgv2skip");
-    let pid = jail.spawn(
+    let jail = Jail::new("cgv2missing");
+    let status = jail.run(
         &["--cgroup-version", "2", "--cgroup", "cpu.max=50000 100000"],
-        &["sleep", "30"],
+        &["true"],
     );
-    jail.wait_jailed(pid);
-    let stderr = jail.stderr();
+    assert_failed_with(&jail, status, "--cgroup cpu.max=50000 100000");
+    assert_failed_with(&jail, status, "not available");
+    assert!(!jail.root().exists(), "a failed jail is removed");
+}
+
+#[test]
+fn unmounted_controller_is_an_error_on_every_version() {
+    require_root!();
+    // No host mounts a controller by this name, on v1 or v2.
+    for version in ["auto", "1", "2"] {
+        let jail = Jail::new("cgunmounted");
+        let status = jail.run(
+            &["--cgroup-version", version, "--cgroup", "nosuchctl.limit=1"],
+            &["true"],
+        );
+        assert_failed_with(&jail, status, "--cgroup nosuchctl.limit=1");
+        assert!(!jail.root().exists(), "{version}: a failed jail is removed");
+    }
+}
+
+#[test]
+fn uid_or_gid_0_needs_allow_root() {
+    require_root!();
+    let mut jail = Jail::new("rootuid");
+    jail.uid = "0".into();
+    let status = jail.run(&[], &["true"]);
+    assert_failed_with(
+        &jail,
+        status,
+        "--uid 0: refusing to run the jailed process as root",
+    );
+    assert_failed_with(&jail, status, "--allow-root");
     assert!(
-        stderr.contains("warn") && stderr.contains("skipping cpu.max"),
-        "{stderr}"
+        fs::read_dir(jail.base.path())
+            .expect("base")
+            .next()
+            .is_none(),
+        "refused before touching the host"
     );
+    let status = jail.run(&["--allow-root"], &["true"]);
+    assert!(status.success(), "{}", jail.stderr());
+}
+
+#[test]
+fn planted_symlinks_do_not_redirect_the_jail() {
+    require_root!();
+    let target = tempfile::tempdir().expect("tempdir");
+    // <base>/busybox -> elsewhere.
+    let jail = Jail::new("symlink1");
+    std::os::unix::fs::symlink(target.path(), jail.base.path().join("busybox")).expect("symlink");
+    let status = jail.run(&[], &["true"]);
+    assert_failed_with(&jail, status, "symbolic link");
+
+    // <base>/busybox/<id> -> elsewhere.
+    let jail = Jail::new("symlink2");
+    let exec_dir = jail.base.path().join("busybox");
+    fs::create_dir(&exec_dir).expect("mkdir");
+    std::os::unix::fs::symlink(target.path(), exec_dir.join(&jail.id)).expect("symlink");
+    let status = jail.run(&[], &["true"]);
+    assert_failed_with(&jail, status, "symbolic link");
+
+    // A directory on the path that someone else owns could be swapped later.
+    let jail = Jail::new("symlink3");
+    let exec_dir = jail.base.path().join("busybox");
+    fs::create_dir(&exec_dir).expect("mkdir");
+    std::os::unix::fs::chown(&exec_dir, Some(NOBODY), Some(NOBODY)).expect("chown");
+    let status = jail.run(&[], &["true"]);
+    assert_failed_with(&jail, status, "must be owned by root");
+
+    assert!(
+        fs::read_dir(target.path())
+            .expect("target")
+            .next()
+            .is_none(),
+        "the jail was built through a symlink"
+    );
+}
+
+#[test]
+fn dynamic_binary_gets_its_libraries() {
+    require_root!();
+    let mut jail = Jail::new("dynamic");
+    jail.exec_file = "/bin/true".into();
+    let status = jail.run(&[], &[]);
+    assert!(status.success(), "{}", jail.stderr());
+    let root = jail.root();
+    let interp = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("a dynamic loader");
+    assert!(root.join(&interp[1..]).is_file(), "no loader in the jail");
 }
 
 #[test]
@@ -431,4 +520,54 @@ fn joins_network_namespace() {
         .args(["netns", "delete", &name])
         .status();
     assert!(wait_for(1, || !Path::new(&ns_path).exists()));
+}
+
+/// A minimal dynamic ELF64 executable (never run) whose only DT_NEEDED
+/// names a library that exists nowhere.
+fn elf_needing_a_missing_library() -> Vec<u8> {
+    let mut f = vec![0u8; 0x400];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4..7].copy_from_slice(&[2, 1, 1]);
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    #[cfg(target_arch = "x86_64")]
+    f[18..20].copy_from_slice(&0x3eu16.to_le_bytes());
+    #[cfg(target_arch = "aarch64")]
+    f[18..20].copy_from_slice(&0xb7u16.to_le_bytes());
+    f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f[54..56].copy_from_slice(&56u16.to_le_bytes());
+    f[56..58].copy_from_slice(&2u16.to_le_bytes());
+    for (at, kind, off, size) in [(64, 1u32, 0u64, 0x400u64), (120, 2, 0x300, 48)] {
+        f[at..at + 4].copy_from_slice(&kind.to_le_bytes());
+        f[at + 8..at + 16].copy_from_slice(&off.to_le_bytes());
+        f[at + 16..at + 24].copy_from_slice(&off.to_le_bytes());
+        f[at + 32..at + 40].copy_from_slice(&size.to_le_bytes());
+    }
+    let strings = b"\0libflint-nonexistent.so.1\0";
+    f[0x200..0x200 + strings.len()].copy_from_slice(strings);
+    for (i, (tag, val)) in [(5u64, 0x200u64), (10, strings.len() as u64), (1, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let at = 0x300 + 16 * i;
+        f[at..at + 8].copy_from_slice(&tag.to_le_bytes());
+        f[at + 8..at + 16].copy_from_slice(&val.to_le_bytes());
+    }
+    f
+}
+
+#[test]
+fn missing_shared_library_is_an_error_and_leaves_no_jail() {
+    require_root!();
+    let bin_dir = tempfile::tempdir().expect("tempdir");
+    let exe = bin_dir.path().join("needs-missing-lib");
+    fs::write(&exe, elf_needing_a_missing_library()).expect("write");
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut jail = Jail::new("missinglib");
+    jail.exec_file = exe.to_string_lossy().into_owned();
+    let status = jail.run(&[], &[]);
+    assert_failed_with(&jail, status, "libflint-nonexistent.so.1");
+    assert!(
+        !jail.root().exists(),
+        "a failed jail must not block a retry"
+    );
 }

@@ -45,8 +45,11 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(120);
 /// Why a migration failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
-    /// The address is not `unix:PATH` or `tcp:HOST:PORT`.
-    #[error("bad migration address {0:?}: use unix:PATH or tcp:HOST:PORT")]
+    /// The address is not `unix:PATH` or `tcp:IP:PORT`.
+    #[error(
+        "bad migration address {0:?}: use unix:PATH or tcp:IP:PORT with an IP literal \
+         (e.g. tcp:10.0.0.2:4444 or tcp:[fd00::2]:4444; host names are not resolved)"
+    )]
     Address(String),
     /// The connection failed.
     #[error("migration stream: {0}")]
@@ -70,21 +73,21 @@ pub enum MigrationError {
 pub enum Address {
     /// A Unix socket path.
     Unix(PathBuf),
-    /// `host:port`.
+    /// `ip:port`, always an IP literal (checked by [`Address::parse`]), so
+    /// connecting or binding never needs a DNS lookup, which flint's seccomp
+    /// filters forbid.
     Tcp(String),
 }
 
 impl Address {
-    /// Parses `unix:PATH` or `tcp:HOST:PORT`.
+    /// Parses `unix:PATH` or `tcp:IP:PORT`. Host names are refused: the
+    /// resolver's syscalls are outside flint's seccomp filters.
     pub fn parse(text: &str) -> Result<Self, MigrationError> {
         if let Some(path) = text.strip_prefix("unix:").filter(|p| !p.is_empty()) {
             return Ok(Self::Unix(PathBuf::from(path)));
         }
         if let Some(hostport) = text.strip_prefix("tcp:") {
-            if hostport
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-            {
+            if hostport.parse::<std::net::SocketAddr>().is_ok() {
                 return Ok(Self::Tcp(hostport.to_string()));
             }
         }
@@ -337,6 +340,35 @@ fn accept_one<T>(
     }
 }
 
+/// Removes a socket left at `path` by a flint that is gone, so the listener
+/// can bind there. Anything else is refused: a file that is not a socket
+/// (never delete a user's file), or a socket another process still serves.
+fn remove_stale_socket(path: &std::path::Path) -> Result<(), MigrationError> {
+    use std::os::unix::fs::FileTypeExt;
+    let refuse = |why: String| {
+        MigrationError::Io(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{}: {why}; refusing to replace it", path.display()),
+        ))
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(refuse("exists and is not a socket".into()));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(refuse("another process is listening on it".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path)?;
+            Ok(())
+        }
+        Err(e) => Err(refuse(format!("cannot tell whether it is stale ({e})"))),
+    }
+}
+
 /// Waits on `address` for one incoming migration (giving up when `cancelled`
 /// says so) and returns the guest's memory and state, plus the stream to
 /// acknowledge on once it runs. A source that stalls for [`STALL_TIMEOUT`]
@@ -347,9 +379,7 @@ pub fn accept_incoming(
 ) -> Result<(GuestMemory, MicroVmState, Stream), MigrationError> {
     let mut stream = match Address::parse(address)? {
         Address::Unix(path) => {
-            if path.exists() {
-                std::fs::remove_file(&path)?;
-            }
+            remove_stale_socket(&path)?;
             let listener = UnixListener::bind(&path)?;
             listener.set_nonblocking(true)?;
             log::info!(
@@ -459,6 +489,10 @@ mod tests {
             Address::parse("tcp:127.0.0.1:4444").unwrap(),
             Address::Tcp("127.0.0.1:4444".into())
         );
+        assert_eq!(
+            Address::parse("tcp:[::1]:4444").unwrap(),
+            Address::Tcp("[::1]:4444".into())
+        );
         for bad in [
             "",
             "unix:",
@@ -467,8 +501,45 @@ mod tests {
             "tcp:h:99999",
             "udp:x:1",
             "/tmp/x",
+            // Host names would need DNS, which seccomp kills flint for.
+            "tcp:localhost:4444",
+            "tcp:example.com:80",
+            "tcp:::1:80",
         ] {
             assert!(Address::parse(bad).is_err(), "{bad}");
         }
+        let msg = Address::parse("tcp:localhost:4444")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("IP literal"), "{msg}");
+    }
+
+    #[test]
+    fn only_a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        // A regular file is kept and refused.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"precious").unwrap();
+        let err = remove_stale_socket(&file).unwrap_err().to_string();
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+        // A directory and a symlink to a socket are not sockets either.
+        assert!(remove_stale_socket(dir.path()).is_err());
+        // A live socket is refused and kept.
+        let live = dir.path().join("live.sock");
+        let listener = UnixListener::bind(&live).unwrap();
+        let err = remove_stale_socket(&live).unwrap_err().to_string();
+        assert!(err.contains("listening"), "{err}");
+        assert!(live.exists());
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&live, &link).unwrap();
+        assert!(remove_stale_socket(&link).is_err());
+        assert!(live.exists());
+        // Once nobody serves it, it is stale and removed.
+        drop(listener);
+        remove_stale_socket(&live).unwrap();
+        assert!(!live.exists());
+        // Nothing there: nothing to do.
+        remove_stale_socket(&live).unwrap();
     }
 }

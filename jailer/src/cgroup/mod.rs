@@ -11,8 +11,6 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::Path;
 
-use log::warn;
-
 use crate::args::CgroupVersionArg;
 use crate::validate::JailConfig;
 use crate::JailError;
@@ -50,9 +48,9 @@ pub(crate) enum Version {
 /// Creates `<parent>/<id>` cgroups for the requested settings, writes the
 /// values and moves the calling process in (children and exec inherit it).
 ///
-/// Missing hierarchies or controllers are skipped with a warning, so the same
-/// command line works on hosts without them; an unknown file of a present
-/// controller is an error.
+/// Fails closed: a setting that cannot be applied (no such hierarchy, a
+/// controller not mounted or not delegated, an unknown file) is an error,
+/// never a skip, so a jail never runs with fewer limits than requested.
 pub(crate) fn apply(cfg: &JailConfig) -> Result<(), JailError> {
     if cfg.cgroups.is_empty() {
         return Ok(());
@@ -70,8 +68,12 @@ pub(crate) fn apply(cfg: &JailConfig) -> Result<(), JailError> {
                 CgroupVersionArg::V2 => "cgroup v2 (unified) hierarchy",
                 CgroupVersionArg::Auto => "cgroup hierarchy",
             };
-            warn!("no {wanted} is mounted; skipping all --cgroup settings");
-            Ok(())
+            let first = &cfg.cgroups[0];
+            Err(JailError::CgroupUnavailable {
+                key: first.key.clone(),
+                value: first.value.clone(),
+                reason: format!("no {wanted} is mounted on this host"),
+            })
         }
         Some(Version::V1) => {
             let settings = translate::to_v1(&cfg.cgroups)?;
@@ -117,6 +119,15 @@ pub(crate) fn choose_version(
                 None
             }
         }
+    }
+}
+
+/// The error for a setting whose controller this host cannot apply.
+fn unavailable(setting: &Setting, reason: String) -> JailError {
+    JailError::CgroupUnavailable {
+        key: setting.key.clone(),
+        value: setting.value.clone(),
+        reason,
     }
 }
 

@@ -2,13 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use log::warn;
-
-use super::{join, mkdir, write_file, write_setting, CgroupMounts, Setting};
+use super::{join, mkdir, unavailable, write_file, write_setting, CgroupMounts, Setting};
 use crate::JailError;
 
 /// Creates `<mount>/<parent>/<id>` in each hierarchy carrying a requested
-/// controller, writes the settings there and joins `pid`.
+/// controller, writes the settings there and joins `pid`. A controller with
+/// no mounted hierarchy is an error, checked before anything is created.
 pub(crate) fn apply(
     mounts: &CgroupMounts,
     settings: &[Setting],
@@ -20,13 +19,13 @@ pub(crate) fn apply(
     let mut groups: Vec<(&Path, bool, Vec<&Setting>)> = Vec::new();
     for setting in settings {
         let Some(mount) = mounts.v1_mount(setting.controller()) else {
-            warn!(
-                "cgroup v1 controller {} is not mounted; skipping {}={}",
-                setting.controller(),
-                setting.key,
-                setting.value
-            );
-            continue;
+            return Err(unavailable(
+                setting,
+                format!(
+                    "cgroup v1 controller {:?} is not mounted on this host",
+                    setting.controller()
+                ),
+            ));
         };
         match groups.iter_mut().find(|(p, _, _)| *p == mount.path) {
             Some((_, _, group)) => group.push(setting),

@@ -3,16 +3,14 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use log::warn;
-
-use super::{join, mkdir, write_file, write_setting, Setting};
+use super::{join, mkdir, unavailable, write_file, write_setting, Setting};
 use crate::JailError;
 
 /// Creates `<root>/<parent>/<id>`, enables the needed controllers down the
 /// chain (`cgroup.subtree_control`), writes the settings and joins `pid`.
 ///
-/// `available` is the root's `cgroup.controllers`; settings for any other
-/// controller are skipped with a warning.
+/// `available` is the root's `cgroup.controllers`; a setting for any other
+/// controller is an error, checked before anything is created.
 pub(crate) fn apply(
     root: &Path,
     available: &[String],
@@ -21,22 +19,25 @@ pub(crate) fn apply(
     id: &str,
     pid: u32,
 ) -> Result<(), JailError> {
-    let kept: Vec<&Setting> = settings
+    if let Some(s) = settings
         .iter()
-        .filter(|s| {
-            let ok = available.iter().any(|c| c == s.controller());
-            if !ok {
-                warn!(
-                    "cgroup v2 controller {} is not available in {}; skipping {}={}",
-                    s.controller(),
-                    root.display(),
-                    s.key,
-                    s.value
-                );
-            }
-            ok
-        })
-        .collect();
+        .find(|s| !available.iter().any(|c| c == s.controller()))
+    {
+        return Err(unavailable(
+            s,
+            format!(
+                "cgroup v2 controller {:?} is not available in {} (offered: {})",
+                s.controller(),
+                root.display(),
+                if available.is_empty() {
+                    "none".to_owned()
+                } else {
+                    available.join(" ")
+                }
+            ),
+        ));
+    }
+    let kept: Vec<&Setting> = settings.iter().collect();
     if kept.is_empty() {
         return Ok(());
     }

@@ -13,11 +13,16 @@ use std::time::{Duration, Instant};
 pub const BUSYBOX: &str = "/bin/busybox";
 pub const NOBODY: u32 = 65534;
 
-/// Skips the calling test (with a note) unless running as root with a static busybox.
+/// Skips the calling test (with a note) unless running as root with a static
+/// busybox; under CI (`CI=true`) it fails instead, so a missing prerequisite
+/// never passes silently.
 #[macro_export]
 macro_rules! require_root {
     () => {
         if let Some(reason) = common::skip_reason() {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("cannot run under CI: {reason}");
+            }
             eprintln!("skipped: {reason}");
             return;
         }
@@ -129,6 +134,8 @@ pub struct Jail {
     pub parent: String,
     /// Passed as --uid (default nobody).
     pub uid: String,
+    /// Passed as --exec-file (default the static busybox).
+    pub exec_file: String,
     children: Vec<Child>,
 }
 
@@ -144,12 +151,13 @@ impl Jail {
             id: format!("{tag}-{pid}"),
             parent: format!("flint-test-{tag}-{pid}"),
             uid: NOBODY.to_string(),
+            exec_file: BUSYBOX.to_owned(),
             children: Vec::new(),
         }
     }
 
     pub fn root(&self) -> PathBuf {
-        jailer::jail_root(self.base.path(), Path::new(BUSYBOX), &self.id)
+        jailer::jail_root(self.base.path(), Path::new(&self.exec_file), &self.id)
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -161,11 +169,11 @@ impl Jail {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    /// `flint-jailer --id .. --exec-file busybox --uid/--gid nobody
+    /// `flint-jailer --id .. --exec-file EXEC --uid/--gid nobody
     /// --chroot-base .. --parent-cgroup .. EXTRA -- EXEC_ARGS`.
     pub fn command(&self, extra: &[&str], exec_args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flint-jailer"));
-        cmd.args(["--id", &self.id, "--exec-file", BUSYBOX])
+        cmd.args(["--id", &self.id, "--exec-file", &self.exec_file])
             .args(["--uid", &self.uid, "--gid", &NOBODY.to_string()])
             .arg("--chroot-base")
             .arg(self.base.path())
