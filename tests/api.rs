@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{guest_file, wait_for_socket, Flint, BOOT_LOCK, BOOT_TIMEOUT};
 
 fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    api::client::request(sock, method, path, body)
+    api_server::client::request(sock, method, path, body)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 

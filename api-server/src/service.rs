@@ -18,10 +18,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::UnixStream;
 
-use crate::request::FIRECRACKER_API_VERSION;
-use crate::request::{ApiError, ApiMessage, ApiRequest, ApiResponse, VersionInfo};
 use crate::routes::{self, Parsed};
 use crate::server::Shared;
+use api::FIRECRACKER_API_VERSION;
+use api::{ApiError, ApiMessage, ApiRequest, ApiResponse, VersionInfo};
 
 /// What every answer is: a small, fully buffered body.
 type Answer = Response<Full<Bytes>>;

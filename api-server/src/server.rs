@@ -16,8 +16,8 @@ use tokio::sync::{oneshot, Semaphore};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::metrics::{ApiMetrics, ApiMetricsSnapshot};
-use crate::request::ApiMessage;
 use crate::service::serve_connection;
+use api::ApiMessage;
 
 /// Limits of the server; the defaults suit production, tests shorten the
 /// timeouts.

@@ -1,7 +1,7 @@
 //! Routing and body-parsing tests, and the JSON shapes of the API types.
 
 use crate::routes::{match_path, parse, Matched, Parsed, Route};
-use crate::*;
+use api::*;
 
 fn matched(path: &str) -> Matched {
     match_path(path).unwrap_or_else(|| panic!("{path} should route"))

@@ -5,10 +5,10 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::request::{ActionType, ApiError, ApiRequest, MetricsConfig, VmStateRequest};
-use crate::request::{DrivePatch, LoggerConfig, MachineConfigPatch, NetPatch};
-use crate::request::{MigrateParams, SnapshotCreateParams, SnapshotLoadParams};
-use crate::{BootSourceConfig, DriveConfig, MachineConfig, NetConfig, MAX_ID_LEN};
+use api::{ActionType, ApiError, ApiRequest, MetricsConfig, VmStateRequest};
+use api::{BootSourceConfig, DriveConfig, MachineConfig, NetConfig, MAX_ID_LEN};
+use api::{DrivePatch, LoggerConfig, MachineConfigPatch, NetPatch};
+use api::{MigrateParams, SnapshotCreateParams, SnapshotLoadParams};
 
 /// One path template of the API, e.g. `/drives/{drive_id}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,15 +5,31 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::routes::{match_path, parse, Route};
-use crate::*;
+use crate::routes::{self, match_path, parse, Route};
+use api::*;
 
 const METHODS: [&str; 8] = [
     "get", "put", "patch", "post", "delete", "head", "options", "trace",
 ];
 
+/// A config with every section and optional field set.
+const FULL: &str = r#"{
+  "boot-source": { "kernel_image_path": "vmlinux", "initrd_path": "initramfs.cpio",
+                   "boot_args": "console=ttyS0 reboot=k panic=-1" },
+  "machine-config": { "vcpu_count": 2, "mem_size_mib": 256, "cpu_template": "T2",
+                      "emulation_quirks": "on" },
+  "drives": [ { "drive_id": "rootfs", "path_on_host": "rootfs.ext4", "is_root_device": true,
+                "is_read_only": false,
+                "rate_limiter": { "bandwidth": {"size": 1048576, "one_time_burst": 0, "refill_time": 100},
+                                  "ops": {"size": 100, "refill_time": 1000} } } ],
+  "network-interfaces": [ { "iface_id": "eth0", "host_dev_name": "tap0",
+                "guest_mac": "06:00:AC:10:00:02",
+                "rx_rate_limiter": { "ops": {"size": 10, "refill_time": 10} },
+                "tx_rate_limiter": { "bandwidth": {"size": 10, "refill_time": 10} } } ]
+}"#;
+
 fn spec() -> Value {
-    let text = include_str!("../openapi.yaml");
+    let text = include_str!("../../api/openapi.yaml");
     serde_norway::from_str(text).expect("openapi.yaml parses")
 }
 
@@ -263,7 +279,7 @@ fn response_schemas_accept_what_the_server_sends() {
         flint_version: "0.1.0".into(),
     };
     check("/version", "200", serde_json::to_value(version).unwrap());
-    let full = VmConfig::from_json(crate::config_tests::FULL).unwrap();
+    let full = VmConfig::from_json(FULL).unwrap();
     check(
         "/machine-config",
         "200",
