@@ -1,105 +1,185 @@
-//! The API's endpoints as data: which paths exist, which methods each takes,
-//! and how a body becomes an [`ApiRequest`]. Free of hyper so it can be
-//! unit-tested, and so the OpenAPI test can compare the spec with the table
-//! the server actually routes by.
+//! The API's endpoints as data: one [`RouteSpec`] per path and method, in
+//! one table ([`ROUTES`]), saying how the request body (if any) becomes an
+//! [`ApiRequest`]. The router, the 404/405 answers and the OpenAPI
+//! conformance test all read this table, so an endpoint is declared once
+//! here (plus its `ApiRequest` variant, the VMM's answer in `Vmm::handle`
+//! and its entry in `api/openapi.yaml`, which the test checks against it).
 
 use serde::de::DeserializeOwned;
 
-use api::{ActionType, ApiError, ApiRequest, MetricsConfig, VmStateRequest};
-use api::{BootSourceConfig, DriveConfig, MachineConfig, NetConfig, MAX_ID_LEN};
-use api::{DrivePatch, LoggerConfig, MachineConfigPatch, NetPatch};
-use api::{MigrateParams, SnapshotCreateParams, SnapshotLoadParams};
+use api::{ApiError, ApiRequest, ConfigError, MAX_ID_LEN};
 
-/// One path template of the API, e.g. `/drives/{drive_id}`.
+/// Whether and how an endpoint takes a JSON body; the name is the body's
+/// schema in `api/openapi.yaml` (`#/components/schemas/NAME`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Route {
-    Root,
-    Version,
-    MachineConfig,
-    BootSource,
-    Drive,
-    NetworkInterface,
-    Actions,
-    Vm,
-    VmConfig,
-    Logger,
-    Metrics,
-    SnapshotCreate,
-    SnapshotLoad,
-    Migrate,
+pub(crate) enum BodySpec {
+    /// No body; one sent is ignored.
+    None,
+    /// A JSON object is required.
+    Required(&'static str),
+    /// A JSON object may be sent; without one the type's default applies.
+    Optional(&'static str),
 }
 
-impl Route {
-    /// Every route, for the 404/405 logic and the spec test.
-    pub(crate) const ALL: [Route; 14] = [
-        Route::Root,
-        Route::Version,
-        Route::MachineConfig,
-        Route::BootSource,
-        Route::Drive,
-        Route::NetworkInterface,
-        Route::Actions,
-        Route::Vm,
-        Route::VmConfig,
-        Route::Logger,
-        Route::Metrics,
-        Route::SnapshotCreate,
-        Route::SnapshotLoad,
-        Route::Migrate,
-    ];
-
+/// One endpoint: a path template and a method, its body and how a request
+/// becomes what the server does.
+pub(crate) struct RouteSpec {
     /// The path as the spec writes it; `{name}` matches one segment.
-    pub(crate) fn template(self) -> &'static str {
-        match self {
-            Route::Root => "/",
-            Route::Version => "/version",
-            Route::MachineConfig => "/machine-config",
-            Route::BootSource => "/boot-source",
-            Route::Drive => "/drives/{drive_id}",
-            Route::NetworkInterface => "/network-interfaces/{iface_id}",
-            Route::Actions => "/actions",
-            Route::Vm => "/vm",
-            Route::VmConfig => "/vm/config",
-            Route::Logger => "/logger",
-            Route::Metrics => "/metrics",
-            Route::SnapshotCreate => "/snapshot/create",
-            Route::SnapshotLoad => "/snapshot/load",
-            Route::Migrate => "/migrate",
-        }
-    }
+    pub path: &'static str,
+    /// The HTTP method, upper case.
+    pub method: &'static str,
+    /// The request body this endpoint takes.
+    pub body: BodySpec,
+    /// Turns the `{…}` path segment (percent-decoded, empty if none) and the
+    /// body (empty if none was sent) into what to do.
+    pub to_request: fn(&str, &[u8]) -> Result<Parsed, ApiError>,
+}
 
-    /// The methods the route answers; anything else gets 405 with these in
-    /// the `Allow` header.
-    pub(crate) fn methods(self) -> &'static [&'static str] {
-        match self {
-            Route::Root | Route::Version | Route::VmConfig => &["GET"],
-            Route::MachineConfig => &["GET", "PUT", "PATCH"],
-            Route::Drive | Route::NetworkInterface => &["PUT", "PATCH"],
-            Route::BootSource
-            | Route::Actions
-            | Route::Logger
-            | Route::Metrics
-            | Route::SnapshotCreate
-            | Route::SnapshotLoad
-            | Route::Migrate => &["PUT"],
-            Route::Vm => &["PATCH"],
-        }
+impl std::fmt::Debug for RouteSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
     }
 }
 
-/// A request path matched to its route, with the `{…}` segment if any.
+/// Declares a [`RouteSpec`]: `METHOD PATH => request` for no body,
+/// `METHOD PATH, body SCHEMA => Variant` for a required body deserialized
+/// into the variant's type, `optional body` for an optional one, and
+/// `id FIELD` to require the path segment equal the body's FIELD (and
+/// `checked` to run the body type's `validate()`).
+macro_rules! route {
+    ($method:literal $path:literal => $request:expr) => {
+        RouteSpec {
+            path: $path,
+            method: $method,
+            body: BodySpec::None,
+            to_request: |_, _| Ok(Parsed::Vmm($request)),
+        }
+    };
+    ($method:literal $path:literal, body $schema:literal => $variant:path) => {
+        RouteSpec {
+            path: $path,
+            method: $method,
+            body: BodySpec::Required($schema),
+            to_request: |_, body| Ok(Parsed::Vmm($variant(json(body)?))),
+        }
+    };
+    ($method:literal $path:literal, optional body $schema:literal => $variant:path) => {
+        RouteSpec {
+            path: $path,
+            method: $method,
+            body: BodySpec::Optional($schema),
+            to_request: |_, body| Ok(Parsed::Vmm($variant(json_or_default(body)?))),
+        }
+    };
+    ($method:literal $path:literal, body $schema:literal, id $field:ident => $variant:path) => {
+        RouteSpec {
+            path: $path,
+            method: $method,
+            body: BodySpec::Required($schema),
+            to_request: |id, body| {
+                with_id(
+                    id,
+                    body,
+                    stringify!($field),
+                    |b| &b.$field,
+                    |_| Ok(()),
+                    $variant,
+                )
+            },
+        }
+    };
+    ($method:literal $path:literal, body $schema:literal, id $field:ident, checked => $variant:path) => {
+        RouteSpec {
+            path: $path,
+            method: $method,
+            body: BodySpec::Required($schema),
+            to_request: |id, body| {
+                with_id(
+                    id,
+                    body,
+                    stringify!($field),
+                    |b| &b.$field,
+                    |b| b.validate(),
+                    $variant,
+                )
+            },
+        }
+    };
+}
+
+/// Every endpoint of the API.
+#[rustfmt::skip]
+pub(crate) const ROUTES: &[RouteSpec] = &[
+    route!("GET" "/" => ApiRequest::GetInstanceInfo),
+    RouteSpec {
+        path: "/version",
+        method: "GET",
+        body: BodySpec::None,
+        to_request: |_, _| Ok(Parsed::Version),
+    },
+    route!("GET" "/machine-config" => ApiRequest::GetMachineConfig),
+    route!("PUT" "/machine-config", body "MachineConfig" => ApiRequest::PutMachineConfig),
+    route!("PATCH" "/machine-config", body "MachineConfigPatch" => ApiRequest::PatchMachineConfig),
+    route!("PUT" "/boot-source", body "BootSource" => ApiRequest::PutBootSource),
+    route!("PUT" "/drives/{drive_id}", body "Drive", id drive_id => ApiRequest::PutDrive),
+    route!("PATCH" "/drives/{drive_id}", body "DrivePatch", id drive_id, checked => ApiRequest::PatchDrive),
+    route!("PUT" "/network-interfaces/{iface_id}", body "NetworkInterface", id iface_id => ApiRequest::PutNetworkInterface),
+    route!("PATCH" "/network-interfaces/{iface_id}", body "NetworkInterfacePatch", id iface_id, checked => ApiRequest::PatchNetworkInterface),
+    route!("PUT" "/vsock", body "Vsock" => ApiRequest::PutVsock),
+    route!("PUT" "/entropy", body "EntropyDevice" => ApiRequest::PutEntropy),
+    route!("PUT" "/serial", body "SerialDevice" => ApiRequest::PutSerial),
+    route!("PUT" "/balloon", body "Balloon" => ApiRequest::PutBalloon),
+    route!("GET" "/balloon" => ApiRequest::GetBalloon),
+    route!("PATCH" "/balloon", body "BalloonUpdate" => ApiRequest::PatchBalloon),
+    route!("GET" "/balloon/statistics" => ApiRequest::GetBalloonStatistics),
+    route!("PATCH" "/balloon/statistics", body "BalloonStatsUpdate" => ApiRequest::PatchBalloonStatistics),
+    route!("PATCH" "/balloon/hinting/start", optional body "BalloonStartCmd" => ApiRequest::StartBalloonHinting),
+    route!("PATCH" "/balloon/hinting/stop" => ApiRequest::StopBalloonHinting),
+    route!("GET" "/balloon/hinting/status" => ApiRequest::GetBalloonHintingStatus),
+    route!("PUT" "/actions", body "InstanceActionInfo" => ApiRequest::Action),
+    route!("PATCH" "/vm", body "Vm" => ApiRequest::PatchVm),
+    route!("GET" "/vm/config" => ApiRequest::GetVmConfig),
+    route!("PUT" "/logger", body "Logger" => ApiRequest::PutLogger),
+    route!("PUT" "/metrics", body "Metrics" => ApiRequest::PutMetrics),
+    route!("PUT" "/snapshot/create", body "SnapshotCreateParams" => ApiRequest::CreateSnapshot),
+    route!("PUT" "/snapshot/load", body "SnapshotLoadParams" => ApiRequest::LoadSnapshot),
+    route!("PUT" "/migrate", body "MigrateParams" => ApiRequest::Migrate),
+];
+
+/// A request path matched to its path template, with the `{…}` segment if
+/// any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Matched {
-    pub route: Route,
+    /// The template from [`ROUTES`].
+    pub path: &'static str,
     /// The percent-decoded path parameter (drive or interface id).
     pub param: Option<String>,
 }
 
-/// Finds the route for a path (without query); `None` means 404.
+impl Matched {
+    /// The methods the path answers; anything else gets 405 with these in
+    /// the `Allow` header.
+    pub(crate) fn methods(&self) -> Vec<&'static str> {
+        ROUTES
+            .iter()
+            .filter(|r| r.path == self.path)
+            .map(|r| r.method)
+            .collect()
+    }
+
+    /// The endpoint for `method` on this path; `None` means 405.
+    pub(crate) fn route(&self, method: &str) -> Option<&'static RouteSpec> {
+        ROUTES
+            .iter()
+            .find(|r| r.path == self.path && r.method == method)
+    }
+}
+
+/// Finds the path template for a path (without query); `None` means 404.
 pub(crate) fn match_path(path: &str) -> Option<Matched> {
     let segments: Vec<&str> = path.split('/').skip(1).collect();
-    Route::ALL.into_iter().find_map(|route| {
-        let template: Vec<&str> = route.template().split('/').skip(1).collect();
+    ROUTES.iter().find_map(|route| {
+        let template: Vec<&str> = route.path.split('/').skip(1).collect();
         if template.len() != segments.len() {
             return None;
         }
@@ -114,7 +194,10 @@ pub(crate) fn match_path(path: &str) -> Option<Matched> {
                 return None;
             }
         }
-        Some(Matched { route, param })
+        Some(Matched {
+            path: route.path,
+            param,
+        })
     })
 }
 
@@ -145,61 +228,19 @@ pub(crate) enum Parsed {
     Vmm(ApiRequest),
 }
 
-/// Whether a method on this route needs a JSON body.
-pub(crate) fn needs_body(method: &str) -> bool {
-    matches!(method, "PUT" | "PATCH")
+/// Turns a routed request into what to do; `body` is empty for none.
+pub(crate) fn parse(matched: &Matched, route: &RouteSpec, body: &[u8]) -> Result<Parsed, ApiError> {
+    let id = matched.param.as_deref().unwrap_or_default();
+    (route.to_request)(id, body)
 }
 
-/// Turns a routed request into what to do. `method` must be one of
-/// `matched.route.methods()`; `body` is empty for none.
-pub(crate) fn parse(matched: &Matched, method: &str, body: &[u8]) -> Result<Parsed, ApiError> {
-    let id = matched.param.as_deref().unwrap_or_default();
-    let request = match (matched.route, method) {
-        (Route::Version, _) => return Ok(Parsed::Version),
-        (Route::Root, _) => ApiRequest::GetInstanceInfo,
-        (Route::VmConfig, _) => ApiRequest::GetVmConfig,
-        (Route::MachineConfig, "GET") => ApiRequest::GetMachineConfig,
-        (Route::MachineConfig, "PUT") => ApiRequest::PutMachineConfig(json::<MachineConfig>(body)?),
-        (Route::MachineConfig, _) => {
-            ApiRequest::PatchMachineConfig(json::<MachineConfigPatch>(body)?)
-        }
-        (Route::BootSource, _) => ApiRequest::PutBootSource(json::<BootSourceConfig>(body)?),
-        (Route::Drive, "PUT") => {
-            let drive: DriveConfig = json(body)?;
-            same_id("drive_id", id, &drive.drive_id)?;
-            ApiRequest::PutDrive(drive)
-        }
-        (Route::Drive, _) => {
-            let patch: DrivePatch = json(body)?;
-            same_id("drive_id", id, &patch.drive_id)?;
-            ApiRequest::PatchDrive(patch)
-        }
-        (Route::NetworkInterface, "PUT") => {
-            let net: NetConfig = json(body)?;
-            same_id("iface_id", id, &net.iface_id)?;
-            ApiRequest::PutNetworkInterface(net)
-        }
-        (Route::NetworkInterface, _) => {
-            let patch: NetPatch = json(body)?;
-            same_id("iface_id", id, &patch.iface_id)?;
-            ApiRequest::PatchNetworkInterface(patch)
-        }
-        (Route::Actions, _) => ApiRequest::Action(json::<ActionType>(body)?),
-        (Route::Vm, _) => ApiRequest::PatchVm(json::<VmStateRequest>(body)?),
-        (Route::Logger, _) => ApiRequest::PutLogger(json::<LoggerConfig>(body)?),
-        (Route::Metrics, _) => ApiRequest::PutMetrics(json::<MetricsConfig>(body)?),
-        (Route::SnapshotCreate, _) => {
-            ApiRequest::CreateSnapshot(json::<SnapshotCreateParams>(body)?)
-        }
-        (Route::SnapshotLoad, _) => ApiRequest::LoadSnapshot(json::<SnapshotLoadParams>(body)?),
-        (Route::Migrate, _) => ApiRequest::Migrate(json::<MigrateParams>(body)?),
-    };
-    Ok(Parsed::Vmm(request))
+fn is_blank(body: &[u8]) -> bool {
+    body.iter().all(u8::is_ascii_whitespace)
 }
 
 /// Parses a JSON body, naming the offending field in the error.
 fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if is_blank(body) {
         return Err(ApiError::bad_request(
             "missing request body: this endpoint needs a JSON object",
         ));
@@ -217,6 +258,30 @@ fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     de.end()
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
     Ok(value)
+}
+
+/// [`json`] for an optional body: none gives the type's default.
+fn json_or_default<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if is_blank(body) {
+        return Ok(T::default());
+    }
+    json(body)
+}
+
+/// Parses a body that names its device, checks the name against the path
+/// and runs `check` on it, then wraps it as a request.
+fn with_id<T: DeserializeOwned>(
+    in_path: &str,
+    body: &[u8],
+    field: &str,
+    id_of: fn(&T) -> &String,
+    check: fn(&T) -> Result<(), ConfigError>,
+    wrap: fn(T) -> ApiRequest,
+) -> Result<Parsed, ApiError> {
+    let value: T = json(body)?;
+    same_id(field, in_path, id_of(&value))?;
+    check(&value)?;
+    Ok(Parsed::Vmm(wrap(value)))
 }
 
 /// Checks the id in the path is well-formed and equals the body's, so a

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::UnixStream;
 
-use crate::routes::{self, Parsed};
+use crate::routes::{self, BodySpec, Parsed};
 use crate::server::Shared;
 use api::FIRECRACKER_API_VERSION;
 use api::{ApiError, ApiMessage, ApiRequest, ApiResponse, VersionInfo};
@@ -65,9 +65,8 @@ async fn answer(req: Request<Incoming>, shared: &Shared) -> Answer {
         return error(ApiError::not_found(format!("no such path: {path}")));
     };
     let method = req.method().as_str().to_owned();
-    let allowed = matched.route.methods();
-    if !allowed.contains(&method.as_str()) {
-        let allow = allowed.join(", ");
+    let Some(route) = matched.route(&method) else {
+        let allow = matched.methods().join(", ");
         let mut answer = error(ApiError::new(
             405,
             format!("method {method} not allowed on {path}; allowed: {allow}"),
@@ -76,8 +75,10 @@ async fn answer(req: Request<Incoming>, shared: &Shared) -> Answer {
             answer.headers_mut().insert(ALLOW, value);
         }
         return answer;
-    }
-    let body = if routes::needs_body(&method) {
+    };
+    let body = if route.body == BodySpec::None {
+        Bytes::new()
+    } else {
         match read_body(req.into_body(), shared).await {
             Ok(body) => body,
             Err(mut answer) => {
@@ -89,10 +90,8 @@ async fn answer(req: Request<Incoming>, shared: &Shared) -> Answer {
                 return answer;
             }
         }
-    } else {
-        Bytes::new()
     };
-    match routes::parse(&matched, &method, &body) {
+    match routes::parse(&matched, route, &body) {
         Err(e) => error(e),
         Ok(Parsed::Version) => json(
             StatusCode::OK,
@@ -159,7 +158,9 @@ async fn ask_vmm(request: ApiRequest, shared: &Shared) -> ApiResponse {
     }
 }
 
-/// Turns the VMM's answer into HTTP.
+/// Turns the VMM's answer into HTTP: `Empty` is 204, `Error` its status
+/// with a `fault_message`, and any other variant 200 with the value it
+/// carries as the body, so a new answer type needs no code here.
 fn from_vmm(response: ApiResponse) -> Answer {
     match response {
         ApiResponse::Empty => {
@@ -167,10 +168,21 @@ fn from_vmm(response: ApiResponse) -> Answer {
             *answer.status_mut() = StatusCode::NO_CONTENT;
             answer
         }
-        ApiResponse::InstanceInfo(info) => json(StatusCode::OK, &info),
-        ApiResponse::MachineConfig(config) => json(StatusCode::OK, &config),
-        ApiResponse::VmConfig(config) => json(StatusCode::OK, &config),
         ApiResponse::Error(e) => error(e),
+        other => match serde_json::to_value(other) {
+            // Serde writes a newtype variant as {"Variant": value}.
+            Ok(serde_json::Value::Object(tagged)) if tagged.len() == 1 => {
+                match tagged.into_iter().next() {
+                    Some((_, value)) => json(StatusCode::OK, &value),
+                    None => error(ApiError::new(500, "empty answer from the VMM")),
+                }
+            }
+            Ok(other) => error(ApiError::new(
+                500,
+                format!("the VMM answered with an unexpected shape: {other}"),
+            )),
+            Err(e) => error(ApiError::new(500, format!("cannot encode the answer: {e}"))),
+        },
     }
 }
 

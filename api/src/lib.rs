@@ -23,17 +23,22 @@ mod validate_tests;
 use std::path::PathBuf;
 
 pub use config::{
-    BootSourceConfig, CpuTemplate, DriveConfig, EmulationQuirks, MachineConfig, NetConfig,
-    RateLimiterConfig, TokenBucketConfig, VmConfig,
+    BalloonConfig, BootSourceConfig, CpuTemplate, DriveConfig, EmulationQuirks, EntropyConfig,
+    MachineConfig, NetConfig, RateLimiterConfig, SerialConfig, TokenBucketConfig, VmConfig,
+    VsockConfig,
 };
 pub use mac::{MacAddr, MacParseError};
 pub use request::{
-    ActionType, ApiError, ApiMessage, ApiRequest, ApiResponse, DriveOverride, DrivePatch,
-    InstanceInfo, InstanceState, LogLevel, LoggerConfig, MachineConfigPatch, MetricsConfig,
-    MigrateParams, NetOverride, NetPatch, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
-    VersionInfo, VmStateRequest, FIRECRACKER_API_VERSION,
+    ActionType, ApiError, ApiMessage, ApiRequest, ApiResponse, BalloonHintingStart,
+    BalloonHintingStatus, BalloonStats, BalloonStatsUpdate, BalloonUpdate, DriveOverride,
+    DrivePatch, InstanceInfo, InstanceState, LogLevel, LoggerConfig, MachineConfigPatch,
+    MetricsConfig, MigrateParams, NetOverride, NetPatch, SnapshotCreateParams, SnapshotLoadParams,
+    SnapshotType, VersionInfo, VmStateRequest, FIRECRACKER_API_VERSION,
 };
-pub use validate::{MAX_BOOT_ARGS_LEN, MAX_HOST_DEV_NAME_LEN, MAX_ID_LEN, MAX_VCPUS, MIN_MEM_MIB};
+pub use validate::{
+    check_rate_limiter, MAX_BOOT_ARGS_LEN, MAX_HOST_DEV_NAME_LEN, MAX_ID_LEN, MAX_UNIX_PATH_LEN,
+    MAX_VCPUS, MAX_VIRTIO_DEVICES, MIN_GUEST_CID, MIN_MEM_MIB,
+};
 
 /// Why a config could not be loaded; every variant names where the problem is
 /// (a file, a JSON path or a dotted field) so the user can fix it directly.

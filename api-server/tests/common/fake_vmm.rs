@@ -2,6 +2,17 @@
 //! pre-boot configuration, follows the lifecycle (start, pause, resume) and
 //! records every request, but runs no VM. It shows the intended wiring: wait
 //! on the eventfd, then drain the channel and answer each message.
+//!
+//! It has no code per endpoint: it works on the JSON form of each
+//! [`ApiRequest`] (`{"PutDrive": {...}}`, `"GetBalloon"`) by naming
+//! convention. `PutX` stores its body as config section `x` (kebab-case; a
+//! list keyed by the body's `*_id` when the config has a section `xs`),
+//! `PatchX` merges its body into that section (or the nearest one whose name
+//! `x` starts with, so `PatchBalloonStatistics` updates `balloon`), and
+//! `GetX` answers `ApiResponse::X` from section `x`. Which sections exist is
+//! read from [`VmConfig`]'s own serde field list, so a new config section
+//! and its endpoints work here unchanged. Only the lifecycle (`Action`,
+//! `PatchVm`, `GetInstanceInfo`, `GetVmConfig`) is handled by name.
 
 #![allow(dead_code)]
 
@@ -11,146 +22,268 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use api::{
-    ActionType, ApiError, ApiMessage, ApiRequest, ApiResponse, BootSourceConfig, DriveConfig,
-    InstanceInfo, InstanceState, MachineConfig, NetConfig, VmConfig, VmStateRequest, MAX_VCPUS,
+    ActionType, ApiError, ApiMessage, ApiRequest, ApiResponse, InstanceInfo, InstanceState,
+    VmConfig, VmStateRequest,
 };
+use serde_json::{Map, Value};
 use vmm_sys_util::eventfd::EventFd;
 
 /// The fake VMM's state.
-#[derive(Default)]
 pub struct Fake {
     pub started: bool,
     pub paused: bool,
-    pub machine: MachineConfig,
-    pub boot: Option<BootSourceConfig>,
-    pub drives: Vec<DriveConfig>,
-    pub nets: Vec<NetConfig>,
+    /// The configuration as `GET /vm/config` shows it, plus sections
+    /// outside `VmConfig` (logger, metrics...).
+    pub config: Map<String, Value>,
+    /// `VmConfig`'s top-level keys.
+    sections: &'static [&'static str],
+}
+
+impl Default for Fake {
+    fn default() -> Self {
+        // VmConfig's defaults: every section that has one.
+        let defaults = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": ""}}"#)
+            .expect("minimal config");
+        let Ok(Value::Object(config)) = serde_json::to_value(defaults) else {
+            panic!("VmConfig serializes to an object");
+        };
+        Fake {
+            started: false,
+            paused: false,
+            config,
+            sections: struct_fields::<VmConfig>(),
+        }
+    }
 }
 
 fn refuse(message: impl Into<String>) -> ApiResponse {
     ApiResponse::Error(ApiError::bad_request(message))
 }
 
+/// `MachineConfig` -> `machine-config`.
+fn kebab(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// The `*_id` field of a body, naming one entry of a list section.
+fn id_of(body: &Map<String, Value>) -> Option<(String, String)> {
+    body.iter()
+        .find(|(k, v)| k.ends_with("_id") && v.is_string())
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+}
+
+/// Merges `patch`'s non-null fields into `target`.
+fn merge(target: &mut Value, patch: &Map<String, Value>) {
+    if let Value::Object(target) = target {
+        for (k, v) in patch {
+            if !v.is_null() {
+                target.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
 impl Fake {
     pub fn answer(&mut self, request: ApiRequest) -> ApiResponse {
-        use ApiRequest::*;
-        let pre_boot = matches!(
-            request,
-            PutMachineConfig(_)
-                | PatchMachineConfig(_)
-                | PutBootSource(_)
-                | PutDrive(_)
-                | PutNetworkInterface(_)
-        );
-        if pre_boot && self.started {
-            return refuse("not allowed after the instance started");
+        match &request {
+            ApiRequest::GetInstanceInfo => return self.instance_info(),
+            ApiRequest::GetVmConfig => return self.vm_config(),
+            ApiRequest::Action(action) => return self.action(*action),
+            ApiRequest::PatchVm(_) if !self.started => return refuse("not started"),
+            ApiRequest::PatchVm(state) => {
+                self.paused = *state == VmStateRequest::Paused;
+                return ApiResponse::Empty;
+            }
+            _ => {}
         }
-        match request {
-            CreateSnapshot(_) if !self.paused => refuse("the VM must be paused"),
-            CreateSnapshot(_) => ApiResponse::Empty,
-            LoadSnapshot(_) if self.started => refuse("a VM is already running"),
-            LoadSnapshot(_) => refuse("no such snapshot"),
-            Migrate(_) => refuse("nothing to migrate"),
-            GetInstanceInfo => ApiResponse::InstanceInfo(InstanceInfo {
-                id: "fake-vmm".into(),
-                state: match (self.started, self.paused) {
-                    (false, _) => InstanceState::NotStarted,
-                    (true, false) => InstanceState::Running,
-                    (true, true) => InstanceState::Paused,
-                },
-                vmm_version: env!("CARGO_PKG_VERSION").into(),
-                app_name: "flint".into(),
-            }),
-            GetMachineConfig => ApiResponse::MachineConfig(self.machine.clone()),
-            PutMachineConfig(config) => self.set_machine(config),
-            PatchMachineConfig(patch) => {
-                let mut config = self.machine.clone();
-                config.vcpu_count = patch.vcpu_count.unwrap_or(config.vcpu_count);
-                config.mem_size_mib = patch.mem_size_mib.unwrap_or(config.mem_size_mib);
-                config.cpu_template = patch.cpu_template.unwrap_or(config.cpu_template);
-                config.emulation_quirks = patch.emulation_quirks.unwrap_or(config.emulation_quirks);
-                self.set_machine(config)
-            }
-            PutBootSource(boot) => {
-                self.boot = Some(boot);
-                ApiResponse::Empty
-            }
-            PutDrive(drive) => {
-                self.drives.retain(|d| d.drive_id != drive.drive_id);
-                self.drives.push(drive);
-                ApiResponse::Empty
-            }
-            PatchDrive(patch) => match self
-                .drives
-                .iter_mut()
-                .find(|d| d.drive_id == patch.drive_id)
-            {
-                None => ApiResponse::Error(ApiError::not_found(format!(
-                    "no drive {:?}",
-                    patch.drive_id
-                ))),
-                Some(drive) => {
-                    if let Some(path) = patch.path_on_host {
-                        drive.path_on_host = path;
-                    }
-                    if patch.rate_limiter.is_some() {
-                        drive.rate_limiter = patch.rate_limiter;
-                    }
-                    ApiResponse::Empty
-                }
+        let (name, body) = match serde_json::to_value(&request) {
+            Ok(Value::String(name)) => (name, Map::new()),
+            Ok(Value::Object(tagged)) => match tagged.into_iter().next() {
+                Some((name, Value::Object(body))) => (name, body),
+                Some((name, _)) => (name, Map::new()),
+                None => return refuse("empty request"),
             },
-            PutNetworkInterface(net) => {
-                self.nets.retain(|n| n.iface_id != net.iface_id);
-                self.nets.push(net);
+            other => return refuse(format!("unexpected request shape {other:?}")),
+        };
+        if let Some(x) = name.strip_prefix("Put") {
+            self.put(&kebab(x), body)
+        } else if let Some(x) = name.strip_prefix("Patch") {
+            self.patch(&kebab(x), body)
+        } else if let Some(x) = name.strip_prefix("Get") {
+            self.get(x)
+        } else {
+            // Other actions (snapshots, migration, balloon hinting) succeed
+            // once started.
+            if self.started || name.contains("Snapshot") {
                 ApiResponse::Empty
+            } else {
+                refuse(format!("{name}: not started"))
             }
-            PatchNetworkInterface(patch) => {
-                match self.nets.iter_mut().find(|n| n.iface_id == patch.iface_id) {
-                    None => ApiResponse::Error(ApiError::not_found(format!(
-                        "no network interface {:?}",
-                        patch.iface_id
-                    ))),
-                    Some(net) => {
-                        net.rx_rate_limiter = patch.rx_rate_limiter.or(net.rx_rate_limiter.take());
-                        net.tx_rate_limiter = patch.tx_rate_limiter.or(net.tx_rate_limiter.take());
-                        ApiResponse::Empty
-                    }
-                }
-            }
-            Action(ActionType::InstanceStart) if self.started => refuse("already started"),
-            Action(ActionType::InstanceStart) if self.boot.is_none() => refuse("no boot source"),
-            Action(ActionType::InstanceStart) => {
-                self.started = true;
-                ApiResponse::Empty
-            }
-            Action(ActionType::SendCtrlAltDel) if !self.started => refuse("not started"),
-            Action(_) => ApiResponse::Empty,
-            PatchVm(_) if !self.started => refuse("not started"),
-            PatchVm(state) => {
-                self.paused = state == VmStateRequest::Paused;
-                ApiResponse::Empty
-            }
-            GetVmConfig => ApiResponse::VmConfig(VmConfig {
-                boot_source: self.boot.clone().unwrap_or(BootSourceConfig {
-                    kernel_image_path: "".into(),
-                    initrd_path: None,
-                    boot_args: None,
-                }),
-                machine_config: self.machine.clone(),
-                drives: self.drives.clone(),
-                network_interfaces: self.nets.clone(),
-            }),
-            PutLogger(_) | PutMetrics(_) => ApiResponse::Empty,
         }
     }
 
-    fn set_machine(&mut self, config: MachineConfig) -> ApiResponse {
-        if !(1..=MAX_VCPUS).contains(&config.vcpu_count) {
-            return refuse(format!("vcpu_count: {} is out of range", config.vcpu_count));
+    fn put(&mut self, key: &str, body: Map<String, Value>) -> ApiResponse {
+        let list = format!("{key}s");
+        let in_config = self.sections.contains(&key) || self.sections.contains(&list.as_str());
+        if in_config && self.started {
+            return refuse("not allowed after the instance started");
         }
-        self.machine = config;
+        match id_of(&body) {
+            Some((field, id)) if self.sections.contains(&list.as_str()) => {
+                let entries = self
+                    .config
+                    .entry(list)
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if let Value::Array(entries) = entries {
+                    entries.retain(|e| e[&field] != Value::String(id.clone()));
+                    entries.push(Value::Object(body));
+                }
+            }
+            _ => {
+                self.config.insert(key.to_owned(), Value::Object(body));
+            }
+        }
         ApiResponse::Empty
     }
+
+    fn patch(&mut self, key: &str, body: Map<String, Value>) -> ApiResponse {
+        let list = format!("{key}s");
+        if let (Some((field, id)), Some(Value::Array(entries))) =
+            (id_of(&body), self.config.get_mut(&list))
+        {
+            return match entries
+                .iter_mut()
+                .find(|e| e[&field] == Value::String(id.clone()))
+            {
+                Some(entry) => {
+                    merge(entry, &body);
+                    ApiResponse::Empty
+                }
+                None => ApiResponse::Error(ApiError::not_found(format!("no {key} {id:?}"))),
+            };
+        }
+        if self.sections.contains(&list.as_str()) {
+            let id = id_of(&body).map(|(_, id)| id).unwrap_or_default();
+            return ApiResponse::Error(ApiError::not_found(format!("no {key} {id:?}")));
+        }
+        // The section itself, or the one it is a part of.
+        let section = self
+            .config
+            .keys()
+            .filter(|k| key == k.as_str() || key.starts_with(&format!("{k}-")))
+            .max_by_key(|k| k.len())
+            .cloned();
+        match section.and_then(|s| self.config.get_mut(&s)) {
+            Some(target) => {
+                merge(target, &body);
+                ApiResponse::Empty
+            }
+            None => refuse(format!("{key}: not configured")),
+        }
+    }
+
+    fn get(&self, name: &str) -> ApiResponse {
+        let Some(value) = self.config.get(&kebab(name)) else {
+            return refuse(format!("{}: not configured", kebab(name)));
+        };
+        let mut tagged = Map::new();
+        tagged.insert(name.to_owned(), value.clone());
+        serde_json::from_value(Value::Object(tagged))
+            .unwrap_or_else(|e| refuse(format!("{name}: {e}")))
+    }
+
+    fn vm_config(&self) -> ApiResponse {
+        let config: Map<String, Value> = self
+            .config
+            .iter()
+            .filter(|(k, _)| self.sections.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        match serde_json::from_value(Value::Object(config)) {
+            Ok(config) => ApiResponse::VmConfig(config),
+            Err(e) => refuse(format!("config: {e}")),
+        }
+    }
+
+    fn instance_info(&self) -> ApiResponse {
+        ApiResponse::InstanceInfo(InstanceInfo {
+            id: "fake-vmm".into(),
+            state: match (self.started, self.paused) {
+                (false, _) => InstanceState::NotStarted,
+                (true, false) => InstanceState::Running,
+                (true, true) => InstanceState::Paused,
+            },
+            vmm_version: env!("CARGO_PKG_VERSION").into(),
+            app_name: "flint".into(),
+        })
+    }
+
+    fn action(&mut self, action: ActionType) -> ApiResponse {
+        match action {
+            ActionType::InstanceStart if self.started => refuse("already started"),
+            ActionType::InstanceStart => {
+                let kernel = &self.config["boot-source"]["kernel_image_path"];
+                if kernel.as_str().is_none_or(str::is_empty) {
+                    return refuse("no boot source");
+                }
+                self.started = true;
+                ApiResponse::Empty
+            }
+            ActionType::SendCtrlAltDel if !self.started => refuse("not started"),
+            _ => ApiResponse::Empty,
+        }
+    }
+}
+
+/// The field names serde uses for struct `T` (for `VmConfig`: its config
+/// file's section names), read by asking `T` to deserialize from a
+/// deserializer that only records what it was asked for.
+fn struct_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    struct Probe(Option<&'static [&'static str]>);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("probe")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl de::Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    impl<'de> de::Deserializer<'de> for &mut Probe {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            self.0 = Some(fields);
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut probe = Probe(None);
+    let _ = T::deserialize(&mut probe);
+    probe.0.unwrap_or(&[])
 }
 
 /// The fake VMM's thread and what it saw.
