@@ -29,11 +29,11 @@ type Answer = Response<Full<Bytes>>;
 /// Serves HTTP/1.1 (keep-alive) on one accepted connection until the client
 /// closes it or a timeout does. hyper's header timer also runs while a
 /// keep-alive connection is idle, so idle connections are closed too.
-pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
+pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>, id: u64) {
     let header_timeout = shared.options.header_timeout;
     let service = service_fn(move |req| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(req, &shared).await) }
+        async move { Ok::<_, Infallible>(handle(req, &shared, id).await) }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -52,14 +52,14 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
 }
 
 /// Answers one request and counts it.
-async fn handle(req: Request<Incoming>, shared: &Shared) -> Answer {
+async fn handle(req: Request<Incoming>, shared: &Shared, id: u64) -> Answer {
     let method = req.method().as_str().to_owned();
-    let answer = answer(req, shared).await;
+    let answer = answer(req, shared, id).await;
     shared.metrics.record(&method, answer.status().as_u16());
     answer
 }
 
-async fn answer(req: Request<Incoming>, shared: &Shared) -> Answer {
+async fn answer(req: Request<Incoming>, shared: &Shared, id: u64) -> Answer {
     let path = req.uri().path().to_owned();
     let Some(matched) = routes::match_path(&path) else {
         return error(ApiError::not_found(format!("no such path: {path}")));
@@ -100,7 +100,14 @@ async fn answer(req: Request<Incoming>, shared: &Shared) -> Answer {
                 flint_version: env!("CARGO_PKG_VERSION").to_owned(),
             },
         ),
-        Ok(Parsed::Vmm(request)) => from_vmm(ask_vmm(request, shared).await),
+        Ok(Parsed::Vmm(request)) => {
+            // While it waits for the VMM the connection is not displaced by
+            // new clients: its client wants the answer.
+            shared.connections().set_busy(id, true);
+            let response = ask_vmm(request, shared).await;
+            shared.connections().set_busy(id, false);
+            from_vmm(response)
+        }
     }
 }
 

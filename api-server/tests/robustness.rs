@@ -193,3 +193,66 @@ fn concurrent_clients_all_succeed_and_are_counted() {
     let json = serde_json::to_value(metrics).unwrap();
     assert_eq!(json["requests"], 202);
 }
+
+#[test]
+fn hundreds_of_slow_or_idle_connections_do_not_keep_a_new_client_waiting() {
+    // Timeouts far beyond the client's wait below, so only the connection
+    // bound (displacing the longest-idle connection) can get the new
+    // client its answer.
+    let options = ServerOptions {
+        header_timeout: Duration::from_secs(120),
+        body_timeout: Duration::from_secs(120),
+        ..quick_options()
+    };
+    let t = TestServer::start_with(options, Duration::ZERO);
+    let mut hogs = Vec::new();
+    for i in 0..200 {
+        let mut stream = UnixStream::connect(&t.socket).unwrap();
+        if i % 2 == 0 {
+            // Slow: a request trickling in (one byte so far)...
+            stream.write_all(b"G").unwrap();
+        } // ...or idle: nothing at all.
+        hogs.push(stream);
+    }
+    // A trickle of one more byte each, as slow clients do.
+    for stream in hogs.iter_mut().step_by(2) {
+        let _ = stream.write_all(b"E");
+    }
+    let answer = api_server::client::request_with_timeout(
+        &t.socket,
+        "GET",
+        "/",
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(answer.unwrap().0, 200);
+    let metrics = t.server.as_ref().unwrap().metrics();
+    assert!(metrics.evicted >= 137, "{metrics:?}");
+    // The displaced connections were closed, not left hanging.
+    let mut first = hogs.remove(0);
+    assert_eq!(read_all(&mut first), "");
+}
+
+#[test]
+fn connections_waiting_for_the_vmm_are_kept_and_new_ones_refused_quickly() {
+    let options = ServerOptions {
+        max_connections: 1,
+        reply_timeout: Duration::from_secs(60),
+        ..quick_options()
+    };
+    let t = TestServer::start_with(options, Duration::from_secs(5));
+    let socket = t.socket.clone();
+    let waiting =
+        std::thread::spawn(move || api_server::client::request(&socket, "GET", "/", None));
+    // Until the one slot's client waits for the (slow) VMM.
+    while t.requests().is_empty() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut extra = UnixStream::connect(&t.socket).unwrap();
+    let answer = read_all(&mut extra);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("fault_message"), "{answer}");
+    // The waiting client was not displaced.
+    assert_eq!(waiting.join().unwrap().unwrap().0, 200);
+    assert_eq!(t.server.as_ref().unwrap().metrics().refused, 1);
+}

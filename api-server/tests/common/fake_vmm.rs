@@ -288,7 +288,7 @@ fn struct_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
 
 /// The fake VMM's thread and what it saw.
 pub struct FakeVmm {
-    /// Every request answered, in order.
+    /// Every request received, in order.
     pub requests: Arc<Mutex<Vec<ApiRequest>>>,
     wake: EventFd,
     thread: Option<JoinHandle<()>>,
@@ -296,7 +296,7 @@ pub struct FakeVmm {
 
 impl FakeVmm {
     /// Serves `rx` on a thread, sleeping `delay` before each answer (a busy
-    /// VMM). Returns with the eventfd to hand to the server.
+    /// VMM); a request is recorded before the sleep. Returns with the eventfd to hand to the server.
     pub fn start(rx: Receiver<ApiMessage>, delay: Duration) -> (FakeVmm, EventFd) {
         let wake = EventFd::new(0).expect("eventfd");
         let server_wake = wake.try_clone().expect("eventfd clone");
@@ -337,10 +337,10 @@ pub fn serve(
         loop {
             match rx.try_recv() {
                 Ok(ApiMessage { request, reply }) => {
-                    std::thread::sleep(delay);
                     if let Ok(mut seen) = seen.lock() {
                         seen.push(request.clone());
                     }
+                    std::thread::sleep(delay);
                     let _ = reply.send(fake.answer(request));
                 }
                 Err(TryRecvError::Empty) => break,
