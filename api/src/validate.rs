@@ -69,12 +69,13 @@ impl VmConfig {
         self.validate_vsock()?;
         self.validate_entropy()?;
         self.validate_balloon()?;
-        self.validate_serial()?;
-        self.validate_device_count()
+        self.validate_serial()
     }
 
     /// Checks that every virtio device gets an interrupt line (at most
-    /// [`MAX_VIRTIO_DEVICES`] devices), before anything is created.
+    /// [`MAX_VIRTIO_DEVICES`] devices), before anything is created. Part of
+    /// each device section's check, so the API refuses the device that
+    /// does not fit when it is PUT.
     pub fn validate_device_count(&self) -> Result<(), ConfigError> {
         let count = self.drives.len()
             + self.network_interfaces.len()
@@ -118,15 +119,16 @@ impl VmConfig {
         if let Some(id) = &vsock.vsock_id {
             check_id("vsock.vsock_id", id)?;
         }
-        Ok(())
+        self.validate_device_count()
     }
 
     /// Checks the `entropy` section alone.
     pub fn validate_entropy(&self) -> Result<(), ConfigError> {
-        match &self.entropy {
-            Some(entropy) => check_rate_limiter("entropy.rate_limiter", &entropy.rate_limiter),
-            None => Ok(()),
-        }
+        let Some(entropy) = &self.entropy else {
+            return Ok(());
+        };
+        check_rate_limiter("entropy.rate_limiter", &entropy.rate_limiter)?;
+        self.validate_device_count()
     }
 
     /// Checks the `balloon` section alone (against the machine's memory).
@@ -134,7 +136,8 @@ impl VmConfig {
         let Some(balloon) = &self.balloon else {
             return Ok(());
         };
-        check_balloon_size(balloon.amount_mib, self.machine_config.mem_size_mib)
+        check_balloon_size(balloon.amount_mib, self.machine_config.mem_size_mib)?;
+        self.validate_device_count()
     }
 
     /// Checks the `serial` section alone.
@@ -196,7 +199,7 @@ impl VmConfig {
         check_mem(machine.mem_size_mib, host_mib)
     }
 
-    /// Checks the `drives` section alone.
+    /// Checks the `drives` section (and that its devices fit).
     pub fn validate_drives(&self) -> Result<(), ConfigError> {
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut root: Option<usize> = None;
@@ -221,10 +224,10 @@ impl VmConfig {
             }
             check_rate_limiter(&format!("{at}.rate_limiter"), &drive.rate_limiter)?;
         }
-        Ok(())
+        self.validate_device_count()
     }
 
-    /// Checks the `network-interfaces` section alone.
+    /// Checks the `network-interfaces` section (and that its devices fit).
     pub fn validate_network(&self) -> Result<(), ConfigError> {
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut taps: HashMap<&str, usize> = HashMap::new();
@@ -272,7 +275,7 @@ impl VmConfig {
             check_rate_limiter(&format!("{at}.rx_rate_limiter"), &net.rx_rate_limiter)?;
             check_rate_limiter(&format!("{at}.tx_rate_limiter"), &net.tx_rate_limiter)?;
         }
-        Ok(())
+        self.validate_device_count()
     }
 }
 

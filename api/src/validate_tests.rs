@@ -383,6 +383,12 @@ fn no_more_devices_than_interrupt_lines() {
     let (field, message) = field_of(c.validate_with_host_mem(None));
     assert_eq!(field, "drives");
     assert!(message.contains("at most 19"), "{message}");
+    // Each device section's own check (what the API runs on a PUT) sees it.
+    assert_eq!(field_of(c.validate_drives()).0, "drives");
+    assert_eq!(field_of(c.validate_network()).0, "drives");
+    assert_eq!(field_of(c.validate_vsock()).0, "drives");
+    assert_eq!(field_of(c.validate_entropy()).0, "drives");
+    assert_eq!(field_of(c.validate_balloon()).0, "drives");
 }
 
 #[test]

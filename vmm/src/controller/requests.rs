@@ -74,20 +74,17 @@ impl Vmm {
             ),
             // Pre-boot sections of devices the lead wires later: stored in
             // the pending config (so GET /vm/config shows them) and checked
-            // like the config file's.
-            R::PutVsock(vsock) => self.update_section(|p| p.vsock = Some(vsock), |c| {
-                c.validate_vsock()?;
-                c.validate_device_count()
-            }),
-            R::PutEntropy(entropy) => self.update_section(|p| p.entropy = Some(entropy), |c| {
-                c.validate_entropy()?;
-                c.validate_device_count()
-            }),
+            // like the config file's (including that the devices fit).
+            R::PutVsock(vsock) => {
+                self.update_section(|p| p.vsock = Some(vsock), VmConfig::validate_vsock)
+            }
+            R::PutEntropy(entropy) => {
+                self.update_section(|p| p.entropy = Some(entropy), VmConfig::validate_entropy)
+            }
             R::PutSerial(serial) => self.update_section(|p| p.serial = Some(serial), VmConfig::validate_serial),
-            R::PutBalloon(balloon) => self.update_section(|p| p.balloon = Some(balloon), |c| {
-                c.validate_balloon()?;
-                c.validate_device_count()
-            }),
+            R::PutBalloon(balloon) => {
+                self.update_section(|p| p.balloon = Some(balloon), VmConfig::validate_balloon)
+            }
             R::GetBalloon if !started => match &self.pending.balloon {
                 Some(balloon) => ApiResponse::Balloon(balloon.clone()),
                 None => bad_request("no balloon device is configured (PUT /balloon first)"),
