@@ -248,12 +248,28 @@ fn request_bodies_are_the_tables_schemas() {
                 .unwrap_or_else(|| panic!("{at}: body schema is not a $ref"));
             (name.to_owned(), *required)
         });
-        let in_table = match route_of(&op).body {
+        let route = route_of(&op);
+        let in_table = match route.body {
             BodySpec::None => None,
             BodySpec::Required(name) => Some((name.to_owned(), true)),
             BodySpec::Optional(name) => Some((name.to_owned(), false)),
         };
         assert_eq!(in_spec, in_table, "{at}");
+        // The schema's properties are exactly the body type's fields.
+        let mut in_type: Vec<&str> = (route.body_fields)().to_vec();
+        let mut in_schema: Vec<&str> = match &op.body {
+            Some((schema, _)) => resolve(&spec, schema)["properties"]
+                .as_object()
+                .map(|p| p.keys().map(String::as_str).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        in_type.sort_unstable();
+        in_schema.sort_unstable();
+        assert_eq!(
+            in_schema, in_type,
+            "{at}: schema properties vs body type fields"
+        );
     }
 }
 

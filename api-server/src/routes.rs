@@ -21,6 +21,11 @@ pub(crate) enum BodySpec {
     Optional(&'static str),
 }
 
+/// The field names of the body type a variant takes, for the spec test.
+fn fields_of<T: DeserializeOwned>(_: fn(T) -> ApiRequest) -> &'static [&'static str] {
+    api::serde_field_names::<T>()
+}
+
 /// One endpoint: a path template and a method, its body and how a request
 /// becomes what the server does.
 pub(crate) struct RouteSpec {
@@ -30,6 +35,10 @@ pub(crate) struct RouteSpec {
     pub method: &'static str,
     /// The request body this endpoint takes.
     pub body: BodySpec,
+    /// The body type's field names (empty without a body), so the spec test
+    /// can compare them with the schema's properties.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub body_fields: fn() -> &'static [&'static str],
     /// Turns the `{…}` path segment (percent-decoded, empty if none) and the
     /// body (empty if none was sent) into what to do.
     pub to_request: fn(&str, &[u8]) -> Result<Parsed, ApiError>,
@@ -52,6 +61,7 @@ macro_rules! route {
             path: $path,
             method: $method,
             body: BodySpec::None,
+            body_fields: || &[],
             to_request: |_, _| Ok(Parsed::Vmm($request)),
         }
     };
@@ -60,6 +70,7 @@ macro_rules! route {
             path: $path,
             method: $method,
             body: BodySpec::Required($schema),
+            body_fields: || fields_of($variant),
             to_request: |_, body| Ok(Parsed::Vmm($variant(json(body)?))),
         }
     };
@@ -68,6 +79,7 @@ macro_rules! route {
             path: $path,
             method: $method,
             body: BodySpec::Optional($schema),
+            body_fields: || fields_of($variant),
             to_request: |_, body| Ok(Parsed::Vmm($variant(json_or_default(body)?))),
         }
     };
@@ -76,6 +88,7 @@ macro_rules! route {
             path: $path,
             method: $method,
             body: BodySpec::Required($schema),
+            body_fields: || fields_of($variant),
             to_request: |id, body| {
                 with_id(
                     id,
@@ -93,6 +106,7 @@ macro_rules! route {
             path: $path,
             method: $method,
             body: BodySpec::Required($schema),
+            body_fields: || fields_of($variant),
             to_request: |id, body| {
                 with_id(
                     id,
@@ -115,6 +129,7 @@ pub(crate) const ROUTES: &[RouteSpec] = &[
         path: "/version",
         method: "GET",
         body: BodySpec::None,
+        body_fields: || &[],
         to_request: |_, _| Ok(Parsed::Version),
     },
     route!("GET" "/machine-config" => ApiRequest::GetMachineConfig),

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 mod config;
+mod fields;
 mod mac;
 pub mod request;
 mod validate;
@@ -27,6 +28,7 @@ pub use config::{
     MachineConfig, NetConfig, RateLimiterConfig, SerialConfig, TokenBucketConfig, VmConfig,
     VsockConfig,
 };
+pub use fields::serde_field_names;
 pub use mac::{MacAddr, MacParseError};
 pub use request::{
     ActionType, ApiError, ApiMessage, ApiRequest, ApiResponse, BalloonHintingStart,

@@ -51,7 +51,7 @@ impl Default for Fake {
             started: false,
             paused: false,
             config,
-            sections: struct_fields::<VmConfig>(),
+            sections: api::serde_field_names::<VmConfig>(),
         }
     }
 }
@@ -240,50 +240,6 @@ impl Fake {
             _ => ApiResponse::Empty,
         }
     }
-}
-
-/// The field names serde uses for struct `T` (for `VmConfig`: its config
-/// file's section names), read by asking `T` to deserialize from a
-/// deserializer that only records what it was asked for.
-fn struct_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
-    use serde::de::{self, Visitor};
-    struct Probe(Option<&'static [&'static str]>);
-    #[derive(Debug)]
-    struct Stop;
-    impl std::fmt::Display for Stop {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("probe")
-        }
-    }
-    impl std::error::Error for Stop {}
-    impl de::Error for Stop {
-        fn custom<M: std::fmt::Display>(_: M) -> Self {
-            Stop
-        }
-    }
-    impl<'de> de::Deserializer<'de> for &mut Probe {
-        type Error = Stop;
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
-            Err(Stop)
-        }
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Stop> {
-            self.0 = Some(fields);
-            Err(Stop)
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-            bytes byte_buf option unit unit_struct newtype_struct seq tuple
-            tuple_struct map enum identifier ignored_any
-        }
-    }
-    let mut probe = Probe(None);
-    let _ = T::deserialize(&mut probe);
-    probe.0.unwrap_or(&[])
 }
 
 /// The fake VMM's thread and what it saw.
