@@ -125,7 +125,7 @@ pub fn main(args: CtlArgs) -> ExitCode {
         CtlCommand::Put { path, body } => ("PUT", path, Some(body)),
         CtlCommand::Patch { path, body } => ("PATCH", path, Some(body)),
     };
-    match api::client::request(&args.api_sock, method, &path, body.as_deref()) {
+    match api_server::client::request(&args.api_sock, method, &path, body.as_deref()) {
         Ok((status, text)) => {
             if !text.is_empty() {
                 println!("{text}");

@@ -298,15 +298,15 @@ fn confine_api_thread() -> Result<(), String> {
 fn start_api(
     socket: &std::path::Path,
     seccomp: bool,
-) -> Result<(api::ApiServerHandle, vmm::ApiEndpoint), Box<dyn std::error::Error>> {
+) -> Result<(api_server::ApiServerHandle, vmm::ApiEndpoint), Box<dyn std::error::Error>> {
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
     let (tx, rx) = std::sync::mpsc::channel();
     let wake = EventFd::new(EFD_NONBLOCK)?;
-    let options = api::ServerOptions {
+    let options = api_server::ServerOptions {
         thread_init: seccomp.then_some(confine_api_thread as fn() -> Result<(), String>),
         ..Default::default()
     };
-    let handle = api::spawn_api_server_with(socket, tx, wake.try_clone()?, options)?;
+    let handle = api_server::spawn_api_server_with(socket, tx, wake.try_clone()?, options)?;
     let metrics = handle.metrics_source();
     log::info!("API listening on {}", socket.display());
     Ok((

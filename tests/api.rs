@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{guest_file, wait_for_socket, Flint, BOOT_LOCK, BOOT_TIMEOUT};
 
 fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    api::client::request(sock, method, path, body)
+    api_server::client::request(sock, method, path, body)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
@@ -269,4 +269,45 @@ fn api_refuses_a_live_socket_and_survives_bad_requests() {
         Some(0)
     );
     assert!(!sock.exists());
+}
+
+#[test]
+fn failed_flush_and_unchecked_updates_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_vm, sock) = start_api_flint(dir.path());
+    // Writing the metrics fails (the device is full): an error, not a 204.
+    let metrics = r#"{"metrics_path": "/dev/full"}"#;
+    let (status, body) = call(&sock, "PUT", "/metrics", Some(metrics));
+    assert_eq!(status, 204, "{body}");
+    let flush = r#"{"action_type": "FlushMetrics"}"#;
+    let (status, body) = call(&sock, "PUT", "/actions", Some(flush));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("/dev/full"), "{body}");
+    // A drive update gets the config's checks whatever the VM's state.
+    let patch = r#"{"drive_id": "d", "rate_limiter": {"ops": {"size": 10, "refill_time": 0}}}"#;
+    let (status, body) = call(&sock, "PATCH", "/drives/d", Some(patch));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("rate_limiter.ops.refill_time"), "{body}");
+    // Device sections are stored before boot and shown in the config.
+    let vsock = serde_json::json!({"guest_cid": 3, "uds_path": dir.path().join("v.sock")});
+    let (status, body) = call(&sock, "PUT", "/vsock", Some(&vsock.to_string()));
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = call(
+        &sock,
+        "PUT",
+        "/vsock",
+        Some(r#"{"guest_cid": 2, "uds_path": "/tmp/v"}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("vsock.guest_cid"), "{body}");
+    let balloon = r#"{"amount_mib": 8, "deflate_on_oom": false}"#;
+    assert_eq!(call(&sock, "PUT", "/balloon", Some(balloon)).0, 204);
+    let (status, body) = call(&sock, "GET", "/vm/config", None);
+    assert_eq!(status, 200, "{body}");
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["vsock"]["guest_cid"], 3, "{body}");
+    assert_eq!(config["balloon"]["amount_mib"], 8, "{body}");
+    let (status, body) = call(&sock, "GET", "/balloon/statistics", None);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not available yet"), "{body}");
 }

@@ -34,6 +34,7 @@ fn missing_kernel_is_reported_with_the_field_name() {
 #[test]
 fn zero_vcpus_and_unknown_keys_are_refused_before_start() {
     let kernel = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(kernel.path(), b"\x7fELF\x02\x01\x01").unwrap();
     let mut config: serde_json::Value =
         serde_json::from_str(&config_json(kernel.path(), None, 0, "")).unwrap();
     let (code, stderr) = flint_run(&config.to_string());
@@ -51,7 +52,9 @@ fn a_file_that_is_not_a_kernel_is_refused() {
     let junk = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(junk.path(), vec![0x42u8; 8192]).unwrap();
     let (code, stderr) = flint_run(&config_json(junk.path(), None, 1, ""));
-    assert_eq!(code, Some(1), "{stderr}");
+    // A config error (exit 2) naming the field, before anything is created.
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("boot-source.kernel_image_path"), "{stderr}");
     assert!(
         stderr.contains("neither an ELF vmlinux nor a bzImage"),
         "{stderr}"

@@ -12,7 +12,7 @@ use common::{guest_file, Flint, BOOT_LOCK, BOOT_TIMEOUT};
 const NOBODY: u32 = 65534;
 
 fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    api::client::request(sock, method, path, body)
+    api_server::client::request(sock, method, path, body)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 

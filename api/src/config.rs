@@ -31,6 +31,19 @@ pub struct VmConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub network_interfaces: Vec<NetConfig>,
+    /// A virtio-vsock device for host<->guest sockets; none means no device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
+    /// A virtio-rng device feeding the guest host entropy; none means no
+    /// device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyConfig>,
+    /// A virtio-balloon device to reclaim guest memory; none means no device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonConfig>,
+    /// Where the guest's serial console goes; none keeps flint's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialConfig>,
 }
 
 /// What to boot: the guest kernel, an optional initramfs and the command line.
@@ -146,6 +159,62 @@ pub struct NetConfig {
     pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
+/// The virtio-vsock device (Firecracker's `vsock` section): the guest's
+/// context id and the host Unix socket its connections are proxied through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context id, at least 3 (0-2 are reserved for the
+    /// hypervisor, local and host).
+    pub guest_cid: u32,
+    /// Host socket flint listens on for host-initiated connections; guest-
+    /// initiated ones go to `<uds_path>_<port>`.
+    pub uds_path: PathBuf,
+    /// Deprecated in Firecracker and ignored; accepted so old configs load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+}
+
+/// The virtio-rng device (Firecracker's `entropy` section).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyConfig {
+    /// Limits on the bytes the guest may draw; none means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// The virtio-balloon device (Firecracker's `balloon` section and the
+/// body of `PUT /balloon` and the answer to `GET /balloon`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfig {
+    /// Target balloon size in MiB: memory taken from the guest.
+    pub amount_mib: u32,
+    /// Whether the guest may deflate the balloon when it runs out of memory.
+    pub deflate_on_oom: bool,
+    /// Seconds between statistics refreshes; 0 (the default) disables
+    /// statistics, and they cannot be turned on after boot.
+    #[serde(default)]
+    pub stats_polling_interval_s: u16,
+    /// Whether the free page hinting feature is offered to the guest.
+    #[serde(default)]
+    pub free_page_hinting: bool,
+    /// Whether the free page reporting feature is offered to the guest.
+    #[serde(default)]
+    pub free_page_reporting: bool,
+}
+
+/// The serial console's output (Firecracker's `serial` section).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// File or named pipe on the host the guest's serial output is written
+    /// to; none keeps flint's default (its standard output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_out_path: Option<PathBuf>,
+}
+
 /// A device's I/O limits, so one VM cannot starve its neighbours; both
 /// buckets apply at once.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -249,7 +318,8 @@ impl VmConfig {
         Ok(config)
     }
 
-    /// Makes every relative host path (kernel, initrd, drive backing files)
+    /// Makes every relative host path (kernel, initrd, drive backing files,
+    /// vsock socket, serial output)
     /// relative to `base_dir` instead of the process's working directory;
     /// absolute paths are left alone.
     pub fn resolve_relative_paths(&mut self, base_dir: &Path) {
@@ -264,6 +334,16 @@ impl VmConfig {
         }
         for drive in &mut self.drives {
             resolve(&mut drive.path_on_host);
+        }
+        if let Some(vsock) = self.vsock.as_mut() {
+            resolve(&mut vsock.uds_path);
+        }
+        if let Some(out) = self
+            .serial
+            .as_mut()
+            .and_then(|s| s.serial_out_path.as_mut())
+        {
+            resolve(out);
         }
     }
 }

@@ -16,7 +16,11 @@ pub(crate) const FULL: &str = r#"{
   "network-interfaces": [ { "iface_id": "eth0", "host_dev_name": "tap0",
                 "guest_mac": "06:00:AC:10:00:02",
                 "rx_rate_limiter": { "ops": {"size": 10, "refill_time": 10} },
-                "tx_rate_limiter": { "bandwidth": {"size": 10, "refill_time": 10} } } ]
+                "tx_rate_limiter": { "bandwidth": {"size": 10, "refill_time": 10} } } ],
+  "vsock": { "guest_cid": 3, "uds_path": "vsock.sock" },
+  "entropy": { "rate_limiter": { "bandwidth": {"size": 1000, "refill_time": 100} } },
+  "balloon": { "amount_mib": 8, "deflate_on_oom": true, "stats_polling_interval_s": 1 },
+  "serial": { "serial_out_path": "serial.log" }
 }"#;
 
 fn parse_err(text: &str) -> (String, String) {

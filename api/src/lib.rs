@@ -1,51 +1,46 @@
-//! flint's external interface: the VM configuration that `flint run --config`
-//! reads and the HTTP API accepts, with its validation, and the
-//! Firecracker-compatible REST API on a Unix socket (server and client).
+//! flint's external interface as data: the VM configuration that
+//! `flint run --config` reads and the HTTP API accepts, its validation, and
+//! the request/response types the API server and the VMM exchange.
 //!
-//! Kept in its own crate, free of KVM, so the config format and the API can
-//! be parsed, checked and tested without a VM, and the VMM receives only
-//! checked input, as plain [`ApiRequest`] values on a channel.
+//! Kept in its own crate, free of KVM and of HTTP (the server is in
+//! `api-server`), so the config format can be parsed, checked and tested
+//! without a VM, and the VMM receives only checked input, as plain
+//! [`ApiRequest`] values on a channel, without building hyper or tokio.
 
 #![deny(missing_docs)]
 
-pub mod client;
 mod config;
+mod fields;
 mod mac;
-mod metrics;
 pub mod request;
-mod routes;
-mod server;
-mod service;
 mod validate;
 mod wire;
 
 #[cfg(test)]
 mod config_tests;
 #[cfg(test)]
-mod openapi_tests;
-#[cfg(test)]
-mod routes_tests;
-#[cfg(test)]
 mod validate_tests;
 
 use std::path::PathBuf;
 
 pub use config::{
-    BootSourceConfig, CpuTemplate, DriveConfig, EmulationQuirks, MachineConfig, NetConfig,
-    RateLimiterConfig, TokenBucketConfig, VmConfig,
+    BalloonConfig, BootSourceConfig, CpuTemplate, DriveConfig, EmulationQuirks, EntropyConfig,
+    MachineConfig, NetConfig, RateLimiterConfig, SerialConfig, TokenBucketConfig, VmConfig,
+    VsockConfig,
 };
+pub use fields::serde_field_names;
 pub use mac::{MacAddr, MacParseError};
-pub use metrics::{ApiMetrics, ApiMetricsSnapshot};
 pub use request::{
-    ActionType, ApiError, ApiMessage, ApiRequest, ApiResponse, DriveOverride, DrivePatch,
-    InstanceInfo, InstanceState, LogLevel, LoggerConfig, MachineConfigPatch, MetricsConfig,
-    MigrateParams, NetOverride, NetPatch, SnapshotCreateParams, SnapshotLoadParams, SnapshotType,
-    VersionInfo, VmStateRequest, FIRECRACKER_API_VERSION,
+    ActionType, ApiError, ApiMessage, ApiRequest, ApiResponse, BalloonHintingStart,
+    BalloonHintingStatus, BalloonStats, BalloonStatsUpdate, BalloonUpdate, DriveOverride,
+    DrivePatch, InstanceInfo, InstanceState, LogLevel, LoggerConfig, MachineConfigPatch,
+    MetricsConfig, MigrateParams, NetOverride, NetPatch, SnapshotCreateParams, SnapshotLoadParams,
+    SnapshotType, VersionInfo, VmStateRequest, FIRECRACKER_API_VERSION,
 };
-pub use server::{
-    spawn_api_server, spawn_api_server_with, ApiServerError, ApiServerHandle, ServerOptions,
+pub use validate::{
+    check_rate_limiter, MAX_BOOT_ARGS_LEN, MAX_HOST_DEV_NAME_LEN, MAX_ID_LEN, MAX_UNIX_PATH_LEN,
+    MAX_VCPUS, MAX_VIRTIO_DEVICES, MIN_GUEST_CID, MIN_MEM_MIB,
 };
-pub use validate::{MAX_BOOT_ARGS_LEN, MAX_HOST_DEV_NAME_LEN, MAX_ID_LEN, MAX_VCPUS, MIN_MEM_MIB};
 
 /// Why a config could not be loaded; every variant names where the problem is
 /// (a file, a JSON path or a dotted field) so the user can fix it directly.

@@ -8,8 +8,9 @@ use std::sync::mpsc::Sender;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BootSourceConfig, ConfigError, CpuTemplate, DriveConfig, EmulationQuirks, MachineConfig,
-    NetConfig, RateLimiterConfig, VmConfig,
+    BalloonConfig, BootSourceConfig, ConfigError, CpuTemplate, DriveConfig, EmulationQuirks,
+    EntropyConfig, MachineConfig, NetConfig, RateLimiterConfig, SerialConfig, VmConfig,
+    VsockConfig,
 };
 
 /// One API call, parsed and checked as far as possible without the VMM's
@@ -51,6 +52,132 @@ pub enum ApiRequest {
     LoadSnapshot(SnapshotLoadParams),
     /// `PUT /migrate`: live-migrate the running VM to another flint.
     Migrate(MigrateParams),
+    /// `PUT /vsock`: add or replace the vsock device (pre-boot).
+    PutVsock(VsockConfig),
+    /// `PUT /entropy`: add or replace the entropy device (pre-boot).
+    PutEntropy(EntropyConfig),
+    /// `PUT /serial`: where the serial console's output goes (pre-boot).
+    PutSerial(SerialConfig),
+    /// `PUT /balloon`: add or replace the balloon device (pre-boot).
+    PutBalloon(BalloonConfig),
+    /// `GET /balloon`: the balloon's configuration, with its current target.
+    GetBalloon,
+    /// `PATCH /balloon`: a new target size (before or after boot).
+    PatchBalloon(BalloonUpdate),
+    /// `GET /balloon/statistics`: the guest's latest memory statistics.
+    GetBalloonStatistics,
+    /// `PATCH /balloon/statistics`: a new statistics polling interval.
+    PatchBalloonStatistics(BalloonStatsUpdate),
+    /// `PATCH /balloon/hinting/start`: start a free page hinting run.
+    StartBalloonHinting(BalloonHintingStart),
+    /// `PATCH /balloon/hinting/stop`: stop the free page hinting run.
+    StopBalloonHinting,
+    /// `GET /balloon/hinting/status`: where the hinting run stands.
+    GetBalloonHintingStatus,
+}
+
+/// Body of `PATCH /balloon` (Firecracker's `BalloonUpdate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonUpdate {
+    /// New target balloon size in MiB.
+    pub amount_mib: u32,
+}
+
+/// Body of `PATCH /balloon/statistics` (Firecracker's `BalloonStatsUpdate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStatsUpdate {
+    /// New interval in seconds between statistics refreshes; statistics
+    /// cannot be turned on or off after boot, so 0 and non-0 cannot swap.
+    pub stats_polling_interval_s: u16,
+}
+
+/// Body of `PATCH /balloon/hinting/start` (Firecracker's `BalloonStartCmd`);
+/// the body is optional, as in Firecracker, and defaults to this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonHintingStart {
+    /// Whether flint acknowledges the guest's "done" by itself, ending the
+    /// run without a `PATCH /balloon/hinting/stop`.
+    #[serde(default)]
+    pub acknowledge_on_stop: bool,
+}
+
+/// Answer to `GET /balloon/statistics` (Firecracker's `BalloonStats`): the
+/// balloon's size and whatever memory statistics the guest reported (absent
+/// ones it did not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStats {
+    /// Pages the balloon aims to hold.
+    pub target_pages: u32,
+    /// Pages the balloon holds.
+    pub actual_pages: u32,
+    /// `target_pages` in MiB.
+    pub target_mib: u32,
+    /// `actual_pages` in MiB.
+    pub actual_mib: u32,
+    /// Bytes swapped in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_in: Option<u64>,
+    /// Bytes swapped out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_out: Option<u64>,
+    /// Major page faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major_faults: Option<u64>,
+    /// Minor page faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor_faults: Option<u64>,
+    /// Bytes of memory not used for anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_memory: Option<u64>,
+    /// Bytes of memory the guest has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_memory: Option<u64>,
+    /// Bytes available to new applications without swapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_memory: Option<u64>,
+    /// Bytes of disk cache that can be reclaimed without I/O.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_caches: Option<u64>,
+    /// Successful hugetlb page allocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugetlb_allocations: Option<u64>,
+    /// Failed hugetlb page allocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugetlb_failures: Option<u64>,
+    /// OOM killer invocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kill: Option<u64>,
+    /// Allocations that took the slow path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alloc_stall: Option<u64>,
+    /// Memory scanned asynchronously.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_scan: Option<u64>,
+    /// Memory scanned directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_scan: Option<u64>,
+    /// Memory reclaimed asynchronously.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_reclaim: Option<u64>,
+    /// Memory reclaimed directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_reclaim: Option<u64>,
+}
+
+/// Answer to `GET /balloon/hinting/status` (Firecracker's
+/// `BalloonHintingStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonHintingStatus {
+    /// The last command the host issued.
+    pub host_cmd: u32,
+    /// The last command the guest sent back, if any yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_cmd: Option<u32>,
 }
 
 /// Body of `PATCH /machine-config`: absent fields keep their current value.
@@ -227,6 +354,12 @@ pub enum ApiResponse {
     MachineConfig(MachineConfig),
     /// `200` with the full config (answer to `GetVmConfig`).
     VmConfig(VmConfig),
+    /// `200` with the balloon's configuration (answer to `GetBalloon`).
+    Balloon(BalloonConfig),
+    /// `200` with the balloon statistics (answer to `GetBalloonStatistics`).
+    BalloonStatistics(BalloonStats),
+    /// `200` with the hinting status (answer to `GetBalloonHintingStatus`).
+    BalloonHintingStatus(BalloonHintingStatus),
     /// The request was refused; sent as `{"fault_message": ...}`.
     Error(ApiError),
 }

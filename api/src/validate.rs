@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use crate::{ConfigError, RateLimiterConfig, TokenBucketConfig, VmConfig};
@@ -16,10 +17,25 @@ pub const MAX_VCPUS: u8 = 32;
 /// fit and the guest dies with an unhelpful panic.
 pub const MIN_MEM_MIB: u64 = 16;
 
-/// `boot_args` must be shorter than this many bytes: the kernel command line
-/// buffer is 4096 bytes including its NUL, and flint appends parameters of
-/// its own after a separating space.
-pub const MAX_BOOT_ARGS_LEN: usize = 4095;
+/// Longest `boot_args` in bytes. The x86 kernel keeps at most 2048 bytes of
+/// command line (`COMMAND_LINE_SIZE`, including its NUL) and silently cuts the
+/// rest, and flint appends words of its own: a `virtio_mmio.device=...` of at
+/// most 36 bytes per device ([`MAX_VIRTIO_DEVICES`] of them, 684 bytes),
+/// `root=/dev/vda ro` and the emulation quirks (under 300 bytes together).
+/// 1024 + 684 + 300 stays below 2047.
+pub const MAX_BOOT_ARGS_LEN: usize = 1024;
+
+/// Most virtio devices (drives, network interfaces, vsock, entropy, balloon)
+/// a VM may have: each needs its own interrupt line, and the IOAPIC pins
+/// left for devices are GSIs 5..=23 (`arch::layout::IRQ_DEVICES_START..=
+/// IRQ_DEVICES_END`; a test checks the two agree).
+pub const MAX_VIRTIO_DEVICES: usize = 19;
+
+/// Longest Unix socket path: `sun_path` is 108 bytes including the NUL.
+pub const MAX_UNIX_PATH_LEN: usize = 107;
+
+/// Least guest context id: 0, 1 and 2 are the hypervisor, local and host.
+pub const MIN_GUEST_CID: u32 = 3;
 
 /// Longest drive_id / iface_id: they appear in logs and API URLs, so keep them
 /// short.
@@ -49,7 +65,91 @@ impl VmConfig {
         self.validate_boot_source()?;
         self.validate_machine_config_with(host_mib)?;
         self.validate_drives()?;
-        self.validate_network()
+        self.validate_network()?;
+        self.validate_vsock()?;
+        self.validate_entropy()?;
+        self.validate_balloon()?;
+        self.validate_serial()
+    }
+
+    /// Checks that every virtio device gets an interrupt line (at most
+    /// [`MAX_VIRTIO_DEVICES`] devices), before anything is created. Part of
+    /// each device section's check, so the API refuses the device that
+    /// does not fit when it is PUT.
+    pub fn validate_device_count(&self) -> Result<(), ConfigError> {
+        let count = self.drives.len()
+            + self.network_interfaces.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.entropy.is_some())
+            + usize::from(self.balloon.is_some());
+        if count > MAX_VIRTIO_DEVICES {
+            let field = if self.drives.len() > self.network_interfaces.len() {
+                "drives"
+            } else {
+                "network-interfaces"
+            };
+            return Err(invalid(
+                field,
+                format!(
+                    "{count} virtio devices configured (drives, network interfaces, vsock, \
+                     entropy, balloon together); at most {MAX_VIRTIO_DEVICES} fit, one per \
+                     interrupt line"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the `vsock` section alone.
+    pub fn validate_vsock(&self) -> Result<(), ConfigError> {
+        let Some(vsock) = &self.vsock else {
+            return Ok(());
+        };
+        if vsock.guest_cid < MIN_GUEST_CID || vsock.guest_cid == u32::MAX {
+            return Err(invalid(
+                "vsock.guest_cid",
+                format!(
+                    "{} is reserved; use {MIN_GUEST_CID}..={}",
+                    vsock.guest_cid,
+                    u32::MAX - 1
+                ),
+            ));
+        }
+        check_socket_path("vsock.uds_path", &vsock.uds_path)?;
+        if let Some(id) = &vsock.vsock_id {
+            check_id("vsock.vsock_id", id)?;
+        }
+        self.validate_device_count()
+    }
+
+    /// Checks the `entropy` section alone.
+    pub fn validate_entropy(&self) -> Result<(), ConfigError> {
+        let Some(entropy) = &self.entropy else {
+            return Ok(());
+        };
+        check_rate_limiter("entropy.rate_limiter", &entropy.rate_limiter)?;
+        self.validate_device_count()
+    }
+
+    /// Checks the `balloon` section alone (against the machine's memory).
+    pub fn validate_balloon(&self) -> Result<(), ConfigError> {
+        let Some(balloon) = &self.balloon else {
+            return Ok(());
+        };
+        check_balloon_size(balloon.amount_mib, self.machine_config.mem_size_mib)?;
+        self.validate_device_count()
+    }
+
+    /// Checks the `serial` section alone.
+    pub fn validate_serial(&self) -> Result<(), ConfigError> {
+        let Some(path) = self
+            .serial
+            .as_ref()
+            .and_then(|s| s.serial_out_path.as_ref())
+        else {
+            return Ok(());
+        };
+        check_new_file_path("serial.serial_out_path", path)
     }
 
     /// Checks the `boot-source` section alone (the API validates each section
@@ -57,22 +157,28 @@ impl VmConfig {
     pub fn validate_boot_source(&self) -> Result<(), ConfigError> {
         let boot = &self.boot_source;
         check_file("boot-source.kernel_image_path", &boot.kernel_image_path)?;
+        check_kernel_magic("boot-source.kernel_image_path", &boot.kernel_image_path)?;
         if let Some(initrd) = &boot.initrd_path {
-            check_file("boot-source.initrd_path", initrd)?;
-        }
-        if let Some(args) = &boot.boot_args {
-            if args.as_bytes().contains(&0) {
-                return Err(invalid("boot-source.boot_args", "contains a NUL byte"));
+            let field = "boot-source.initrd_path";
+            check_file(field, initrd)?;
+            let size = std::fs::metadata(initrd).map(|m| m.len()).unwrap_or(0);
+            if size == 0 {
+                return Err(invalid(field, format!("{}: is empty", initrd.display())));
             }
-            if args.len() >= MAX_BOOT_ARGS_LEN {
+            let mem = self.machine_config.mem_size_mib.saturating_mul(1 << 20);
+            if size >= mem {
                 return Err(invalid(
-                    "boot-source.boot_args",
+                    field,
                     format!(
-                        "{} bytes long; must be shorter than {MAX_BOOT_ARGS_LEN}",
-                        args.len()
+                        "{}: {size} bytes do not fit in the guest's {} MiB of memory",
+                        initrd.display(),
+                        self.machine_config.mem_size_mib
                     ),
                 ));
             }
+        }
+        if let Some(args) = &boot.boot_args {
+            check_boot_args(args)?;
         }
         Ok(())
     }
@@ -93,7 +199,7 @@ impl VmConfig {
         check_mem(machine.mem_size_mib, host_mib)
     }
 
-    /// Checks the `drives` section alone.
+    /// Checks the `drives` section (and that its devices fit).
     pub fn validate_drives(&self) -> Result<(), ConfigError> {
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut root: Option<usize> = None;
@@ -118,10 +224,10 @@ impl VmConfig {
             }
             check_rate_limiter(&format!("{at}.rate_limiter"), &drive.rate_limiter)?;
         }
-        Ok(())
+        self.validate_device_count()
     }
 
-    /// Checks the `network-interfaces` section alone.
+    /// Checks the `network-interfaces` section (and that its devices fit).
     pub fn validate_network(&self) -> Result<(), ConfigError> {
         let mut ids: HashMap<&str, usize> = HashMap::new();
         let mut taps: HashMap<&str, usize> = HashMap::new();
@@ -169,7 +275,7 @@ impl VmConfig {
             check_rate_limiter(&format!("{at}.rx_rate_limiter"), &net.rx_rate_limiter)?;
             check_rate_limiter(&format!("{at}.tx_rate_limiter"), &net.tx_rate_limiter)?;
         }
-        Ok(())
+        self.validate_device_count()
     }
 }
 
@@ -190,6 +296,108 @@ fn check_file(field: &str, path: &Path) -> Result<(), ConfigError> {
         return Err(fail("not a regular file".to_owned()));
     }
     File::open(path).map_err(|e| fail(io_message(&e)))?;
+    Ok(())
+}
+
+/// The kernel must be an ELF (`vmlinux`) or a bzImage (`HdrS` at 0x202 of
+/// the setup header); anything else would fail deep in the loader, or load
+/// as garbage.
+fn check_kernel_magic(field: &str, path: &Path) -> Result<(), ConfigError> {
+    let fail = |message: String| invalid(field, format!("{}: {message}", path.display()));
+    let mut head = Vec::with_capacity(0x206);
+    File::open(path)
+        .and_then(|f| f.take(0x206).read_to_end(&mut head))
+        .map_err(|e| fail(io_message(&e)))?;
+    let elf = head.starts_with(b"\x7fELF");
+    let bzimage = head.get(0x202..0x206) == Some(b"HdrS".as_slice());
+    if !elf && !bzimage {
+        return Err(fail(
+            "not a kernel: neither an ELF vmlinux nor a bzImage".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Boot arguments must fit the kernel's command line with what flint adds,
+/// and be plain ASCII without NUL (the kernel parses bytes; a NUL would end
+/// the line early).
+fn check_boot_args(args: &str) -> Result<(), ConfigError> {
+    let field = "boot-source.boot_args";
+    if args.as_bytes().contains(&0) {
+        return Err(invalid(field, "contains a NUL byte"));
+    }
+    if let Some(c) = args.chars().find(|c| !c.is_ascii()) {
+        return Err(invalid(
+            field,
+            format!("contains {c:?}: only ASCII is allowed on the kernel command line"),
+        ));
+    }
+    if args.len() > MAX_BOOT_ARGS_LEN {
+        return Err(invalid(
+            field,
+            format!(
+                "{} bytes long; at most {MAX_BOOT_ARGS_LEN} allowed (the kernel keeps 2048 bytes \
+                 and flint appends its own words)",
+                args.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A balloon larger than the guest's memory can never be inflated.
+pub(crate) fn check_balloon_size(amount_mib: u32, mem_mib: u64) -> Result<(), ConfigError> {
+    if u64::from(amount_mib) > mem_mib {
+        return Err(invalid(
+            "balloon.amount_mib",
+            format!("{amount_mib} MiB is more than the guest's {mem_mib} MiB of memory"),
+        ));
+    }
+    Ok(())
+}
+
+/// A Unix socket flint will create: short enough for `sun_path`, in an
+/// existing directory.
+fn check_socket_path(field: &str, path: &Path) -> Result<(), ConfigError> {
+    let len = path.as_os_str().len();
+    if len > MAX_UNIX_PATH_LEN {
+        return Err(invalid(
+            field,
+            format!(
+                "{}: {len} bytes long; a Unix socket path may have at most {MAX_UNIX_PATH_LEN}",
+                path.display()
+            ),
+        ));
+    }
+    check_new_file_path(field, path)
+}
+
+/// A file flint will create or open for writing: a non-empty path whose
+/// directory exists.
+fn check_new_file_path(field: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if path.file_name().is_none() {
+        return Err(invalid(
+            field,
+            format!("{}: does not name a file", path.display()),
+        ));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(invalid(
+            field,
+            format!(
+                "{}: directory {} does not exist",
+                path.display(),
+                dir.display()
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -282,7 +490,12 @@ fn check_host_dev_name(field: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_rate_limiter(field: &str, limiter: &Option<RateLimiterConfig>) -> Result<(), ConfigError> {
+/// Checks a rate limiter's buckets (boot-time config and run-time updates
+/// alike), naming the field as `field.bandwidth.refill_time` etc.
+pub fn check_rate_limiter(
+    field: &str,
+    limiter: &Option<RateLimiterConfig>,
+) -> Result<(), ConfigError> {
     let Some(limiter) = limiter else {
         return Ok(());
     };
@@ -313,4 +526,30 @@ fn check_bucket(field: &str, bucket: &TokenBucketConfig) -> Result<(), ConfigErr
         ));
     }
     Ok(())
+}
+
+impl crate::DrivePatch {
+    /// Checks a run-time drive update as strictly as the boot-time config
+    /// (a patch reaches a running device, so it must not be laxer).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let at = format!("drives[{}]", self.drive_id);
+        check_id(&format!("{at}.drive_id"), &self.drive_id)?;
+        if let Some(path) = &self.path_on_host {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(format!("{at}.path_on_host"), "must not be empty"));
+            }
+        }
+        check_rate_limiter(&format!("{at}.rate_limiter"), &self.rate_limiter)
+    }
+}
+
+impl crate::NetPatch {
+    /// Checks a run-time interface update as strictly as the boot-time
+    /// config.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let at = format!("network-interfaces[{}]", self.iface_id);
+        check_id(&format!("{at}.iface_id"), &self.iface_id)?;
+        check_rate_limiter(&format!("{at}.rx_rate_limiter"), &self.rx_rate_limiter)?;
+        check_rate_limiter(&format!("{at}.tx_rate_limiter"), &self.tx_rate_limiter)
+    }
 }

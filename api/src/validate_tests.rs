@@ -10,9 +10,10 @@ use crate::*;
 /// A temp dir holding the files a config refers to.
 fn host_files() -> TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["vmlinux", "initramfs.cpio", "rootfs.ext4", "data.ext4"] {
+    for name in ["initramfs.cpio", "rootfs.ext4", "data.ext4"] {
         std::fs::write(dir.path().join(name), b"x").unwrap();
     }
+    std::fs::write(dir.path().join("vmlinux"), b"\x7fELF\x02\x01\x01").unwrap();
     dir
 }
 
@@ -149,6 +150,8 @@ fn vcpu_count_range() {
 fn memory_limits() {
     let dir = host_files();
     let mut c = good_config(dir.path());
+    // (An initrd is checked against the memory size first.)
+    c.boot_source.initrd_path = None;
     c.machine_config.mem_size_mib = 0;
     let (field, message) = field_of(c.validate());
     assert_eq!(field, "machine-config.mem_size_mib");
@@ -189,9 +192,9 @@ fn boot_args_limits() {
     assert_eq!(field, "boot-source.boot_args");
     assert!(message.contains("NUL"));
 
-    c.boot_source.boot_args = Some("x".repeat(MAX_BOOT_ARGS_LEN));
+    c.boot_source.boot_args = Some("x".repeat(MAX_BOOT_ARGS_LEN + 1));
     assert_eq!(field_of(c.validate()).0, "boot-source.boot_args");
-    c.boot_source.boot_args = Some("x".repeat(MAX_BOOT_ARGS_LEN - 1));
+    c.boot_source.boot_args = Some("x".repeat(MAX_BOOT_ARGS_LEN));
     c.validate_with_host_mem(None).unwrap();
 }
 
@@ -318,4 +321,142 @@ fn token_bucket_rules() {
         ops: Some(bucket(0, None, 0)),
     });
     c.validate_with_host_mem(None).unwrap();
+}
+
+#[test]
+fn kernel_must_be_elf_or_bzimage() {
+    let dir = host_files();
+    let mut c = good_config(dir.path());
+    c.boot_source.kernel_image_path = dir.path().join("rootfs.ext4");
+    let (field, message) = field_of(c.validate_with_host_mem(None));
+    assert_eq!(field, "boot-source.kernel_image_path");
+    assert!(message.contains("not a kernel"), "{message}");
+    // A bzImage carries "HdrS" at 0x202.
+    let mut bz = vec![0u8; 0x300];
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    std::fs::write(dir.path().join("bzImage"), &bz).unwrap();
+    c.boot_source.kernel_image_path = dir.path().join("bzImage");
+    c.validate_with_host_mem(None).unwrap();
+}
+
+#[test]
+fn initrd_must_be_non_empty_and_fit_in_memory() {
+    let dir = host_files();
+    let mut c = good_config(dir.path());
+    std::fs::write(dir.path().join("empty.cpio"), b"").unwrap();
+    c.boot_source.initrd_path = Some(dir.path().join("empty.cpio"));
+    let (field, message) = field_of(c.validate_with_host_mem(None));
+    assert_eq!(field, "boot-source.initrd_path");
+    assert!(message.contains("empty"), "{message}");
+
+    let big = std::fs::File::create(dir.path().join("big.cpio")).unwrap();
+    big.set_len(17 << 20).unwrap();
+    c.boot_source.initrd_path = Some(dir.path().join("big.cpio"));
+    c.machine_config.mem_size_mib = 16;
+    let (field, message) = field_of(c.validate_with_host_mem(None));
+    assert_eq!(field, "boot-source.initrd_path");
+    assert!(message.contains("do not fit"), "{message}");
+    c.machine_config.mem_size_mib = 64;
+    c.validate_with_host_mem(None).unwrap();
+}
+
+#[test]
+fn boot_args_must_be_ascii() {
+    let dir = host_files();
+    let mut c = good_config(dir.path());
+    c.boot_source.boot_args = Some("console=ttyS0 init=/sbin/ïnit".to_owned());
+    let (field, message) = field_of(c.validate_with_host_mem(None));
+    assert_eq!(field, "boot-source.boot_args");
+    assert!(message.contains("ASCII"), "{message}");
+}
+
+#[test]
+fn no_more_devices_than_interrupt_lines() {
+    let dir = host_files();
+    let mut c = good_config(dir.path());
+    // FULL has 1 drive, 1 interface, vsock, entropy and balloon: 5 devices.
+    for i in 0..MAX_VIRTIO_DEVICES - 5 {
+        add_drive(&mut c, dir.path(), &format!("d{i}"), false);
+    }
+    c.validate_with_host_mem(None).unwrap();
+    add_drive(&mut c, dir.path(), "one-too-many", false);
+    let (field, message) = field_of(c.validate_with_host_mem(None));
+    assert_eq!(field, "drives");
+    assert!(message.contains("at most 19"), "{message}");
+    // Each device section's own check (what the API runs on a PUT) sees it.
+    assert_eq!(field_of(c.validate_drives()).0, "drives");
+    assert_eq!(field_of(c.validate_network()).0, "drives");
+    assert_eq!(field_of(c.validate_vsock()).0, "drives");
+    assert_eq!(field_of(c.validate_entropy()).0, "drives");
+    assert_eq!(field_of(c.validate_balloon()).0, "drives");
+}
+
+#[test]
+fn device_limit_matches_the_interrupt_lines_of_the_layout() {
+    let gsis = arch::layout::IRQ_DEVICES_END - arch::layout::IRQ_DEVICES_START + 1;
+    assert_eq!(MAX_VIRTIO_DEVICES, gsis as usize);
+}
+
+#[test]
+fn new_device_sections_are_checked() {
+    let dir = host_files();
+    let mut c = good_config(dir.path());
+    c.vsock.as_mut().unwrap().guest_cid = 2;
+    assert_eq!(
+        field_of(c.validate_with_host_mem(None)).0,
+        "vsock.guest_cid"
+    );
+
+    let mut c = good_config(dir.path());
+    c.vsock.as_mut().unwrap().uds_path = dir.path().join("x".repeat(MAX_UNIX_PATH_LEN));
+    assert_eq!(field_of(c.validate_with_host_mem(None)).0, "vsock.uds_path");
+    c.vsock.as_mut().unwrap().uds_path = dir.path().join("no/such/dir/v.sock");
+    let (field, message) = field_of(c.validate_with_host_mem(None));
+    assert_eq!(field, "vsock.uds_path");
+    assert!(message.contains("does not exist"), "{message}");
+
+    let mut c = good_config(dir.path());
+    c.entropy.as_mut().unwrap().rate_limiter = Some(RateLimiterConfig {
+        bandwidth: Some(TokenBucketConfig {
+            size: 10,
+            one_time_burst: None,
+            refill_time: 0,
+        }),
+        ops: None,
+    });
+    let (field, _) = field_of(c.validate_with_host_mem(None));
+    assert_eq!(field, "entropy.rate_limiter.bandwidth.refill_time");
+
+    let mut c = good_config(dir.path());
+    c.balloon.as_mut().unwrap().amount_mib = 1 << 20;
+    assert_eq!(
+        field_of(c.validate_with_host_mem(None)).0,
+        "balloon.amount_mib"
+    );
+
+    let mut c = good_config(dir.path());
+    c.serial.as_mut().unwrap().serial_out_path = Some(dir.path().join("nope/serial.log"));
+    assert_eq!(
+        field_of(c.validate_with_host_mem(None)).0,
+        "serial.serial_out_path"
+    );
+}
+
+#[test]
+fn runtime_patches_are_checked_like_the_config() {
+    let patch: DrivePatch = serde_json::from_str(
+        r#"{"drive_id": "rootfs", "rate_limiter": {"ops": {"size": 10, "refill_time": 0}}}"#,
+    )
+    .unwrap();
+    let (field, _) = field_of(patch.validate());
+    assert_eq!(field, "drives[rootfs].rate_limiter.ops.refill_time");
+    let patch: NetPatch = serde_json::from_str(
+        r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 0, "one_time_burst": 1, "refill_time": 1}}}"#,
+    )
+    .unwrap();
+    let (field, _) = field_of(patch.validate());
+    assert_eq!(
+        field,
+        "network-interfaces[eth0].rx_rate_limiter.bandwidth.one_time_burst"
+    );
 }

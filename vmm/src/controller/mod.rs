@@ -115,6 +115,10 @@ struct PendingConfig {
     machine: MachineConfig,
     drives: Vec<api::DriveConfig>,
     nets: Vec<api::NetConfig>,
+    vsock: Option<api::VsockConfig>,
+    entropy: Option<api::EntropyConfig>,
+    balloon: Option<api::BalloonConfig>,
+    serial: Option<api::SerialConfig>,
 }
 
 impl PendingConfig {
@@ -124,6 +128,10 @@ impl PendingConfig {
             machine: config.machine_config,
             drives: config.drives,
             nets: config.network_interfaces,
+            vsock: config.vsock,
+            entropy: config.entropy,
+            balloon: config.balloon,
+            serial: config.serial,
         }
     }
 
@@ -139,6 +147,10 @@ impl PendingConfig {
             machine_config: self.machine.clone(),
             drives: self.drives.clone(),
             network_interfaces: self.nets.clone(),
+            vsock: self.vsock.clone(),
+            entropy: self.entropy.clone(),
+            balloon: self.balloon.clone(),
+            serial: self.serial.clone(),
         }
     }
 

@@ -27,7 +27,8 @@ impl Vmm {
             // Before PUT /boot-source the kernel path is empty.
             R::GetVmConfig => ApiResponse::VmConfig(self.pending.candidate()),
             R::PutMachineConfig(_) | R::PatchMachineConfig(_) | R::PutBootSource(_) | R::PutDrive(_)
-            | R::PutNetworkInterface(_)
+            | R::PutNetworkInterface(_) | R::PutVsock(_) | R::PutEntropy(_) | R::PutBalloon(_)
+            | R::PutSerial(_)
                 if started =>
             {
                 bad_request("the VM is already running: this can only be configured before InstanceStart")
@@ -71,6 +72,58 @@ impl Vmm {
                 },
                 VmConfig::validate_network,
             ),
+            // Pre-boot sections of devices the lead wires later: stored in
+            // the pending config (so GET /vm/config shows them) and checked
+            // like the config file's (including that the devices fit).
+            R::PutVsock(vsock) => {
+                self.update_section(|p| p.vsock = Some(vsock), VmConfig::validate_vsock)
+            }
+            R::PutEntropy(entropy) => {
+                self.update_section(|p| p.entropy = Some(entropy), VmConfig::validate_entropy)
+            }
+            R::PutSerial(serial) => self.update_section(|p| p.serial = Some(serial), VmConfig::validate_serial),
+            R::PutBalloon(balloon) => {
+                self.update_section(|p| p.balloon = Some(balloon), VmConfig::validate_balloon)
+            }
+            R::GetBalloon if !started => match &self.pending.balloon {
+                Some(balloon) => ApiResponse::Balloon(balloon.clone()),
+                None => bad_request("no balloon device is configured (PUT /balloon first)"),
+            },
+            R::PatchBalloon(update) if !started => {
+                if self.pending.balloon.is_none() {
+                    return bad_request("no balloon device is configured (PUT /balloon first)");
+                }
+                self.update_section(
+                    |p| {
+                        if let Some(b) = p.balloon.as_mut() {
+                            b.amount_mib = update.amount_mib;
+                        }
+                    },
+                    VmConfig::validate_balloon,
+                )
+            }
+            R::PatchBalloonStatistics(update) if !started => {
+                if self.pending.balloon.is_none() {
+                    return bad_request("no balloon device is configured (PUT /balloon first)");
+                }
+                self.update_section(
+                    |p| {
+                        if let Some(b) = p.balloon.as_mut() {
+                            b.stats_polling_interval_s = update.stats_polling_interval_s;
+                        }
+                    },
+                    VmConfig::validate_balloon,
+                )
+            }
+            // Run-time balloon requests: placeholders until the balloon
+            // device is wired.
+            R::GetBalloon | R::PatchBalloon(_) | R::PatchBalloonStatistics(_) => {
+                bad_request("the balloon device is not available yet")
+            }
+            R::GetBalloonStatistics => bad_request("balloon statistics are not available yet"),
+            R::StartBalloonHinting(_) | R::StopBalloonHinting | R::GetBalloonHintingStatus => {
+                bad_request("balloon free page hinting is not available yet")
+            }
             R::PatchDrive(patch) => {
                 let known = self.pending.drives.iter().any(|d| d.drive_id == patch.drive_id);
                 if let (Some(_), false) = (&self.vm, known) {
@@ -152,11 +205,12 @@ impl Vmm {
             R::Action(ActionType::SendCtrlAltDel) => {
                 bad_request("SendCtrlAltDel: this VM has no i8042 keyboard for the guest to read; use the guest's own reboot")
             }
-            R::Action(ActionType::FlushMetrics) => match self.metrics.as_ref().map(|m| m.has_path()) {
-                Some(true) => {
-                    self.flush_metrics();
-                    ApiResponse::Empty
-                }
+            R::Action(ActionType::FlushMetrics) => match self.metrics.as_mut() {
+                // A failed write is the answer, not a 204.
+                Some(sink) if sink.has_path() => match sink.write(self.vm.as_ref()) {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => bad_request(format!("FlushMetrics: {e}")),
+                },
                 _ => bad_request("no metrics file configured (PUT /metrics first)"),
             },
             R::PatchVm(state) => self.change_vm_state(state),

@@ -1,21 +1,29 @@
 //! Routing and body-parsing tests, and the JSON shapes of the API types.
 
-use crate::routes::{match_path, parse, Matched, Parsed, Route};
-use crate::*;
+use crate::routes::{match_path, parse, Matched, Parsed, ROUTES};
+use api::*;
 
 fn matched(path: &str) -> Matched {
     match_path(path).unwrap_or_else(|| panic!("{path} should route"))
 }
 
+fn try_parse(path: &str, method: &str, body: &str) -> Result<Parsed, ApiError> {
+    let m = matched(path);
+    let route = m
+        .route(method)
+        .unwrap_or_else(|| panic!("{method} {path} has no route"));
+    parse(&m, route, body.as_bytes())
+}
+
 fn parse_ok(path: &str, method: &str, body: &str) -> ApiRequest {
-    match parse(&matched(path), method, body.as_bytes()) {
+    match try_parse(path, method, body) {
         Ok(Parsed::Vmm(request)) => request,
         other => panic!("{method} {path} {body}: {other:?}"),
     }
 }
 
 fn parse_err(path: &str, method: &str, body: &str) -> ApiError {
-    match parse(&matched(path), method, body.as_bytes()) {
+    match try_parse(path, method, body) {
         Err(e) => e,
         other => panic!("{method} {path} {body}: expected an error, got {other:?}"),
     }
@@ -23,12 +31,18 @@ fn parse_err(path: &str, method: &str, body: &str) -> ApiError {
 
 #[test]
 fn paths_route_to_templates() {
-    assert_eq!(matched("/").route, Route::Root);
-    assert_eq!(matched("/vm").route, Route::Vm);
-    assert_eq!(matched("/vm/config").route, Route::VmConfig);
+    assert_eq!(matched("/").path, "/");
+    assert_eq!(matched("/vm").path, "/vm");
+    assert_eq!(matched("/vm/config").path, "/vm/config");
+    assert_eq!(
+        matched("/balloon/hinting/status").path,
+        "/balloon/hinting/status"
+    );
     let drive = matched("/drives/root%2Dfs");
-    assert_eq!(drive.route, Route::Drive);
+    assert_eq!(drive.path, "/drives/{drive_id}");
     assert_eq!(drive.param.as_deref(), Some("root-fs"));
+    assert_eq!(drive.methods(), ["PUT", "PATCH"]);
+    assert_eq!(matched("/balloon").methods(), ["PUT", "GET", "PATCH"]);
     for unknown in [
         "",
         "//",
@@ -38,21 +52,125 @@ fn paths_route_to_templates() {
         "/drives/a/b",
         "/nope",
         "/drives/%zz",
+        "/balloon/hinting",
     ] {
         assert_eq!(match_path(unknown), None, "{unknown}");
     }
 }
 
 #[test]
-fn every_route_template_routes_to_itself() {
-    for route in Route::ALL {
+fn every_route_is_declared_once_and_routes_to_itself() {
+    for (i, route) in ROUTES.iter().enumerate() {
         let path = route
-            .template()
+            .path
             .replace("{drive_id}", "d")
             .replace("{iface_id}", "i");
-        assert_eq!(matched(&path).route, route);
-        assert!(!route.methods().is_empty());
+        let m = matched(&path);
+        assert_eq!(m.path, route.path);
+        let found = m.route(route.method).expect("route");
+        assert_eq!((found.path, found.method), (route.path, route.method));
+        assert!(
+            ROUTES[..i]
+                .iter()
+                .all(|r| (r.path, r.method) != (route.path, route.method)),
+            "{route:?} declared twice"
+        );
     }
+}
+
+#[test]
+fn new_device_endpoints_parse() {
+    assert_eq!(
+        parse_ok(
+            "/vsock",
+            "PUT",
+            r#"{"guest_cid": 3, "uds_path": "/v.sock"}"#
+        ),
+        ApiRequest::PutVsock(VsockConfig {
+            guest_cid: 3,
+            uds_path: "/v.sock".into(),
+            vsock_id: None,
+        })
+    );
+    assert_eq!(
+        parse_ok("/entropy", "PUT", "{}"),
+        ApiRequest::PutEntropy(EntropyConfig::default())
+    );
+    assert_eq!(
+        parse_ok("/serial", "PUT", r#"{"serial_out_path": "/s"}"#),
+        ApiRequest::PutSerial(SerialConfig {
+            serial_out_path: Some("/s".into())
+        })
+    );
+    let ApiRequest::PutBalloon(balloon) = parse_ok(
+        "/balloon",
+        "PUT",
+        r#"{"amount_mib": 64, "deflate_on_oom": true}"#,
+    ) else {
+        panic!("not a PutBalloon")
+    };
+    assert_eq!(balloon.stats_polling_interval_s, 0);
+    assert!(!balloon.free_page_hinting && !balloon.free_page_reporting);
+    let e = parse_err("/balloon", "PUT", r#"{"amount_mib": 64}"#);
+    assert!(e.fault_message.contains("deflate_on_oom"), "{e}");
+    assert_eq!(parse_ok("/balloon", "GET", ""), ApiRequest::GetBalloon);
+    assert_eq!(
+        parse_ok("/balloon", "PATCH", r#"{"amount_mib": 1}"#),
+        ApiRequest::PatchBalloon(BalloonUpdate { amount_mib: 1 })
+    );
+    assert_eq!(
+        parse_ok(
+            "/balloon/statistics",
+            "PATCH",
+            r#"{"stats_polling_interval_s": 5}"#
+        ),
+        ApiRequest::PatchBalloonStatistics(BalloonStatsUpdate {
+            stats_polling_interval_s: 5
+        })
+    );
+    // The hinting start body is optional, as in Firecracker.
+    assert_eq!(
+        parse_ok("/balloon/hinting/start", "PATCH", ""),
+        ApiRequest::StartBalloonHinting(BalloonHintingStart::default())
+    );
+    assert_eq!(
+        parse_ok(
+            "/balloon/hinting/start",
+            "PATCH",
+            r#"{"acknowledge_on_stop": true}"#
+        ),
+        ApiRequest::StartBalloonHinting(BalloonHintingStart {
+            acknowledge_on_stop: true
+        })
+    );
+    assert_eq!(
+        parse_ok("/balloon/hinting/stop", "PATCH", ""),
+        ApiRequest::StopBalloonHinting
+    );
+}
+
+#[test]
+fn runtime_patches_are_validated_like_the_config() {
+    let e = parse_err(
+        "/drives/rootfs",
+        "PATCH",
+        r#"{"drive_id": "rootfs", "rate_limiter": {"bandwidth": {"size": 100, "refill_time": 0}}}"#,
+    );
+    assert_eq!(e.status, 400);
+    assert!(
+        e.fault_message
+            .contains("drives[rootfs].rate_limiter.bandwidth.refill_time"),
+        "{e}"
+    );
+    let e = parse_err(
+        "/network-interfaces/eth0",
+        "PATCH",
+        r#"{"iface_id": "eth0", "tx_rate_limiter": {"ops": {"size": 1, "refill_time": 0}}}"#,
+    );
+    assert!(
+        e.fault_message.contains("tx_rate_limiter.ops.refill_time"),
+        "{e}"
+    );
 }
 
 #[test]

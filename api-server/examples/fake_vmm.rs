@@ -2,7 +2,7 @@
 //! `scripts/api-fuzz` and the spec can be tried without KVM:
 //!
 //! ```text
-//! cargo run -p api --example fake_vmm -- run --api-sock /tmp/flint.sock
+//! cargo run -p api-server --example fake_vmm -- run --api-sock /tmp/flint.sock
 //! ```
 //!
 //! Takes the same `run --api-sock PATH` arguments as `flint` (others are
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let server = match api::spawn_api_server(&socket, tx, wake.0) {
+    let server = match api_server::spawn_api_server(&socket, tx, wake.0) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("fake_vmm: {e}");

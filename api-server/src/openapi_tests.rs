@@ -5,15 +5,36 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::routes::{match_path, parse, Route};
-use crate::*;
+use crate::routes::{match_path, parse, BodySpec, RouteSpec, ROUTES};
+use api::*;
 
 const METHODS: [&str; 8] = [
     "get", "put", "patch", "post", "delete", "head", "options", "trace",
 ];
 
+/// A config with every section and optional field set.
+const FULL: &str = r#"{
+  "boot-source": { "kernel_image_path": "vmlinux", "initrd_path": "initramfs.cpio",
+                   "boot_args": "console=ttyS0 reboot=k panic=-1" },
+  "machine-config": { "vcpu_count": 2, "mem_size_mib": 256, "cpu_template": "T2",
+                      "emulation_quirks": "on" },
+  "drives": [ { "drive_id": "rootfs", "path_on_host": "rootfs.ext4", "is_root_device": true,
+                "is_read_only": false,
+                "rate_limiter": { "bandwidth": {"size": 1048576, "one_time_burst": 0, "refill_time": 100},
+                                  "ops": {"size": 100, "refill_time": 1000} } } ],
+  "network-interfaces": [ { "iface_id": "eth0", "host_dev_name": "tap0",
+                "guest_mac": "06:00:AC:10:00:02",
+                "rx_rate_limiter": { "ops": {"size": 10, "refill_time": 10} },
+                "tx_rate_limiter": { "bandwidth": {"size": 10, "refill_time": 10} } } ],
+  "vsock": { "guest_cid": 3, "uds_path": "vsock.sock", "vsock_id": "v" },
+  "entropy": { "rate_limiter": { "bandwidth": {"size": 1000, "refill_time": 100} } },
+  "balloon": { "amount_mib": 8, "deflate_on_oom": true, "stats_polling_interval_s": 1,
+               "free_page_hinting": true, "free_page_reporting": false },
+  "serial": { "serial_out_path": "serial.log" }
+}"#;
+
 fn spec() -> Value {
-    let text = include_str!("../openapi.yaml");
+    let text = include_str!("../../api/openapi.yaml");
     serde_norway::from_str(text).expect("openapi.yaml parses")
 }
 
@@ -143,30 +164,60 @@ fn example(spec: &Value, schema: &Value, fill: Fill, name: &str) -> Value {
     }
 }
 
-/// (path, method, request body schema) of every operation.
-fn operations(spec: &Value) -> Vec<(String, String, Option<Value>)> {
+/// An operation of the spec: path, method, the request body's schema and
+/// whether the body is required.
+struct Operation {
+    path: String,
+    method: String,
+    body: Option<(Value, bool)>,
+}
+
+fn operations(spec: &Value) -> Vec<Operation> {
     let mut out = Vec::new();
     for (path, item) in spec["paths"].as_object().expect("paths") {
         for method in METHODS {
             if let Some(op) = item.get(method) {
                 let body = op
                     .pointer("/requestBody/content/application~1json/schema")
-                    .cloned();
-                out.push((path.clone(), method.to_uppercase(), body));
+                    .cloned()
+                    .map(|schema| {
+                        let required = op["requestBody"]["required"] != json!(false);
+                        (schema, required)
+                    });
+                out.push(Operation {
+                    path: path.clone(),
+                    method: method.to_uppercase(),
+                    body,
+                });
             }
         }
     }
     out
 }
 
-fn try_parse(template: &str, method: &str, body: &Value) -> Result<(), String> {
+/// The table's entry for a spec operation.
+fn route_of(op: &Operation) -> &'static RouteSpec {
+    ROUTES
+        .iter()
+        .find(|r| r.path == op.path && r.method == op.method)
+        .unwrap_or_else(|| panic!("{} {} is not in ROUTES", op.method, op.path))
+}
+
+fn try_parse(template: &str, method: &str, body: &[u8]) -> Result<(), String> {
     let path = template
         .replace("{drive_id}", "d")
         .replace("{iface_id}", "d");
     let matched = match_path(&path).ok_or(format!("{path} does not route"))?;
-    parse(&matched, method, body.to_string().as_bytes())
+    let route = matched
+        .route(method)
+        .ok_or(format!("{method} {path}: no route"))?;
+    parse(&matched, route, body)
         .map(drop)
         .map_err(|e| e.fault_message)
+}
+
+fn try_parse_json(template: &str, method: &str, body: &Value) -> Result<(), String> {
+    try_parse(template, method, body.to_string().as_bytes())
 }
 
 #[test]
@@ -174,15 +225,11 @@ fn spec_lists_exactly_the_routers_routes_and_methods() {
     let spec = spec();
     let mut in_spec: Vec<(String, String)> = operations(&spec)
         .into_iter()
-        .map(|(p, m, _)| (p, m))
+        .map(|op| (op.path, op.method))
         .collect();
-    let mut in_router: Vec<(String, String)> = Route::ALL
+    let mut in_router: Vec<(String, String)> = ROUTES
         .iter()
-        .flat_map(|r| {
-            r.methods()
-                .iter()
-                .map(|m| (r.template().to_owned(), m.to_string()))
-        })
+        .map(|r| (r.path.to_owned(), r.method.to_owned()))
         .collect();
     in_spec.sort();
     in_router.sort();
@@ -190,33 +237,68 @@ fn spec_lists_exactly_the_routers_routes_and_methods() {
 }
 
 #[test]
+fn request_bodies_are_the_tables_schemas() {
+    let spec = spec();
+    for op in operations(&spec) {
+        let at = format!("{} {}", op.method, op.path);
+        let in_spec = op.body.as_ref().map(|(schema, required)| {
+            let name = schema["$ref"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                .unwrap_or_else(|| panic!("{at}: body schema is not a $ref"));
+            (name.to_owned(), *required)
+        });
+        let route = route_of(&op);
+        let in_table = match route.body {
+            BodySpec::None => None,
+            BodySpec::Required(name) => Some((name.to_owned(), true)),
+            BodySpec::Optional(name) => Some((name.to_owned(), false)),
+        };
+        assert_eq!(in_spec, in_table, "{at}");
+        // The schema's properties are exactly the body type's fields.
+        let mut in_type: Vec<&str> = (route.body_fields)().to_vec();
+        let mut in_schema: Vec<&str> = match &op.body {
+            Some((schema, _)) => resolve(&spec, schema)["properties"]
+                .as_object()
+                .map(|p| p.keys().map(String::as_str).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        in_type.sort_unstable();
+        in_schema.sort_unstable();
+        assert_eq!(
+            in_schema, in_type,
+            "{at}: schema properties vs body type fields"
+        );
+    }
+}
+
+#[test]
 fn request_schemas_match_what_serde_accepts() {
     let spec = spec();
-    for (path, method, schema) in operations(&spec) {
-        assert_eq!(
-            schema.is_some(),
-            routes::needs_body(&method),
-            "{method} {path}"
-        );
-        let Some(schema) = schema else { continue };
+    for op in operations(&spec) {
+        let Some((schema, required)) = op.body else {
+            continue;
+        };
+        let (path, method) = (op.path.as_str(), op.method.as_str());
         let at = format!("{method} {path}");
         for variant in 0..6 {
             for nulls in [false, true] {
                 let body = example(&spec, &schema, Fill::All { variant, nulls }, "");
-                try_parse(&path, &method, &body)
+                try_parse_json(path, method, &body)
                     .map_err(|e| format!("{at} {body}: {e}"))
                     .unwrap();
             }
         }
         let minimal = example(&spec, &schema, Fill::Required, "");
-        try_parse(&path, &method, &minimal)
+        try_parse_json(path, method, &minimal)
             .map_err(|e| format!("{at} {minimal}: {e}"))
             .unwrap();
         for key in minimal.as_object().expect("object body").keys() {
             let mut without = minimal.clone();
             without.as_object_mut().map(|o| o.remove(key));
             assert!(
-                try_parse(&path, &method, &without).is_err(),
+                try_parse_json(path, method, &without).is_err(),
                 "{at}: {key} is optional"
             );
         }
@@ -225,8 +307,14 @@ fn request_schemas_match_what_serde_accepts() {
             .as_object_mut()
             .map(|o| o.insert("no_such_field".into(), json!(1)));
         assert!(
-            try_parse(&path, &method, &extra).is_err(),
+            try_parse_json(path, method, &extra).is_err(),
             "{at}: unknown field accepted"
+        );
+        assert_eq!(
+            try_parse(path, method, b"").is_ok(),
+            !required,
+            "{at}: a missing body is {}accepted",
+            if required { "" } else { "not " }
         );
     }
 }
@@ -263,7 +351,7 @@ fn response_schemas_accept_what_the_server_sends() {
         flint_version: "0.1.0".into(),
     };
     check("/version", "200", serde_json::to_value(version).unwrap());
-    let full = VmConfig::from_json(crate::config_tests::FULL).unwrap();
+    let full = VmConfig::from_json(FULL).unwrap();
     check(
         "/machine-config",
         "200",
@@ -273,6 +361,37 @@ fn response_schemas_accept_what_the_server_sends() {
     let minimal = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "/k"}}"#).unwrap();
     check("/vm/config", "200", serde_json::to_value(&minimal).unwrap());
     check("/", "503", json!({"fault_message": "busy"}));
+    let balloon = BalloonConfig {
+        amount_mib: 64,
+        deflate_on_oom: true,
+        stats_polling_interval_s: 1,
+        free_page_hinting: false,
+        free_page_reporting: true,
+    };
+    check("/balloon", "200", serde_json::to_value(&balloon).unwrap());
+    let stats = BalloonStats {
+        target_pages: 1,
+        actual_pages: 2,
+        target_mib: 3,
+        actual_mib: 4,
+        free_memory: Some(5),
+        oom_kill: Some(0),
+        ..Default::default()
+    };
+    check(
+        "/balloon/statistics",
+        "200",
+        serde_json::to_value(stats).unwrap(),
+    );
+    let hinting = BalloonHintingStatus {
+        host_cmd: 2,
+        guest_cmd: Some(1),
+    };
+    check(
+        "/balloon/hinting/status",
+        "200",
+        serde_json::to_value(hinting).unwrap(),
+    );
     let bad = validate(
         &spec,
         &response_schema(&spec, "/", "get", "400"),
@@ -285,7 +404,7 @@ fn response_schemas_accept_what_the_server_sends() {
 #[test]
 fn every_error_response_uses_the_error_schema() {
     let spec = spec();
-    for (path, method, body) in operations(&spec) {
+    for Operation { path, method, body } in operations(&spec) {
         let op = &spec["paths"][&path][method.to_lowercase()];
         let codes: Vec<&String> = op["responses"]
             .as_object()

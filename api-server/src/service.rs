@@ -18,10 +18,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::UnixStream;
 
-use crate::request::FIRECRACKER_API_VERSION;
-use crate::request::{ApiError, ApiMessage, ApiRequest, ApiResponse, VersionInfo};
-use crate::routes::{self, Parsed};
+use crate::routes::{self, BodySpec, Parsed};
 use crate::server::Shared;
+use api::FIRECRACKER_API_VERSION;
+use api::{ApiError, ApiMessage, ApiRequest, ApiResponse, VersionInfo};
 
 /// What every answer is: a small, fully buffered body.
 type Answer = Response<Full<Bytes>>;
@@ -29,11 +29,11 @@ type Answer = Response<Full<Bytes>>;
 /// Serves HTTP/1.1 (keep-alive) on one accepted connection until the client
 /// closes it or a timeout does. hyper's header timer also runs while a
 /// keep-alive connection is idle, so idle connections are closed too.
-pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
+pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>, id: u64) {
     let header_timeout = shared.options.header_timeout;
     let service = service_fn(move |req| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(req, &shared).await) }
+        async move { Ok::<_, Infallible>(handle(req, &shared, id).await) }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -52,22 +52,21 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
 }
 
 /// Answers one request and counts it.
-async fn handle(req: Request<Incoming>, shared: &Shared) -> Answer {
+async fn handle(req: Request<Incoming>, shared: &Shared, id: u64) -> Answer {
     let method = req.method().as_str().to_owned();
-    let answer = answer(req, shared).await;
+    let answer = answer(req, shared, id).await;
     shared.metrics.record(&method, answer.status().as_u16());
     answer
 }
 
-async fn answer(req: Request<Incoming>, shared: &Shared) -> Answer {
+async fn answer(req: Request<Incoming>, shared: &Shared, id: u64) -> Answer {
     let path = req.uri().path().to_owned();
     let Some(matched) = routes::match_path(&path) else {
         return error(ApiError::not_found(format!("no such path: {path}")));
     };
     let method = req.method().as_str().to_owned();
-    let allowed = matched.route.methods();
-    if !allowed.contains(&method.as_str()) {
-        let allow = allowed.join(", ");
+    let Some(route) = matched.route(&method) else {
+        let allow = matched.methods().join(", ");
         let mut answer = error(ApiError::new(
             405,
             format!("method {method} not allowed on {path}; allowed: {allow}"),
@@ -76,8 +75,10 @@ async fn answer(req: Request<Incoming>, shared: &Shared) -> Answer {
             answer.headers_mut().insert(ALLOW, value);
         }
         return answer;
-    }
-    let body = if routes::needs_body(&method) {
+    };
+    let body = if route.body == BodySpec::None {
+        Bytes::new()
+    } else {
         match read_body(req.into_body(), shared).await {
             Ok(body) => body,
             Err(mut answer) => {
@@ -89,10 +90,8 @@ async fn answer(req: Request<Incoming>, shared: &Shared) -> Answer {
                 return answer;
             }
         }
-    } else {
-        Bytes::new()
     };
-    match routes::parse(&matched, &method, &body) {
+    match routes::parse(&matched, route, &body) {
         Err(e) => error(e),
         Ok(Parsed::Version) => json(
             StatusCode::OK,
@@ -101,7 +100,14 @@ async fn answer(req: Request<Incoming>, shared: &Shared) -> Answer {
                 flint_version: env!("CARGO_PKG_VERSION").to_owned(),
             },
         ),
-        Ok(Parsed::Vmm(request)) => from_vmm(ask_vmm(request, shared).await),
+        Ok(Parsed::Vmm(request)) => {
+            // While it waits for the VMM the connection is not displaced by
+            // new clients: its client wants the answer.
+            shared.connections().set_busy(id, true);
+            let response = ask_vmm(request, shared).await;
+            shared.connections().set_busy(id, false);
+            from_vmm(response)
+        }
     }
 }
 
@@ -159,7 +165,9 @@ async fn ask_vmm(request: ApiRequest, shared: &Shared) -> ApiResponse {
     }
 }
 
-/// Turns the VMM's answer into HTTP.
+/// Turns the VMM's answer into HTTP: `Empty` is 204, `Error` its status
+/// with a `fault_message`, and any other variant 200 with the value it
+/// carries as the body, so a new answer type needs no code here.
 fn from_vmm(response: ApiResponse) -> Answer {
     match response {
         ApiResponse::Empty => {
@@ -167,10 +175,21 @@ fn from_vmm(response: ApiResponse) -> Answer {
             *answer.status_mut() = StatusCode::NO_CONTENT;
             answer
         }
-        ApiResponse::InstanceInfo(info) => json(StatusCode::OK, &info),
-        ApiResponse::MachineConfig(config) => json(StatusCode::OK, &config),
-        ApiResponse::VmConfig(config) => json(StatusCode::OK, &config),
         ApiResponse::Error(e) => error(e),
+        other => match serde_json::to_value(other) {
+            // Serde writes a newtype variant as {"Variant": value}.
+            Ok(serde_json::Value::Object(tagged)) if tagged.len() == 1 => {
+                match tagged.into_iter().next() {
+                    Some((_, value)) => json(StatusCode::OK, &value),
+                    None => error(ApiError::new(500, "empty answer from the VMM")),
+                }
+            }
+            Ok(other) => error(ApiError::new(
+                500,
+                format!("the VMM answered with an unexpected shape: {other}"),
+            )),
+            Err(e) => error(ApiError::new(500, format!("cannot encode the answer: {e}"))),
+        },
     }
 }
 

@@ -243,3 +243,58 @@ fn unknown_paths_get_404_and_wrong_methods_405_with_allow() {
     let m = t.fault("PUT", "/", Some("{}"), 405);
     assert!(m.contains("allowed: GET"), "{m}");
 }
+
+#[test]
+fn device_sections_round_trip_into_the_vm_config() {
+    let t = TestServer::start();
+    let vsock = r#"{"guest_cid": 3, "uds_path": "/tmp/v.sock"}"#;
+    assert_eq!(t.call("PUT", "/vsock", Some(vsock)).0, 204);
+    let entropy = r#"{"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}"#;
+    assert_eq!(t.call("PUT", "/entropy", Some(entropy)).0, 204);
+    assert_eq!(
+        t.call("PUT", "/serial", Some(r#"{"serial_out_path": "/tmp/s"}"#))
+            .0,
+        204
+    );
+    let balloon = r#"{"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1}"#;
+    assert_eq!(t.call("PUT", "/balloon", Some(balloon)).0, 204);
+    assert_eq!(
+        t.call("PATCH", "/balloon", Some(r#"{"amount_mib": 32}"#)).0,
+        204
+    );
+    let stats = r#"{"stats_polling_interval_s": 5}"#;
+    assert_eq!(t.call("PATCH", "/balloon/statistics", Some(stats)).0, 204);
+    let (status, got) = t.call("GET", "/balloon", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        got,
+        json!({"amount_mib": 32, "deflate_on_oom": true, "stats_polling_interval_s": 5,
+               "free_page_hinting": false, "free_page_reporting": false})
+    );
+    let (status, vm) = t.call("GET", "/vm/config", None);
+    assert_eq!(status, 200);
+    assert_eq!(vm["vsock"]["guest_cid"], 3);
+    assert_eq!(vm["entropy"]["rate_limiter"]["bandwidth"]["size"], 1000);
+    assert_eq!(vm["serial"]["serial_out_path"], "/tmp/s");
+    assert_eq!(vm["balloon"]["amount_mib"], 32);
+    // The optional hinting body: none, or {"acknowledge_on_stop": ...}.
+    t.call("PATCH", "/balloon/hinting/start", None);
+    t.call(
+        "PATCH",
+        "/balloon/hinting/start",
+        Some(r#"{"acknowledge_on_stop": true}"#),
+    );
+    let requests = t.requests();
+    assert!(
+        requests.contains(&ApiRequest::StartBalloonHinting(api::BalloonHintingStart {
+            acknowledge_on_stop: false
+        }))
+    );
+    assert!(
+        requests.contains(&ApiRequest::StartBalloonHinting(api::BalloonHintingStart {
+            acknowledge_on_stop: true
+        }))
+    );
+    let m = t.fault("PUT", "/vsock", Some(r#"{"guest_cid": 3}"#), 400);
+    assert!(m.contains("uds_path"), "{m}");
+}

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use api::{ApiRequest, ApiServerHandle, ServerOptions};
+use api::ApiRequest;
+use api_server::{ApiServerHandle, ServerOptions};
 use serde_json::Value;
 
 pub use fake_vmm::FakeVmm;
@@ -42,7 +43,8 @@ impl TestServer {
         let socket = dir.path().join("api.sock");
         let (tx, rx) = mpsc::channel();
         let (vmm, wake) = FakeVmm::start(rx, vmm_delay);
-        let server = api::spawn_api_server_with(&socket, tx, wake, options).expect("server starts");
+        let server =
+            api_server::spawn_api_server_with(&socket, tx, wake, options).expect("server starts");
         TestServer {
             socket,
             server: Some(server),
@@ -54,7 +56,7 @@ impl TestServer {
     /// Sends a request; returns the status and the body parsed as JSON
     /// (`Null` for an empty body).
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let (status, text) = api::client::request(&self.socket, method, path, body)
+        let (status, text) = api_server::client::request(&self.socket, method, path, body)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let json = if text.is_empty() {
             Value::Null

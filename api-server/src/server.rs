@@ -2,22 +2,24 @@
 //! the `flint_api` thread with its tokio runtime. The per-connection HTTP
 //! work is in `service.rs`.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use std::time::Instant;
 
 use tokio::net::UnixListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Notify};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::metrics::{ApiMetrics, ApiMetricsSnapshot};
-use crate::request::ApiMessage;
 use crate::service::serve_connection;
+use api::ApiMessage;
 
 /// Limits of the server; the defaults suit production, tests shorten the
 /// timeouts.
@@ -33,9 +35,12 @@ pub struct ServerOptions {
     pub reply_timeout: Duration,
     /// Largest accepted request body in bytes (413 beyond).
     pub max_body: usize,
-    /// Most connections served at once; more wait in the socket's backlog.
-    /// Bounds the file descriptors and threads the API can take from the VMM
-    /// process.
+    /// Most connections open at once. Bounds the file descriptors and
+    /// threads the API can take from the VMM process. A client beyond it
+    /// displaces the connection idle the longest (one not waiting for the
+    /// VMM: idle keep-alive, or still sending its request), so slow or idle
+    /// clients cannot keep a new one waiting; if every connection is waiting
+    /// for the VMM, the new one gets an immediate 503.
     pub max_connections: usize,
     /// Run first on the API thread, before it serves anything (flint installs
     /// the API thread's seccomp filter here). An error stops the server from
@@ -91,6 +96,83 @@ pub(crate) struct Shared {
     pub wake_vmm: EventFd,
     pub metrics: Arc<ApiMetrics>,
     pub options: ServerOptions,
+    pub connections: Mutex<Connections>,
+}
+
+/// The open connections, so a new client can displace the one idle the
+/// longest when all `max_connections` slots are taken.
+#[derive(Default)]
+pub(crate) struct Connections {
+    next_id: u64,
+    open: HashMap<u64, Connection>,
+}
+
+struct Connection {
+    /// Since when the connection has not been waiting for the VMM; `None`
+    /// while it is (it must not be dropped: its client wants the answer).
+    idle_since: Option<Instant>,
+    /// Notified to close the connection.
+    close: Arc<Notify>,
+}
+
+impl Connections {
+    /// Registers a new connection, first closing the one idle the longest
+    /// if `max` are open. `None` if all `max` are waiting for the VMM.
+    fn admit(&mut self, max: usize) -> Option<(u64, Arc<Notify>)> {
+        if self.open.len() >= max {
+            let oldest = self
+                .open
+                .iter()
+                .filter_map(|(id, c)| c.idle_since.map(|since| (since, *id)))
+                .min()
+                .map(|(_, id)| id)?;
+            if let Some(evicted) = self.open.remove(&oldest) {
+                evicted.close.notify_one();
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let close = Arc::new(Notify::new());
+        self.open.insert(
+            id,
+            Connection {
+                idle_since: Some(Instant::now()),
+                close: Arc::clone(&close),
+            },
+        );
+        Some((id, close))
+    }
+
+    /// Marks a connection as waiting for the VMM (`busy`) or not.
+    pub(crate) fn set_busy(&mut self, id: u64, busy: bool) {
+        if let Some(c) = self.open.get_mut(&id) {
+            c.idle_since = if busy { None } else { Some(Instant::now()) };
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.open.remove(&id);
+    }
+}
+
+impl Shared {
+    /// The connection registry (never poisoned in practice: nothing panics
+    /// while holding it; if it were, its data is still consistent).
+    pub(crate) fn connections(&self) -> MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A connection's place in [`Connections`]; leaving it frees the slot.
+pub(crate) struct Slot {
+    pub id: u64,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.connections().remove(self.id);
+    }
 }
 
 /// A running API server. Dropping it (or [`ApiServerHandle::shutdown`])
@@ -208,6 +290,7 @@ pub fn spawn_api_server_with(
         wake_vmm,
         metrics: Arc::clone(&handle.metrics),
         options,
+        connections: Mutex::new(Connections::default()),
     });
     let (stop, stopped) = oneshot::channel();
     let thread_init = shared.options.thread_init;
@@ -252,24 +335,33 @@ async fn accept_loop(
             return;
         }
     };
-    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
-        // Wait for a free slot before accepting, so excess clients queue in
-        // the kernel's backlog instead of holding file descriptors here.
-        let slot = tokio::select! {
-            _ = &mut stopped => return,
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
-        };
         tokio::select! {
             _ = &mut stopped => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let admitted = shared.connections().admit(max_connections);
+                    let Some((id, close)) = admitted else {
+                        // Every connection waits for the VMM: say so at once
+                        // rather than leave the client hanging. The socket's
+                        // buffer is empty, so this write does not block.
+                        shared.metrics.record_refused();
+                        let _ = stream.try_write(BUSY);
+                        continue;
+                    };
+                    let slot = Slot {
+                        id,
+                        shared: Arc::clone(&shared),
+                    };
                     let shared = Arc::clone(&shared);
                     tokio::spawn(async move {
-                        serve_connection(stream, shared).await;
+                        tokio::select! {
+                            _ = serve_connection(stream, Arc::clone(&shared), id) => {}
+                            _ = close.notified() => {
+                                shared.metrics.record_evicted();
+                                log::debug!("API: closed an idle connection for a new client");
+                            }
+                        }
                         drop(slot);
                     });
                 }
@@ -282,6 +374,12 @@ async fn accept_loop(
         }
     }
 }
+
+/// The answer to a client beyond `max_connections` when none can be
+/// displaced.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Content-Length: 72\r\nConnection: close\r\n\r\n\
+{\"fault_message\": \"too many API connections waiting for the VMM; retry\"}";
 
 /// Clears the way for binding: a socket nobody listens on is removed, a live
 /// one or a non-socket is an error, a missing path is fine.

@@ -16,6 +16,8 @@ pub struct ApiMetrics {
     patch: AtomicU64,
     other_method: AtomicU64,
     vmm_timeouts: AtomicU64,
+    evicted: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// A copy of the counters at one moment, for the metrics file.
@@ -35,6 +37,10 @@ pub struct ApiMetricsSnapshot {
     pub other_method: u64,
     /// Requests the VMM did not answer in time (503).
     pub vmm_timeouts: u64,
+    /// Idle connections closed to make room for a new client.
+    pub evicted: u64,
+    /// Connections refused (503) because all slots waited for the VMM.
+    pub refused: u64,
 }
 
 impl ApiMetrics {
@@ -58,6 +64,16 @@ impl ApiMetrics {
         self.vmm_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an idle connection closed for a new client.
+    pub(crate) fn record_evicted(&self) {
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection refused because every slot waited for the VMM.
+    pub(crate) fn record_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Reads all counters (each is exact; together they may be a request
     /// apart, which metrics do not need to be).
     pub fn snapshot(&self) -> ApiMetricsSnapshot {
@@ -70,6 +86,8 @@ impl ApiMetrics {
             patch: get(&self.patch),
             other_method: get(&self.other_method),
             vmm_timeouts: get(&self.vmm_timeouts),
+            evicted: get(&self.evicted),
+            refused: get(&self.refused),
         }
     }
 }
