@@ -1,0 +1,445 @@
+//! The connection table and everything on the host side of it: the listener,
+//! host programs still sending their `CONNECT` line, live connections, and
+//! the timer bounding how long a host program waits for the guest.
+//!
+//! All host sockets are non-blocking and sit in the muxer's own epoll set
+//! (edge-triggered; EPOLLOUT only while a connection has host-bound bytes
+//! waiting), whose fd the device registers with the VMM's event manager.
+//! Keeping the set private lets connections come and go from any context
+//! (guest packets, device reset, restore) without going through
+//! `EventOps`, and lets tests drive the device without an event loop.
+//! Work per wakeup is bounded ([`EVENTS_PER_TURN`]); epoll reports the rest
+//! on the next turn, so one busy socket cannot starve the others.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::connection::{rst_header, ConnKey, Connection};
+use super::host::{self, ConnectLine, PendingHost};
+use super::packet::Header;
+use super::VsockCounters;
+
+/// Most host connections (live plus still sending `CONNECT`) at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Host socket events handled per wakeup.
+pub const EVENTS_PER_TURN: usize = 32;
+/// Host programs accepted per listener wakeup.
+const ACCEPTS_PER_TURN: usize = 16;
+/// RSTs kept for connections already gone; more are dropped (the guest
+/// starves the RX queue, and its sockets time out on their own).
+const MAX_QUEUED_RSTS: usize = 2 * MAX_CONNECTIONS;
+/// First port flint assigns to host-initiated connections (as Firecracker).
+const FIRST_LOCAL_PORT: u32 = 1 << 30;
+
+/// Logs at most the first 32 occurrences, then at powers of two.
+pub(super) fn log_limited(count: u64, msg: &dyn std::fmt::Display) {
+    if count <= 32 || count.is_power_of_two() {
+        log::warn!("vsock: {msg} (errors so far: {count})");
+    }
+}
+
+/// The connection table and host sockets (see the module docs).
+pub struct Muxer {
+    pub(super) guest_cid: u64,
+    uds_path: PathBuf,
+    listener: UnixListener,
+    epoll: Epoll,
+    timer: TimerFd,
+    connect_timeout: Duration,
+    pub(super) conns: HashMap<ConnKey, Connection>,
+    by_fd: HashMap<RawFd, ConnKey>,
+    pending: HashMap<RawFd, PendingHost>,
+    /// Connections that may owe the guest a packet, served round-robin.
+    pub(super) rx_ready: VecDeque<ConnKey>,
+    rx_queued: HashSet<ConnKey>,
+    /// RSTs owed for connections that no longer exist.
+    pub(super) rsts: VecDeque<ConnKey>,
+    next_port: u32,
+    pub(super) counters: VsockCounters,
+}
+
+impl std::fmt::Debug for Muxer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Muxer")
+            .field("uds_path", &self.uds_path)
+            .field("connections", &self.conns.len())
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Muxer {
+    /// Binds the listener at `uds_path` and sets up the epoll set.
+    pub fn new(guest_cid: u64, uds_path: &Path, connect_timeout: Duration) -> io::Result<Self> {
+        let listener = host::bind_listener(uds_path)?;
+        let epoll = Epoll::new()?;
+        let timer = TimerFd::new().map_err(io::Error::from)?;
+        for fd in [listener.as_raw_fd(), timer.as_raw_fd()] {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, fd as u64),
+            )?;
+        }
+        Ok(Self {
+            guest_cid,
+            uds_path: uds_path.to_path_buf(),
+            listener,
+            epoll,
+            timer,
+            connect_timeout,
+            conns: HashMap::new(),
+            by_fd: HashMap::new(),
+            pending: HashMap::new(),
+            rx_ready: VecDeque::new(),
+            rx_queued: HashSet::new(),
+            rsts: VecDeque::new(),
+            next_port: FIRST_LOCAL_PORT,
+            counters: VsockCounters::default(),
+        })
+    }
+
+    /// The epoll set's fd, readable while a host socket has news.
+    pub fn epoll_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    /// The listener's path.
+    pub fn uds_path(&self) -> &Path {
+        &self.uds_path
+    }
+
+    /// Handles up to [`EVENTS_PER_TURN`] host socket events.
+    pub fn process_host_events(&mut self) {
+        let mut events = [EpollEvent::default(); EVENTS_PER_TURN];
+        let n = match self.epoll.wait(0, &mut events) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("vsock: polling host sockets: {e}");
+                }
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            let fd = ev.data() as RawFd;
+            let set = ev.event_set();
+            if fd == self.listener.as_raw_fd() {
+                self.accept_hosts();
+            } else if fd == self.timer.as_raw_fd() {
+                self.expire();
+            } else if self.pending.contains_key(&fd) {
+                self.pending_readable(fd);
+            } else if let Some(&key) = self.by_fd.get(&fd) {
+                self.conn_event(key, set);
+            }
+        }
+    }
+
+    fn register(&self, fd: RawFd, out: bool) -> io::Result<()> {
+        let mut set = EventSet::IN | EventSet::EDGE_TRIGGERED;
+        if out {
+            set |= EventSet::OUT;
+        }
+        self.epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(set, fd as u64))
+    }
+
+    /// Turns EPOLLOUT on or off for a connection (only on change).
+    pub(super) fn set_out(&mut self, key: ConnKey, want: bool) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.out_registered == want {
+            return;
+        }
+        let fd = conn.stream.as_raw_fd();
+        let mut set = EventSet::IN | EventSet::EDGE_TRIGGERED;
+        if want {
+            set |= EventSet::OUT;
+        }
+        match self.epoll.ctl(
+            ControlOperation::Modify,
+            fd,
+            EpollEvent::new(set, fd as u64),
+        ) {
+            Ok(()) => conn.out_registered = want,
+            Err(e) => {
+                log::error!("vsock: watching host socket {fd}: {e}");
+                self.kill(key, true);
+            }
+        }
+    }
+
+    fn arm_timer(&mut self) {
+        let now = Instant::now();
+        let earliest = self
+            .pending
+            .values()
+            .map(|p| p.deadline)
+            .chain(self.conns.values().filter_map(|c| c.connecting))
+            .min();
+        let Some(deadline) = earliest else {
+            return;
+        };
+        let wait = deadline
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(1));
+        if let Err(e) = self.timer.reset(wait, None) {
+            log::error!("vsock: arming the connect timer: {e}");
+        }
+    }
+
+    fn accept_hosts(&mut self) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("vsock: accepting on {}: {e}", self.uds_path.display());
+                    return;
+                }
+            };
+            if self.conns.len() + self.pending.len() >= MAX_CONNECTIONS {
+                log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing a host one");
+                continue;
+            }
+            let fd = stream.as_raw_fd();
+            if let Err(e) = stream
+                .set_nonblocking(true)
+                .and_then(|_| self.register(fd, false))
+            {
+                log::warn!("vsock: setting up a host connection: {e}");
+                continue;
+            }
+            let deadline = Instant::now() + self.connect_timeout;
+            self.pending.insert(fd, PendingHost::new(stream, deadline));
+            self.arm_timer();
+            // Its line may have arrived before the socket joined the set.
+            self.pending_readable(fd);
+        }
+    }
+
+    fn pending_readable(&mut self, fd: RawFd) {
+        let Some(p) = self.pending.get_mut(&fd) else {
+            return;
+        };
+        let port = match p.read_line() {
+            ConnectLine::Incomplete => return,
+            ConnectLine::Bad => {
+                self.counters.errors += 1;
+                log_limited(
+                    self.counters.errors,
+                    &"bad CONNECT line from a host program",
+                );
+                self.drop_pending(fd);
+                return;
+            }
+            ConnectLine::Port(port) => port,
+        };
+        let Some(p) = self.pending.remove(&fd) else {
+            return;
+        };
+        let Some(local_port) = self.alloc_port() else {
+            log::warn!("vsock: no free local port; dropping a host connection");
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            return;
+        };
+        let key = ConnKey {
+            local_port,
+            peer_port: port,
+        };
+        let deadline = Instant::now() + self.connect_timeout;
+        self.conns
+            .insert(key, Connection::host_initiated(p.stream, key, deadline));
+        self.by_fd.insert(fd, key);
+        self.counters.conns_opened += 1;
+        self.arm_timer();
+        self.mark_ready(key);
+    }
+
+    fn drop_pending(&mut self, fd: RawFd) {
+        if self.pending.remove(&fd).is_some() {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+    }
+
+    fn alloc_port(&mut self) -> Option<u32> {
+        for _ in 0..=MAX_CONNECTIONS {
+            let port = self.next_port;
+            self.next_port = self.next_port.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
+            if !self.conns.keys().any(|k| k.local_port == port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    fn conn_event(&mut self, key: ConnKey, set: EventSet) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP) {
+            conn.host_readable = true;
+        }
+        if set.contains(EventSet::HANG_UP) {
+            conn.host_hup = true;
+        }
+        if set.contains(EventSet::OUT) {
+            match conn.flush() {
+                Ok(waiting) => {
+                    let finished = conn.finished();
+                    self.set_out(key, waiting);
+                    if finished {
+                        self.kill(key, true);
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.host_error(key, &e);
+                    return;
+                }
+            }
+        }
+        if set.contains(EventSet::ERROR) && !set.contains(EventSet::IN) {
+            self.host_error(key, &"socket error");
+            return;
+        }
+        self.mark_ready(key);
+    }
+
+    pub(super) fn host_error(&mut self, key: ConnKey, why: &dyn std::fmt::Display) {
+        log::debug!("vsock: connection {key:?}: {why}; resetting");
+        self.kill(key, true);
+    }
+
+    fn expire(&mut self) {
+        // Readable: it expired, so this read does not block.
+        if let Err(e) = self.timer.wait() {
+            log::warn!("vsock: reading the connect timer: {e}");
+        }
+        let now = Instant::now();
+        let late: Vec<RawFd> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(&fd, _)| fd)
+            .collect();
+        for fd in late {
+            log::debug!("vsock: host program sent no CONNECT line in time");
+            self.drop_pending(fd);
+        }
+        let late: Vec<ConnKey> = self
+            .conns
+            .values()
+            .filter(|c| c.connecting.is_some_and(|d| d <= now))
+            .map(|c| c.key)
+            .collect();
+        for key in late {
+            log::debug!("vsock: guest did not answer connection {key:?} in time");
+            self.kill(key, true);
+        }
+        self.arm_timer();
+    }
+
+    /// Queues `key` for the RX path unless it is already queued.
+    pub(super) fn mark_ready(&mut self, key: ConnKey) {
+        if self.rx_queued.insert(key) {
+            self.rx_ready.push_back(key);
+        }
+    }
+
+    /// Takes the next queued connection key off the RX round-robin.
+    pub(super) fn pop_ready(&mut self) -> Option<ConnKey> {
+        let key = self.rx_ready.pop_front()?;
+        self.rx_queued.remove(&key);
+        Some(key)
+    }
+
+    /// Owes the guest an RST for `key` (no connection behind it).
+    pub(super) fn queue_rst(&mut self, key: ConnKey) {
+        if self.rsts.len() < MAX_QUEUED_RSTS {
+            self.rsts.push_back(key);
+        } else {
+            self.counters.errors += 1;
+            log_limited(self.counters.errors, &"RST queue full; dropping an RST");
+        }
+    }
+
+    /// The next RST owed, as a header.
+    pub(super) fn take_rst(&mut self) -> Option<Header> {
+        let key = self.rsts.pop_front()?;
+        Some(rst_header(self.guest_cid, key))
+    }
+
+    /// Closes a connection's host socket and forgets it; with `rst`, the
+    /// guest is told.
+    pub(super) fn kill(&mut self, key: ConnKey, rst: bool) {
+        let Some(conn) = self.conns.remove(&key) else {
+            return;
+        };
+        let fd = conn.stream.as_raw_fd();
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        self.by_fd.remove(&fd);
+        self.counters.conns_reset += 1;
+        self.counters.guest_bytes_dropped += conn.buffered_guest_bytes() as u64;
+        if rst {
+            self.queue_rst(key);
+        }
+    }
+
+    /// Connects a guest REQUEST to `<uds_path>_<port>`; RST if that fails.
+    pub(super) fn guest_connect(&mut self, key: ConnKey, hdr: &Header) {
+        if self.conns.len() + self.pending.len() >= MAX_CONNECTIONS {
+            log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing the guest's");
+            self.queue_rst(key);
+            return;
+        }
+        let path = host::port_path(&self.uds_path, key.local_port);
+        let stream = match host::connect(&path) {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("vsock: guest connect to {}: {e}", path.display());
+                self.queue_rst(key);
+                return;
+            }
+        };
+        let fd = stream.as_raw_fd();
+        if let Err(e) = self.register(fd, false) {
+            log::warn!("vsock: watching host socket: {e}");
+            self.queue_rst(key);
+            return;
+        }
+        self.conns
+            .insert(key, Connection::guest_initiated(stream, key, hdr));
+        self.by_fd.insert(fd, key);
+        self.counters.conns_opened += 1;
+        self.mark_ready(key);
+    }
+
+    /// Drops every connection without telling the guest (device reset or a
+    /// fresh start after restore: the guest side is gone or will be reset).
+    pub fn close_all(&mut self) {
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.kill(key, false);
+        }
+        self.rx_ready.clear();
+        self.rx_queued.clear();
+        self.rsts.clear();
+    }
+}
