@@ -11,7 +11,7 @@
 //! put it in; the socket is polled edge-triggered and `host_readable`
 //! remembers that there may be more to read.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
@@ -62,6 +62,11 @@ pub struct Connection {
     /// `Some(deadline)` while a host-initiated REQUEST awaits the guest's
     /// RESPONSE.
     pub(super) connecting: Option<Instant>,
+    /// `Some(deadline)` once the connection is closing (the guest shut
+    /// down both ways, or we told it the host did): it is reset then if
+    /// not finished, so neither a silent guest nor a stuck host reader can
+    /// hold it forever.
+    pub(super) closing: Option<Instant>,
     host_buf: Vec<u8>,
     /// Leading bytes of `host_buf` that are flint's own (`OK <port>`), not
     /// guest data: they neither use nor return credit.
@@ -110,6 +115,7 @@ impl Connection {
             stream,
             key,
             connecting: None,
+            closing: None,
             host_buf: Vec::new(),
             own_pending: 0,
             fwd_cnt: 0,
@@ -332,9 +338,12 @@ impl Connection {
 }
 
 /// Writes as much of `data` as the non-blocking socket takes (0 if full).
+/// MSG_NOSIGNAL: a host program that went away is an EPIPE error for this
+/// connection, never a SIGPIPE for the VMM.
 fn write_some(stream: &mut UnixStream, data: &[u8]) -> io::Result<usize> {
+    let sock = socket2::SockRef::from(&*stream);
     loop {
-        return match stream.write(data) {
+        return match sock.send_with_flags(data, libc::MSG_NOSIGNAL) {
             Ok(n) => Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

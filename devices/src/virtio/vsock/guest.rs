@@ -1,9 +1,13 @@
 //! The muxer's guest side: acting on checked packets from the TX queue, and
 //! choosing the next packet for an RX buffer.
 
-use super::connection::{ConnKey, HostRead};
-use super::muxer::{log_limited, Muxer};
-use super::packet::{Header, Op, PacketError, HOST_CID};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use super::connection::{rst_header, ConnError, ConnKey, Connection, HostRead};
+use super::host;
+use super::muxer::{log_limited, Muxer, MAX_CONNECTIONS, MAX_QUEUED_RSTS};
+use super::packet::{Header, Op, PacketError, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND};
 
 impl Muxer {
     /// Acts on a packet that passed [`check_header`](super::packet::check_header).
@@ -51,18 +55,26 @@ impl Muxer {
                 return;
             }
             Op::Shutdown => {
-                conn.recv_shutdown(hdr.flags);
+                let full = conn.recv_shutdown(hdr.flags);
                 if conn.finished() {
                     // Linux waits for our RST to complete its close.
                     self.kill(key, true);
                     return;
                 }
+                if full && conn.closing.is_none() {
+                    conn.closing = Some(Instant::now() + self.connect_timeout);
+                    self.arm_timer();
+                }
             }
             Op::Rw => match conn.recv_rw(payload) {
                 Ok(waiting) => self.set_out(key, waiting),
                 Err(e) => {
-                    self.counters.errors += 1;
-                    log_limited(self.counters.errors, &format!("connection {key:?}: {e}"));
+                    if let ConnError::Protocol(_) = e {
+                        self.counters.errors += 1;
+                        log_limited(self.counters.errors, &format!("connection {key:?}: {e}"));
+                    } else {
+                        log::debug!("vsock: connection {key:?}: {e}; resetting");
+                    }
                     self.counters.guest_bytes_dropped += payload.len() as u64;
                     self.kill(key, true);
                     return;
@@ -133,12 +145,63 @@ impl Muxer {
             }
             if let Some((op, flags)) = conn.take_control() {
                 let hdr = conn.header(guest_cid, op, flags, 0);
-                if conn.has_rx_work() {
+                let more = conn.has_rx_work();
+                if op == Op::Shutdown && flags == SHUTDOWN_RCV | SHUTDOWN_SEND {
+                    // The host is gone: the guest should answer with RST.
+                    conn.closing = Some(Instant::now() + self.connect_timeout);
+                    self.arm_timer();
+                }
+                if more {
                     self.mark_ready(key);
                 }
                 return Some((hdr, 0));
             }
         }
         None
+    }
+
+    /// Owes the guest an RST for `key` (no connection behind it).
+    pub(super) fn queue_rst(&mut self, key: ConnKey) {
+        if self.rsts.len() < MAX_QUEUED_RSTS {
+            self.rsts.push_back(key);
+        } else {
+            self.counters.errors += 1;
+            log_limited(self.counters.errors, &"RST queue full; dropping an RST");
+        }
+    }
+
+    /// The next RST owed, as a header.
+    pub(super) fn take_rst(&mut self) -> Option<Header> {
+        let key = self.rsts.pop_front()?;
+        Some(rst_header(self.guest_cid, key))
+    }
+
+    /// Connects a guest REQUEST to `<uds_path>_<port>`; RST if that fails.
+    pub(super) fn guest_connect(&mut self, key: ConnKey, hdr: &Header) {
+        if self.conns.len() + self.pending.len() >= MAX_CONNECTIONS {
+            log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing the guest's");
+            self.queue_rst(key);
+            return;
+        }
+        let path = host::port_path(&self.uds_path, key.local_port);
+        let stream = match host::connect(&path) {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("vsock: guest connect to {}: {e}", path.display());
+                self.queue_rst(key);
+                return;
+            }
+        };
+        let fd = stream.as_raw_fd();
+        if let Err(e) = self.register(fd, false) {
+            log::warn!("vsock: watching host socket: {e}");
+            self.queue_rst(key);
+            return;
+        }
+        self.conns
+            .insert(key, Connection::guest_initiated(stream, key, hdr));
+        self.by_fd.insert(fd, key);
+        self.counters.conns_opened += 1;
+        self.mark_ready(key);
     }
 }

@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{rst_header, ConnKey, Connection};
+use super::connection::{ConnKey, Connection};
 use super::host::{self, ConnectLine, PendingHost};
-use super::packet::Header;
 use super::VsockCounters;
 
 /// Most host connections (live plus still sending `CONNECT`) at once.
@@ -34,7 +33,7 @@ pub const EVENTS_PER_TURN: usize = 32;
 const ACCEPTS_PER_TURN: usize = 16;
 /// RSTs kept for connections already gone; more are dropped (the guest
 /// starves the RX queue, and its sockets time out on their own).
-const MAX_QUEUED_RSTS: usize = 2 * MAX_CONNECTIONS;
+pub(super) const MAX_QUEUED_RSTS: usize = 2 * MAX_CONNECTIONS;
 /// First port flint assigns to host-initiated connections (as Firecracker).
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -48,14 +47,14 @@ pub(super) fn log_limited(count: u64, msg: &dyn std::fmt::Display) {
 /// The connection table and host sockets (see the module docs).
 pub struct Muxer {
     pub(super) guest_cid: u64,
-    uds_path: PathBuf,
+    pub(super) uds_path: PathBuf,
     listener: UnixListener,
     epoll: Epoll,
     timer: TimerFd,
-    connect_timeout: Duration,
+    pub(super) connect_timeout: Duration,
     pub(super) conns: HashMap<ConnKey, Connection>,
-    by_fd: HashMap<RawFd, ConnKey>,
-    pending: HashMap<RawFd, PendingHost>,
+    pub(super) by_fd: HashMap<RawFd, ConnKey>,
+    pub(super) pending: HashMap<RawFd, PendingHost>,
     /// Connections that may owe the guest a packet, served round-robin.
     pub(super) rx_ready: VecDeque<ConnKey>,
     rx_queued: HashSet<ConnKey>,
@@ -81,12 +80,14 @@ impl Muxer {
         let listener = host::bind_listener(uds_path)?;
         let epoll = Epoll::new()?;
         let timer = TimerFd::new().map_err(io::Error::from)?;
-        for fd in [listener.as_raw_fd(), timer.as_raw_fd()] {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, fd as u64),
-            )?;
+        // The timer is edge-triggered and never read: each expiry is one
+        // event, and no read can block after a re-arm cleared the count.
+        let timer_set = EventSet::IN | EventSet::EDGE_TRIGGERED;
+        for (fd, set) in [
+            (listener.as_raw_fd(), EventSet::IN),
+            (timer.as_raw_fd(), timer_set),
+        ] {
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, fd as u64))?;
         }
         Ok(Self {
             guest_cid,
@@ -143,7 +144,7 @@ impl Muxer {
         }
     }
 
-    fn register(&self, fd: RawFd, out: bool) -> io::Result<()> {
+    pub(super) fn register(&self, fd: RawFd, out: bool) -> io::Result<()> {
         let mut set = EventSet::IN | EventSet::EDGE_TRIGGERED;
         if out {
             set |= EventSet::OUT;
@@ -178,13 +179,18 @@ impl Muxer {
         }
     }
 
-    fn arm_timer(&mut self) {
+    /// Arms the timer for the earliest connect or close deadline.
+    pub(super) fn arm_timer(&mut self) {
         let now = Instant::now();
         let earliest = self
             .pending
             .values()
             .map(|p| p.deadline)
-            .chain(self.conns.values().filter_map(|c| c.connecting))
+            .chain(
+                self.conns
+                    .values()
+                    .filter_map(|c| c.connecting.or(c.closing)),
+            )
             .min();
         let Some(deadline) = earliest else {
             return;
@@ -326,10 +332,6 @@ impl Muxer {
     }
 
     fn expire(&mut self) {
-        // Readable: it expired, so this read does not block.
-        if let Err(e) = self.timer.wait() {
-            log::warn!("vsock: reading the connect timer: {e}");
-        }
         let now = Instant::now();
         let late: Vec<RawFd> = self
             .pending
@@ -344,11 +346,11 @@ impl Muxer {
         let late: Vec<ConnKey> = self
             .conns
             .values()
-            .filter(|c| c.connecting.is_some_and(|d| d <= now))
+            .filter(|c| c.connecting.or(c.closing).is_some_and(|d| d <= now))
             .map(|c| c.key)
             .collect();
         for key in late {
-            log::debug!("vsock: guest did not answer connection {key:?} in time");
+            log::debug!("vsock: connection {key:?} not answered or closed in time; RST");
             self.kill(key, true);
         }
         self.arm_timer();
@@ -368,22 +370,6 @@ impl Muxer {
         Some(key)
     }
 
-    /// Owes the guest an RST for `key` (no connection behind it).
-    pub(super) fn queue_rst(&mut self, key: ConnKey) {
-        if self.rsts.len() < MAX_QUEUED_RSTS {
-            self.rsts.push_back(key);
-        } else {
-            self.counters.errors += 1;
-            log_limited(self.counters.errors, &"RST queue full; dropping an RST");
-        }
-    }
-
-    /// The next RST owed, as a header.
-    pub(super) fn take_rst(&mut self) -> Option<Header> {
-        let key = self.rsts.pop_front()?;
-        Some(rst_header(self.guest_cid, key))
-    }
-
     /// Closes a connection's host socket and forgets it; with `rst`, the
     /// guest is told.
     pub(super) fn kill(&mut self, key: ConnKey, rst: bool) {
@@ -400,35 +386,6 @@ impl Muxer {
         if rst {
             self.queue_rst(key);
         }
-    }
-
-    /// Connects a guest REQUEST to `<uds_path>_<port>`; RST if that fails.
-    pub(super) fn guest_connect(&mut self, key: ConnKey, hdr: &Header) {
-        if self.conns.len() + self.pending.len() >= MAX_CONNECTIONS {
-            log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing the guest's");
-            self.queue_rst(key);
-            return;
-        }
-        let path = host::port_path(&self.uds_path, key.local_port);
-        let stream = match host::connect(&path) {
-            Ok(s) => s,
-            Err(e) => {
-                log::debug!("vsock: guest connect to {}: {e}", path.display());
-                self.queue_rst(key);
-                return;
-            }
-        };
-        let fd = stream.as_raw_fd();
-        if let Err(e) = self.register(fd, false) {
-            log::warn!("vsock: watching host socket: {e}");
-            self.queue_rst(key);
-            return;
-        }
-        self.conns
-            .insert(key, Connection::guest_initiated(stream, key, hdr));
-        self.by_fd.insert(fd, key);
-        self.counters.conns_opened += 1;
-        self.mark_ready(key);
     }
 
     /// Drops every connection without telling the guest (device reset or a

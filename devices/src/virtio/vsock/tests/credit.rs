@@ -207,3 +207,54 @@ fn rx_work_per_turn_is_bounded() {
     t.dev.handle_rx_queue();
     assert_eq!(t.g.take_rx().len(), 36);
 }
+
+#[test]
+fn host_reads_are_sized_to_the_guest_buffer() {
+    let mut t = T::new();
+    let (mut host, _) = t.host_connect(52);
+    let data = pattern(1000, 4);
+    host.write_all(&data).unwrap();
+    t.pump();
+    assert!(t.g.take_rx().is_empty(), "no RX buffer: nothing read");
+    let mut received: Vec<u8> = Vec::new();
+    for _ in 0..10 {
+        t.g.post_rx(1, HDR_LEN as u32 + 100);
+        t.dev.handle_rx_queue();
+        let got = t.g.take_rx();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1.len(), 100);
+        received.extend(&got[0].1);
+    }
+    assert_eq!(received, data);
+    assert_eq!(t.dev.vsock_counters().host_bytes_dropped, 0);
+}
+
+#[test]
+fn guest_close_waits_for_host_bound_bytes_then_resets() {
+    let mut t = T::new();
+    let (mut host, s, total) = stall(&mut t);
+    let mut shut = pkt(Op::Shutdown, 52, s.local, 0);
+    shut.flags = 3;
+    t.send(&shut, &[]);
+    assert_eq!(t.dev.connection_count(), 1, "bytes still buffered");
+    // The host reads everything; then the guest gets its RST.
+    host.set_nonblocking(true).unwrap();
+    let mut received: Vec<u8> = Vec::new();
+    t.pump_until("the flush", |t| {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = host.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            received.extend(&buf[..n]);
+        }
+        t.pump();
+        t.dev.connection_count() == 0
+    });
+    let got = t.g.take_rx();
+    assert_eq!(got.last().unwrap().0.op, Op::Rst as u16);
+    host.set_nonblocking(false).unwrap();
+    host.read_to_end(&mut received).unwrap();
+    assert!(received == total);
+    assert_eq!(t.dev.vsock_counters().guest_bytes_dropped, 0);
+}

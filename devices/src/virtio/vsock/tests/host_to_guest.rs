@@ -159,3 +159,35 @@ fn host_half_close_keeps_the_other_direction() {
     host.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"abc");
 }
+
+#[test]
+fn guest_that_never_answers_a_hang_up_is_reset() {
+    let mut t = T::with_timeout(Duration::from_millis(20));
+    // Connect by hand: the 20 ms timeout would race the helper's RESPONSE.
+    let l = std::os::unix::net::UnixListener::bind(format!("{}_5", t.uds().display())).unwrap();
+    t.g.post_rx(3, RX_BUF);
+    t.send(&pkt(Op::Request, 100, 5, 0), &[]);
+    let (host, _) = l.accept().unwrap();
+    drop(host);
+    let got = t.rx_at_least(2);
+    assert_eq!(got[0].0.op, Op::Response as u16);
+    assert_eq!((got[1].0.op, got[1].0.flags), (Op::Shutdown as u16, 3));
+    // The guest stays silent: flint gives up and resets.
+    let got = t.rx_at_least(1);
+    assert_eq!(got[0].0.op, Op::Rst as u16);
+    assert_eq!(t.dev.connection_count(), 0);
+}
+
+#[test]
+fn writing_to_a_host_that_went_away_resets_quietly() {
+    let mut t = T::new();
+    let (host, local) = t.host_connect(52);
+    drop(host);
+    t.g.post_rx(2, RX_BUF);
+    t.send(&pkt(Op::Rw, 52, local, 3), b"abc");
+    t.pump();
+    let ops: Vec<u16> = t.g.take_rx().iter().map(|(h, _)| h.op).collect();
+    assert_eq!(ops.last(), Some(&(Op::Rst as u16)));
+    assert_eq!(t.dev.connection_count(), 0);
+    assert_eq!(t.dev.vsock_counters().errors, 0, "not the guest's fault");
+}

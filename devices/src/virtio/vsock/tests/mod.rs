@@ -3,6 +3,7 @@
 //! host side played by real Unix sockets in a temporary directory.
 
 mod credit;
+mod events;
 mod guest_to_host;
 mod host_to_guest;
 mod hostile;
