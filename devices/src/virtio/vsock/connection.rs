@@ -220,6 +220,10 @@ impl Connection {
             self.own_pending -= own;
             self.consumed(n - own);
         }
+        if self.host_buf.is_empty() && self.host_buf.capacity() > 4096 {
+            // Idle connections do not keep a full buffer's worth of memory.
+            self.host_buf = Vec::new();
+        }
         if self.host_buf.is_empty() && self.guest_shut & SHUTDOWN_SEND != 0 {
             // The guest's half-close reaches the host once its data has.
             let _ = self.stream.shutdown(Shutdown::Write);

@@ -61,6 +61,10 @@ pub struct Muxer {
     /// RSTs owed for connections that no longer exist.
     pub(super) rsts: VecDeque<ConnKey>,
     next_port: u32,
+    /// Whether the listener is out of the epoll set (accept failing).
+    listener_paused: bool,
+    /// Host programs refused for lack of room (for throttled logs).
+    host_refusals: u64,
     pub(super) counters: VsockCounters,
 }
 
@@ -103,6 +107,8 @@ impl Muxer {
             rx_queued: HashSet::new(),
             rsts: VecDeque::new(),
             next_port: FIRST_LOCAL_PORT,
+            listener_paused: false,
+            host_refusals: 0,
             counters: VsockCounters::default(),
         })
     }
@@ -210,12 +216,26 @@ impl Muxer {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("vsock: accepting on {}: {e}", self.uds_path.display());
+                    // Out of fds (or similar): the listener would stay
+                    // readable and spin the loop; stop watching it until a
+                    // connection closes.
+                    log::warn!(
+                        "vsock: accepting on {}: {e}; pausing the listener",
+                        self.uds_path.display()
+                    );
+                    self.pause_listener(true);
                     return;
                 }
             };
             if self.conns.len() + self.pending.len() >= MAX_CONNECTIONS {
-                log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing a host one");
+                self.host_refusals += 1;
+                if self.host_refusals <= 32 || self.host_refusals.is_power_of_two() {
+                    log::warn!(
+                        "vsock: {MAX_CONNECTIONS} connections open; refusing a host one \
+                         (refused so far: {})",
+                        self.host_refusals
+                    );
+                }
                 continue;
             }
             let fd = stream.as_raw_fd();
@@ -279,6 +299,26 @@ impl Muxer {
             let _ = self
                 .epoll
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            self.pause_listener(false);
+        }
+    }
+
+    /// Stops (or resumes) watching the listener.
+    fn pause_listener(&mut self, pause: bool) {
+        if self.listener_paused == pause {
+            return;
+        }
+        let fd = self.listener.as_raw_fd();
+        let result = if pause {
+            self.epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+        } else {
+            let ev = EpollEvent::new(EventSet::IN, fd as u64);
+            self.epoll.ctl(ControlOperation::Add, fd, ev)
+        };
+        match result {
+            Ok(()) => self.listener_paused = pause,
+            Err(e) => log::error!("vsock: watching the listener: {e}"),
         }
     }
 
@@ -376,13 +416,15 @@ impl Muxer {
         let Some(conn) = self.conns.remove(&key) else {
             return;
         };
+        self.counters.guest_bytes_dropped += conn.buffered_guest_bytes() as u64;
         let fd = conn.stream.as_raw_fd();
         let _ = self
             .epoll
             .ctl(ControlOperation::Delete, fd, EpollEvent::default());
         self.by_fd.remove(&fd);
+        drop(conn);
+        self.pause_listener(false);
         self.counters.conns_reset += 1;
-        self.counters.guest_bytes_dropped += conn.buffered_guest_bytes() as u64;
         if rst {
             self.queue_rst(key);
         }

@@ -4,6 +4,7 @@
 
 mod credit;
 mod events;
+mod fuzz;
 mod guest_to_host;
 mod host_to_guest;
 mod hostile;
