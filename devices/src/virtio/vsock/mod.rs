@@ -16,8 +16,9 @@
 //!
 //! Split by concern: [`packet`] (the header and hostile-input checks, pure),
 //! [`connection`] (one connection's credit and shutdown state), `host`
-//! (listener, `CONNECT` line, outgoing connects), `muxer` (the connection
-//! table and host sockets), `guest` (acting on guest packets, choosing RX
+//! (listener socket, `CONNECT` line, outgoing connects), `listener`
+//! (accepting host programs), `muxer` (the connection table and host
+//! sockets), `guest` (acting on guest packets, choosing RX
 //! packets), `device` (the [`VirtioDevice`] side and queue processing),
 //! `event_handler` (the VMM event loop side), `persist` (snapshot state).
 
@@ -26,6 +27,7 @@ mod device;
 mod event_handler;
 mod guest;
 mod host;
+mod listener;
 mod muxer;
 pub mod packet;
 mod persist;

@@ -22,20 +22,18 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{ConnKey, Connection};
-use super::host::{self, ConnectLine, PendingHost};
+use super::host::{self, PendingHost};
 use super::VsockCounters;
 
 /// Most host connections (live plus still sending `CONNECT`) at once.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Host socket events handled per wakeup.
 pub const EVENTS_PER_TURN: usize = 32;
-/// Host programs accepted per listener wakeup.
-const ACCEPTS_PER_TURN: usize = 16;
 /// RSTs kept for connections already gone; more are dropped (the guest
 /// starves the RX queue, and its sockets time out on their own).
 pub(super) const MAX_QUEUED_RSTS: usize = 2 * MAX_CONNECTIONS;
 /// First port flint assigns to host-initiated connections (as Firecracker).
-const FIRST_LOCAL_PORT: u32 = 1 << 30;
+pub(super) const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
 /// Logs at most the first 32 occurrences, then at powers of two.
 pub(super) fn log_limited(count: u64, msg: &dyn std::fmt::Display) {
@@ -48,9 +46,9 @@ pub(super) fn log_limited(count: u64, msg: &dyn std::fmt::Display) {
 pub struct Muxer {
     pub(super) guest_cid: u64,
     pub(super) uds_path: PathBuf,
-    listener: UnixListener,
-    epoll: Epoll,
-    timer: TimerFd,
+    pub(super) listener: UnixListener,
+    pub(super) epoll: Epoll,
+    pub(super) timer: TimerFd,
     pub(super) connect_timeout: Duration,
     pub(super) conns: HashMap<ConnKey, Connection>,
     pub(super) by_fd: HashMap<RawFd, ConnKey>,
@@ -60,11 +58,11 @@ pub struct Muxer {
     rx_queued: HashSet<ConnKey>,
     /// RSTs owed for connections that no longer exist.
     pub(super) rsts: VecDeque<ConnKey>,
-    next_port: u32,
+    pub(super) next_port: u32,
     /// Whether the listener is out of the epoll set (accept failing).
-    listener_paused: bool,
+    pub(super) listener_paused: bool,
     /// Host programs refused for lack of room (for throttled logs).
-    host_refusals: u64,
+    pub(super) host_refusals: u64,
     pub(super) counters: VsockCounters,
 }
 
@@ -207,130 +205,6 @@ impl Muxer {
         if let Err(e) = self.timer.reset(wait, None) {
             log::error!("vsock: arming the connect timer: {e}");
         }
-    }
-
-    fn accept_hosts(&mut self) {
-        for _ in 0..ACCEPTS_PER_TURN {
-            let stream = match self.listener.accept() {
-                Ok((stream, _)) => stream,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // Out of fds (or similar): the listener would stay
-                    // readable and spin the loop; stop watching it until a
-                    // connection closes.
-                    log::warn!(
-                        "vsock: accepting on {}: {e}; pausing the listener",
-                        self.uds_path.display()
-                    );
-                    self.pause_listener(true);
-                    return;
-                }
-            };
-            if self.conns.len() + self.pending.len() >= MAX_CONNECTIONS {
-                self.host_refusals += 1;
-                if self.host_refusals <= 32 || self.host_refusals.is_power_of_two() {
-                    log::warn!(
-                        "vsock: {MAX_CONNECTIONS} connections open; refusing a host one \
-                         (refused so far: {})",
-                        self.host_refusals
-                    );
-                }
-                continue;
-            }
-            let fd = stream.as_raw_fd();
-            if let Err(e) = stream
-                .set_nonblocking(true)
-                .and_then(|_| self.register(fd, false))
-            {
-                log::warn!("vsock: setting up a host connection: {e}");
-                continue;
-            }
-            let deadline = Instant::now() + self.connect_timeout;
-            self.pending.insert(fd, PendingHost::new(stream, deadline));
-            self.arm_timer();
-            // Its line may have arrived before the socket joined the set.
-            self.pending_readable(fd);
-        }
-    }
-
-    fn pending_readable(&mut self, fd: RawFd) {
-        let Some(p) = self.pending.get_mut(&fd) else {
-            return;
-        };
-        let port = match p.read_line() {
-            ConnectLine::Incomplete => return,
-            ConnectLine::Bad => {
-                self.counters.errors += 1;
-                log_limited(
-                    self.counters.errors,
-                    &"bad CONNECT line from a host program",
-                );
-                self.drop_pending(fd);
-                return;
-            }
-            ConnectLine::Port(port) => port,
-        };
-        let Some(p) = self.pending.remove(&fd) else {
-            return;
-        };
-        let Some(local_port) = self.alloc_port() else {
-            log::warn!("vsock: no free local port; dropping a host connection");
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
-            return;
-        };
-        let key = ConnKey {
-            local_port,
-            peer_port: port,
-        };
-        let deadline = Instant::now() + self.connect_timeout;
-        self.conns
-            .insert(key, Connection::host_initiated(p.stream, key, deadline));
-        self.by_fd.insert(fd, key);
-        self.counters.conns_opened += 1;
-        self.arm_timer();
-        self.mark_ready(key);
-    }
-
-    fn drop_pending(&mut self, fd: RawFd) {
-        if self.pending.remove(&fd).is_some() {
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
-            self.pause_listener(false);
-        }
-    }
-
-    /// Stops (or resumes) watching the listener.
-    fn pause_listener(&mut self, pause: bool) {
-        if self.listener_paused == pause {
-            return;
-        }
-        let fd = self.listener.as_raw_fd();
-        let result = if pause {
-            self.epoll
-                .ctl(ControlOperation::Delete, fd, EpollEvent::default())
-        } else {
-            let ev = EpollEvent::new(EventSet::IN, fd as u64);
-            self.epoll.ctl(ControlOperation::Add, fd, ev)
-        };
-        match result {
-            Ok(()) => self.listener_paused = pause,
-            Err(e) => log::error!("vsock: watching the listener: {e}"),
-        }
-    }
-
-    fn alloc_port(&mut self) -> Option<u32> {
-        for _ in 0..=MAX_CONNECTIONS {
-            let port = self.next_port;
-            self.next_port = self.next_port.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
-            if !self.conns.keys().any(|k| k.local_port == port) {
-                return Some(port);
-            }
-        }
-        None
     }
 
     fn conn_event(&mut self, key: ConnKey, set: EventSet) {
