@@ -16,6 +16,10 @@ pub const HDR_LEN: usize = 44;
 /// Largest payload one packet may carry either way (Linux uses 4 KiB RX
 /// buffers and at most 64 KiB TX packets).
 pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Most buffers of one chain that are used (more are checked, then
+/// ignored): a direct chain cannot exceed the queue size, but an indirect
+/// table can be far longer, and the scratch list must stay bounded.
+pub const MAX_SEGMENTS: usize = 1024;
 /// The host's (our) CID; guests connect to it.
 pub const HOST_CID: u64 = 2;
 /// `VIRTIO_VSOCK_TYPE_STREAM`, the only socket type implemented.
@@ -232,7 +236,8 @@ pub struct Segment {
 }
 
 /// Collects a chain's buffers into `out` (cleared first; at most `max_segs`
-/// are kept, the rest ignored) and returns their total length. Every
+/// are kept, the rest checked but ignored) and returns the kept buffers'
+/// total length. Every
 /// descriptor must be device-writable if `writable`, readable otherwise, and
 /// inside guest memory; a chain that ends with NEXT still set (a loop or a
 /// bad index, which virtio-queue's iterator stops at) is refused.
@@ -263,8 +268,10 @@ where
         if !in_ram {
             return Err(PacketError::OutsideMemory(i, desc.addr().0, len));
         }
-        total += u64::from(len);
         if len > 0 && out.len() < max_segs {
+            // Only kept buffers count: the caller never sizes a packet by
+            // buffers it did not keep.
+            total += u64::from(len);
             out.push(Segment {
                 addr: desc.addr(),
                 len,
