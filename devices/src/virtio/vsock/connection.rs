@@ -59,6 +59,8 @@ pub enum HostRead {
 pub struct Connection {
     pub(super) stream: UnixStream,
     pub(super) key: ConnKey,
+    /// The host socket's epoll token (see `Muxer::register`).
+    pub(super) token: u64,
     /// `Some(deadline)` while a host-initiated REQUEST awaits the guest's
     /// RESPONSE.
     pub(super) connecting: Option<Instant>,
@@ -114,6 +116,7 @@ impl Connection {
         Self {
             stream,
             key,
+            token: 0,
             connecting: None,
             closing: None,
             host_buf: Vec::new(),

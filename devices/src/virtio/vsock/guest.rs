@@ -193,13 +193,17 @@ impl Muxer {
             }
         };
         let fd = stream.as_raw_fd();
-        if let Err(e) = self.register(fd, false) {
-            log::warn!("vsock: watching host socket: {e}");
-            self.queue_rst(key);
-            return;
-        }
-        self.conns
-            .insert(key, Connection::guest_initiated(stream, key, hdr));
+        let token = match self.register(fd) {
+            Ok(token) => token,
+            Err(e) => {
+                log::warn!("vsock: watching host socket: {e}");
+                self.queue_rst(key);
+                return;
+            }
+        };
+        let mut conn = Connection::guest_initiated(stream, key, hdr);
+        conn.token = token;
+        self.conns.insert(key, conn);
         self.by_fd.insert(fd, key);
         self.counters.conns_opened += 1;
         self.mark_ready(key);

@@ -93,16 +93,20 @@ pub fn parse_connect_line(bytes: &[u8]) -> ConnectLine {
 /// `CONNECT` line yet.
 pub struct PendingHost {
     pub(super) stream: UnixStream,
+    /// Its epoll token (see `Muxer::register`).
+    pub(super) token: u64,
     line: [u8; MAX_CONNECT_LINE],
     len: usize,
     pub(super) deadline: Instant,
 }
 
 impl PendingHost {
-    /// A freshly accepted host connection (already non-blocking).
-    pub fn new(stream: UnixStream, deadline: Instant) -> Self {
+    /// A freshly accepted host connection (already non-blocking and in the
+    /// epoll set under `token`).
+    pub fn new(stream: UnixStream, token: u64, deadline: Instant) -> Self {
         Self {
             stream,
+            token,
             line: [0; MAX_CONNECT_LINE],
             len: 0,
             deadline,

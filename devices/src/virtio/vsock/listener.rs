@@ -46,15 +46,16 @@ impl Muxer {
                 continue;
             }
             let fd = stream.as_raw_fd();
-            if let Err(e) = stream
-                .set_nonblocking(true)
-                .and_then(|_| self.register(fd, false))
-            {
-                log::warn!("vsock: setting up a host connection: {e}");
-                continue;
-            }
+            let token = match stream.set_nonblocking(true).and_then(|_| self.register(fd)) {
+                Ok(token) => token,
+                Err(e) => {
+                    log::warn!("vsock: setting up a host connection: {e}");
+                    continue;
+                }
+            };
             let deadline = Instant::now() + self.connect_timeout;
-            self.pending.insert(fd, PendingHost::new(stream, deadline));
+            let pending = PendingHost::new(stream, token, deadline);
+            self.pending.insert(fd, pending);
             self.arm_timer();
             // Its line may have arrived before the socket joined the set.
             self.pending_readable(fd);
@@ -93,8 +94,9 @@ impl Muxer {
             peer_port: port,
         };
         let deadline = Instant::now() + self.connect_timeout;
-        self.conns
-            .insert(key, Connection::host_initiated(p.stream, key, deadline));
+        let mut conn = Connection::host_initiated(p.stream, key, deadline);
+        conn.token = p.token;
+        self.conns.insert(key, conn);
         self.by_fd.insert(fd, key);
         self.counters.conns_opened += 1;
         self.arm_timer();

@@ -61,6 +61,8 @@ pub struct Muxer {
     pub(super) next_port: u32,
     /// Whether the listener is out of the epoll set (accept failing).
     pub(super) listener_paused: bool,
+    /// Generation of the last host socket token handed out.
+    next_gen: u32,
     /// Host programs refused for lack of room (for throttled logs).
     pub(super) host_refusals: u64,
     pub(super) counters: VsockCounters,
@@ -106,6 +108,7 @@ impl Muxer {
             rsts: VecDeque::new(),
             next_port: FIRST_LOCAL_PORT,
             listener_paused: false,
+            next_gen: 0,
             host_refusals: 0,
             counters: VsockCounters::default(),
         })
@@ -134,27 +137,35 @@ impl Muxer {
             }
         };
         for ev in &events[..n] {
-            let fd = ev.data() as RawFd;
+            let token = ev.data();
+            let fd = token as u32 as RawFd;
             let set = ev.event_set();
-            if fd == self.listener.as_raw_fd() {
+            if token == self.listener.as_raw_fd() as u64 {
                 self.accept_hosts();
-            } else if fd == self.timer.as_raw_fd() {
+            } else if token == self.timer.as_raw_fd() as u64 {
                 self.expire();
-            } else if self.pending.contains_key(&fd) {
+            } else if self.pending.get(&fd).is_some_and(|p| p.token == token) {
                 self.pending_readable(fd);
             } else if let Some(&key) = self.by_fd.get(&fd) {
-                self.conn_event(key, set);
+                if self.conns.get(&key).is_some_and(|c| c.token == token) {
+                    self.conn_event(key, set);
+                }
             }
+            // Anything else is stale: its socket closed earlier this turn.
         }
     }
 
-    pub(super) fn register(&self, fd: RawFd, out: bool) -> io::Result<()> {
-        let mut set = EventSet::IN | EventSet::EDGE_TRIGGERED;
-        if out {
-            set |= EventSet::OUT;
-        }
+    /// Adds a host socket to the epoll set (edge-triggered EPOLLIN) and
+    /// returns its token: the fd in the low 32 bits, a fresh generation in
+    /// the high ones, so an event still queued for a closed socket is never
+    /// applied to a new one that reused its fd number.
+    pub(super) fn register(&mut self, fd: RawFd) -> io::Result<u64> {
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        let token = (u64::from(self.next_gen) << 32) | u64::from(fd as u32);
+        let set = EventSet::IN | EventSet::EDGE_TRIGGERED;
         self.epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(set, fd as u64))
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(set, token))?;
+        Ok(token)
     }
 
     /// Turns EPOLLOUT on or off for a connection (only on change).
@@ -170,11 +181,8 @@ impl Muxer {
         if want {
             set |= EventSet::OUT;
         }
-        match self.epoll.ctl(
-            ControlOperation::Modify,
-            fd,
-            EpollEvent::new(set, fd as u64),
-        ) {
+        let event = EpollEvent::new(set, conn.token);
+        match self.epoll.ctl(ControlOperation::Modify, fd, event) {
             Ok(()) => conn.out_registered = want,
             Err(e) => {
                 log::error!("vsock: watching host socket {fd}: {e}");
