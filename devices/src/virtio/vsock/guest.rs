@@ -37,7 +37,8 @@ impl Muxer {
                 return;
             }
             Op::Response => {
-                if conn.connecting.is_none() {
+                // Only an answer to a REQUEST the guest has actually seen.
+                if conn.connecting.is_none() || conn.send_request {
                     self.counters.errors += 1;
                     log_limited(self.counters.errors, &format!("stray RESPONSE for {key:?}"));
                     self.kill(key, true);

@@ -62,7 +62,9 @@ pub const TX_INDEX: usize = 1;
 pub const EVQ_INDEX: usize = 2;
 const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 /// How long a host program waits for the guest to answer its `CONNECT`
-/// (and to send that line at all), as in Firecracker.
+/// (and may take to send that line at all), and how long a closing
+/// connection may wait for the guest's RST or a slow host reader before it
+/// is reset (Firecracker uses 2 s for both).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// TX chains handled per wakeup before yielding to the event loop.
 const TX_PER_TURN: usize = 64;

@@ -191,3 +191,17 @@ fn writing_to_a_host_that_went_away_resets_quietly() {
     assert_eq!(t.dev.connection_count(), 0);
     assert_eq!(t.dev.vsock_counters().errors, 0, "not the guest's fault");
 }
+
+#[test]
+fn response_before_the_request_was_delivered_is_refused() {
+    let mut t = T::new();
+    let mut host = UnixStream::connect(t.uds()).unwrap();
+    host.write_all(b"CONNECT 9\n").unwrap();
+    t.pump();
+    // No RX buffer: the REQUEST is still owed. A guessed RESPONSE fails.
+    assert_eq!(t.dev.connection_count(), 1);
+    t.send(&pkt(Op::Response, 9, 1 << 30, 0), &[]);
+    assert_eq!(t.dev.connection_count(), 0);
+    assert!(host_closed(&mut host));
+    assert_eq!(t.dev.vsock_counters().errors, 1);
+}
