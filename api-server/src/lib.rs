@@ -20,6 +20,7 @@ mod openapi_tests;
 mod routes_tests;
 
 pub use metrics::{ApiMetrics, ApiMetricsSnapshot};
+pub use routes::route_request;
 pub use server::{
     spawn_api_server, spawn_api_server_with, ApiServerError, ApiServerHandle, ServerOptions,
 };

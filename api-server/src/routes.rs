@@ -243,6 +243,22 @@ pub(crate) enum Parsed {
     Vmm(ApiRequest),
 }
 
+/// Routes and parses one request the way the server does (path → template,
+/// method → endpoint, body → checked request), without HTTP: the fuzz target
+/// feeds it arbitrary input. `Ok(None)` is `GET /version`, answered by the
+/// server itself.
+pub fn route_request(method: &str, path: &str, body: &[u8]) -> Result<Option<ApiRequest>, ApiError> {
+    let matched =
+        match_path(path).ok_or_else(|| ApiError::not_found(format!("no such path: {path}")))?;
+    let route = matched
+        .route(method)
+        .ok_or_else(|| ApiError::new(405, format!("method {method} not allowed on {path}")))?;
+    match parse(&matched, route, body)? {
+        Parsed::Version => Ok(None),
+        Parsed::Vmm(request) => Ok(Some(request)),
+    }
+}
+
 /// Turns a routed request into what to do; `body` is empty for none.
 pub(crate) fn parse(matched: &Matched, route: &RouteSpec, body: &[u8]) -> Result<Parsed, ApiError> {
     let id = matched.param.as_deref().unwrap_or_default();
