@@ -7,16 +7,20 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::unpack::{Meta, S_IFDIR, S_IFMT};
+use crate::image::{Format, LayerRef};
+use crate::unpack::{is_special, shown, Meta, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT};
 use crate::ContainerError;
 
 /// Bumped whenever the image layout changes, so old cache entries are not
 /// reused.
-const CACHE_FORMAT: u32 = 1;
+const CACHE_FORMAT: u32 = 2;
+
+/// The first line of a cache entry's check file.
+const CHECK_HEADER: &str = "flint root image check v1";
 
 /// Where flint's init lives in the guest.
 pub const INIT_PATH: &str = "/.flint/init";
@@ -30,10 +34,26 @@ const MOUNT_POINTS: [(&str, u32); 4] = [
     ("tmp", 0o1777),
 ];
 
-/// The cache file name (without extension) for an image + init pair.
-pub fn cache_key(image_digest: &str, init_digest: &str) -> String {
-    let text =
-        format!("flint root image v{CACHE_FORMAT}\nimage {image_digest}\ninit {init_digest}\n");
+/// The cache file name (without extension) for an image: what the built
+/// image depends on, all verified before building: the tarball's format,
+/// every layer's blob digest and diff_id in order, the init's digest and
+/// the build's format version. (Not the manifest or config digest: a JSON
+/// document can be valid as both an OCI manifest and a `docker save`
+/// config, and the run settings are not part of the image.)
+pub fn cache_key(format: Format, layers: &[LayerRef], init_digest: &str) -> String {
+    let mut text = format!(
+        "flint root image v{CACHE_FORMAT}\nformat {}\ninit {init_digest}\nlayers {}\n",
+        format.name(),
+        layers.len()
+    );
+    for layer in layers {
+        let _ = writeln!(
+            text,
+            "layer {} {}",
+            layer.digest.as_deref().unwrap_or("-"),
+            layer.diff_id.as_deref().unwrap_or("-")
+        );
+    }
     crate::image::hex(&<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()))
 }
 
@@ -42,6 +62,13 @@ pub fn cache_key(image_digest: &str, init_digest: &str) -> String {
 pub fn image_size(usage: u64) -> u64 {
     const MIB: u64 = 1 << 20;
     (usage + usage.div_ceil(10) * 3 + 32 * MIB).div_ceil(MIB) * MIB
+}
+
+/// The inode count to give `mkfs.ext4 -N` for a tree of `inodes` inodes
+/// (plus flint's own and some room): the default ratio (an inode per
+/// 16 KiB) is far too few for images of many small files.
+pub fn inode_count(inodes: u64) -> u64 {
+    inodes + inodes / 4 + 1024
 }
 
 /// `$XDG_CACHE_HOME/flint/images`, else `~/.cache/flint/images`.
@@ -71,84 +98,157 @@ fn tool(name: &str) -> Result<PathBuf, ContainerError> {
         })
 }
 
+/// Runs a tool to completion (killing it if a stop signal arrives);
+/// returns its stderr.
 fn run_tool(cmd: &mut Command, what: &str) -> Result<String, ContainerError> {
-    let out = cmd
+    let io_err = |source| ContainerError::Io {
+        what: format!("running {what}"),
+        source,
+    };
+    let mut child = cmd
         .stdin(Stdio::null())
-        .output()
-        .map_err(|source| ContainerError::Io {
-            what: format!("running {what}"),
-            source,
-        })?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err)?;
+    let mut stderr_pipe = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        if let Some(pipe) = &mut stderr_pipe {
+            let _ = pipe.read_to_end(&mut text);
+        }
+        text
+    });
+    let status = loop {
+        if let Err(stop) = crate::interrupt::check() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = reader.join();
+            return Err(stop);
+        }
+        match child.try_wait().map_err(io_err)? {
+            Some(status) => break status,
+            None => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    let stderr = reader.join().unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    if !status.success() {
         return Err(ContainerError::Mkfs(format!(
-            "{what} failed ({}): {}",
-            out.status,
+            "{what} failed ({status}): {}",
             stderr.trim()
         )));
     }
     Ok(stderr)
 }
 
-/// `mkfs.ext4 -q -F -d TREE -L flintroot IMAGE SIZE`.
-pub fn mkfs(tree: &Path, image: &Path, size: u64) -> Result<(), ContainerError> {
+/// `mkfs.ext4 -q -F -N INODES -d TREE -L flintroot IMAGE SIZE`.
+pub fn mkfs(tree: &Path, image: &Path, size: u64, inodes: u64) -> Result<(), ContainerError> {
     run_tool(
         Command::new(tool("mkfs.ext4")?)
-            .args(["-q", "-F", "-d"])
+            .args(["-q", "-F", "-N"])
+            .arg(inodes.to_string())
+            .arg("-d")
             .arg(tree)
             .args(["-L", "flintroot"])
             .arg(image)
-            .arg(format!("{}k", size / 1024)),
+            .arg(format!("{}k", size / 1024))
+            .stdout(Stdio::null()),
         "mkfs.ext4",
     )?;
     Ok(())
 }
 
-/// A path as a debugfs argument (double-quoted, `"` doubled). `None` for
-/// names debugfs cannot take (newlines).
-fn quote(path: &Path) -> Option<String> {
-    let s = std::str::from_utf8(path.as_os_str().as_bytes()).ok()?;
-    if s.contains(['\n', '\r']) {
+/// Longest debugfs script line: debugfs reads its script with an 8 KiB
+/// buffer.
+const MAX_LINE: usize = 8000;
+
+/// A path as a debugfs argument: `"/..."` with `"` doubled (debugfs's
+/// parser has no other escapes; every other byte but NUL, newline and
+/// carriage return stands for itself). `None` for names it cannot express.
+pub fn quote(path: &Path) -> Option<Vec<u8>> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.iter().any(|b| matches!(b, b'\n' | b'\r' | 0)) || bytes.len() > MAX_LINE - 64 {
         return None;
     }
-    Some(format!("\"/{}\"", s.replace('"', "\"\"")))
+    let mut out = Vec::with_capacity(bytes.len() + 4);
+    out.extend_from_slice(b"\"/");
+    for &b in bytes {
+        if b == b'"' {
+            out.push(b'"');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+    Some(out)
 }
 
 /// debugfs commands giving every entry of the tree the owner and mode the
 /// image says (the tree on disk was written as the current user, with
-/// modes widened for unpacking).
-pub fn fixups<'a>(tree: &Path, meta: impl IntoIterator<Item = (&'a PathBuf, &'a Meta)>) -> String {
-    let mut script = String::new();
+/// modes reduced for unpacking), and creating its FIFOs and device nodes
+/// (which exist in the metadata only). Names debugfs cannot express
+/// refuse the image.
+pub fn fixups<'a>(
+    tree: &Path,
+    meta: impl IntoIterator<Item = (&'a PathBuf, &'a Meta)>,
+) -> Result<Vec<u8>, ContainerError> {
+    let inexpressible = |rel: &Path| {
+        ContainerError::Image(format!(
+            "\"{}\": a name the root image builder cannot express",
+            shown(rel)
+        ))
+    };
+    let mut script = Vec::new();
     for (rel, want) in meta {
-        let Ok(have) = fs::symlink_metadata(tree.join(rel)) else {
-            continue;
-        };
-        if have.mode() & S_IFMT != want.mode & S_IFMT {
-            continue; // not what the metadata describes (should not happen)
-        }
-        let Some(q) = quote(rel) else {
-            log::warn!(
-                "{}: cannot set its owner and mode in the image (odd name)",
-                rel.display()
-            );
-            continue;
-        };
         let q = if rel.as_os_str().is_empty() {
-            "/".to_owned()
+            b"/".to_vec()
         } else {
-            q
+            quote(rel).ok_or_else(|| inexpressible(rel))?
         };
-        if have.mode() != want.mode {
-            let _ = writeln!(script, "sif {q} mode 0{:o}", want.mode);
+        let have = if is_special(want.mode) {
+            // debugfs's mknod makes an entry of that literal name in its
+            // working directory.
+            let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+                continue;
+            };
+            let node = match (want.mode & S_IFMT, want.device) {
+                (S_IFIFO, _) => "p".to_owned(),
+                (S_IFCHR, Some((major, minor))) => format!("c {major} {minor}"),
+                (S_IFBLK, Some((major, minor))) => format!("b {major} {minor}"),
+                _ => continue,
+            };
+            let parent_q = quote(parent).ok_or_else(|| inexpressible(rel))?;
+            let name_q = quote(Path::new(name)).ok_or_else(|| inexpressible(rel))?;
+            script.extend_from_slice(b"cd ");
+            script.extend_from_slice(&parent_q);
+            script.extend_from_slice(b"\nmknod \"");
+            script.extend_from_slice(&name_q[2..]); // `"/name"` without `"/`
+            script.extend_from_slice(format!(" {node}\ncd /\n").as_bytes());
+            None
+        } else {
+            let Ok(have) = fs::symlink_metadata(tree.join(rel)) else {
+                continue;
+            };
+            if have.mode() & S_IFMT != want.mode & S_IFMT {
+                continue; // not what the metadata describes (should not happen)
+            }
+            Some(have)
+        };
+        let mut sif = |field: &str, value: String| {
+            script.extend_from_slice(b"sif ");
+            script.extend_from_slice(&q);
+            script.extend_from_slice(format!(" {field} {value}\n").as_bytes());
+        };
+        if have.as_ref().map(|h| h.mode()) != Some(want.mode) {
+            sif("mode", format!("0{:o}", want.mode));
         }
-        if have.uid() != want.uid {
-            let _ = writeln!(script, "sif {q} uid {}", want.uid);
+        if have.as_ref().map(|h| h.uid()) != Some(want.uid) {
+            sif("uid", want.uid.to_string());
         }
-        if have.gid() != want.gid {
-            let _ = writeln!(script, "sif {q} gid {}", want.gid);
+        if have.as_ref().map(|h| h.gid()) != Some(want.gid) {
+            sif("gid", want.gid.to_string());
         }
     }
-    script
+    Ok(script)
 }
 
 /// debugfs commands adding flint's init (from `init_host`) and the mount
@@ -198,7 +298,11 @@ pub fn additions(tree: &Path, init_host: &Path) -> Result<String, ContainerError
 
 /// Runs a debugfs script on `image` (read-write); any error it reports
 /// fails the build.
-pub fn debugfs(image: &Path, script: &str, scratch: &Path) -> Result<(), ContainerError> {
+pub fn debugfs(
+    image: &Path,
+    script: impl AsRef<[u8]>,
+    scratch: &Path,
+) -> Result<(), ContainerError> {
     let mut file = tempfile::Builder::new()
         .prefix("debugfs-")
         .tempfile_in(scratch)
@@ -206,7 +310,7 @@ pub fn debugfs(image: &Path, script: &str, scratch: &Path) -> Result<(), Contain
             what: "writing a debugfs script".into(),
             source,
         })?;
-    file.write_all(script.as_bytes())
+    file.write_all(script.as_ref())
         .map_err(|source| ContainerError::Io {
             what: "writing a debugfs script".into(),
             source,
@@ -259,8 +363,16 @@ pub fn check_file_in_image(image: &Path, path: &str, size: u64) -> Result<(), Co
 /// Copies `src` to a new file `dst`: a reflink where the file system can,
 /// else a sparse copy (holes stay holes) with `copy_file_range`.
 pub fn private_copy(src: &Path, dst: &Path) -> io::Result<()> {
-    let from = File::open(src)?;
-    let to = OpenOptions::new().write(true).create_new(true).open(dst)?;
+    private_copy_from(&File::open(src)?, dst)
+}
+
+/// [`private_copy`] from an open file (a checked cache entry).
+pub fn private_copy_from(from: &File, dst: &Path) -> io::Result<()> {
+    let to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)?;
     const FICLONE: libc::c_ulong = 0x4004_9409;
     // SAFETY: FICLONE takes the source fd as its argument; both fds are open.
     if unsafe { libc::ioctl(to.as_raw_fd(), FICLONE, from.as_raw_fd()) } == 0 {
@@ -278,7 +390,10 @@ pub fn private_copy(src: &Path, dst: &Path) -> io::Result<()> {
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(from.as_raw_fd(), data, libc::SEEK_HOLE) };
         let hole = if hole < data { len as i64 } else { hole };
-        copy_range(&from, &to, data, hole - data)?;
+        if crate::interrupt::pending().is_some() {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        copy_range(from, &to, data, hole - data)?;
         pos = hole;
     }
     Ok(())
@@ -327,12 +442,224 @@ fn copy_range_slow(from: &File, mut to: &File, offset: i64, len: i64) -> io::Res
     Ok(())
 }
 
-/// Whether a cached image at `path` looks usable.
-pub fn cached(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0)
-}
-
 /// File name for a cache entry.
 pub fn cache_file(cache_dir: &Path, key: &str) -> PathBuf {
     cache_dir.join(format!("{key}.ext4"))
+}
+
+/// The check file recorded beside a cache entry when it is stored: its size
+/// and [`content_digest`].
+pub fn check_file(entry: &Path) -> PathBuf {
+    let mut name = entry.as_os_str().to_owned();
+    name.push(".check");
+    PathBuf::from(name)
+}
+
+/// Creates the cache directory (and missing parents) private to the user
+/// (0700), and narrows an existing one the user owns to 0700: cache entries
+/// are the guests' disks.
+pub fn create_cache_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let m = fs::metadata(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    if m.mode() & 0o077 != 0 && m.uid() == unsafe { libc::geteuid() } {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Chunk size of [`content_digest`].
+const CHUNK: u64 = 1 << 20;
+
+/// A digest of a file's content that skips reading its holes: sha256 over
+/// the length and the sha256 of each 1 MiB chunk (a chunk in a hole hashes
+/// as zeros without being read). It depends on the content only, not on
+/// which parts are holes.
+pub fn content_digest(file: &File) -> io::Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    let len = file.metadata()?.len();
+    let zero_chunk = Sha256::digest(vec![0u8; CHUNK as usize]);
+    let mut top = Sha256::new();
+    top.update(len.to_le_bytes());
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut at = 0u64;
+    while at < len {
+        if crate::interrupt::pending().is_some() {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        let n = CHUNK.min(len - at);
+        // SAFETY: lseek on an fd we hold.
+        let data = unsafe { libc::lseek(file.as_raw_fd(), at as i64, libc::SEEK_DATA) };
+        if n == CHUNK && (data < 0 || data as u64 >= at + CHUNK) {
+            top.update(zero_chunk);
+        } else {
+            let chunk = &mut buf[..n as usize];
+            std::os::unix::fs::FileExt::read_exact_at(file, chunk, at)?;
+            top.update(Sha256::digest(chunk));
+        }
+        at += n;
+    }
+    Ok((
+        len,
+        format!("sha256:{}", crate::image::hex(&top.finalize())),
+    ))
+}
+
+/// Opens a regular file without following a symlink or blocking on a FIFO.
+fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Opens the cache entry at `entry` if it is sound: a regular file (not a
+/// symlink, directory or FIFO) whose size and content digest match its
+/// check file. `Err` says what is wrong with it.
+pub fn open_cached(entry: &Path) -> Result<File, String> {
+    let file = match open_regular(entry) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("absent".into()),
+        Err(e) => return Err(format!("unusable ({e})")),
+    };
+    let check = open_regular(&check_file(entry))
+        .and_then(|f| {
+            let mut text = String::new();
+            f.take(4096).read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .map_err(|e| format!("no usable check file ({e})"))?;
+    let mut lines = check.lines();
+    let (Some(CHECK_HEADER), Some(size), Some(digest)) = (
+        lines.next(),
+        lines.next().and_then(|l| l.strip_prefix("size ")),
+        lines.next().and_then(|l| l.strip_prefix("digest ")),
+    ) else {
+        return Err("malformed check file".into());
+    };
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    if size.parse::<u64>().ok() != Some(len) {
+        return Err(format!("its size {len} is not the recorded {size}"));
+    }
+    let (_, got) = content_digest(&file).map_err(|e| format!("unreadable ({e})"))?;
+    if got != digest {
+        return Err("its content does not match the recorded digest".into());
+    }
+    Ok(file)
+}
+
+/// Removes a (broken) cache entry and its check file, whatever they are,
+/// without following symlinks.
+pub fn remove_entry(entry: &Path) -> io::Result<()> {
+    for path in [check_file(entry), entry.to_owned()] {
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&path)?,
+            Ok(_) => fs::remove_file(&path)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Stores the finished image `built` (in `scratch`, on the cache's file
+/// system) as the cache entry `entry`, atomically: the image and its check
+/// file are synced and renamed into place (the image last-but-one, so a
+/// crash leaves an entry without a matching check file, which is rebuilt),
+/// then the directory is synced.
+pub fn store(built: &Path, entry: &Path, scratch: &Path) -> io::Result<()> {
+    let file = OpenOptions::new().read(true).write(true).open(built)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    file.sync_all()?;
+    let (len, digest) = content_digest(&file)?;
+    drop(file);
+    let check_tmp = scratch.join("entry.check");
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&check_tmp)?;
+        writeln!(f, "{CHECK_HEADER}\nsize {len}\ndigest {digest}")?;
+        f.sync_all()?;
+    }
+    remove_entry(entry)?;
+    fs::rename(built, entry)?;
+    fs::rename(&check_tmp, check_file(entry))?;
+    if let Some(dir) = entry.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The prefix of this process's scratch directories in the cache
+/// directory: `.run-<pid>-`.
+pub fn scratch_prefix() -> String {
+    format!(".run-{}-", std::process::id())
+}
+
+/// Locks a scratch directory for this process's lifetime (an `flock` on
+/// the directory, released by the kernel when the process dies however it
+/// dies).
+pub fn lock_scratch(dir: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)?;
+    // SAFETY: flock on an fd we hold.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// Removes scratch directories (`.run-<pid>-*`) left in `cache_dir` by
+/// runs that died without cleaning up: their pid is gone and their lock is
+/// free. Returns how many were removed.
+pub fn sweep_stale_scratch(cache_dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(cache_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".run-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
+            .filter(|&pid| pid > 0)
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the pid exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if alive {
+            continue;
+        }
+        let path = entry.path();
+        if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        // The lock guards against a live owner in another pid namespace.
+        let Ok(_lock) = lock_scratch(&path) else {
+            continue;
+        };
+        if fs::remove_dir_all(&path).is_ok() {
+            log::info!("removed stale scratch directory {}", shown(&path));
+            removed += 1;
+        }
+    }
+    removed
 }

@@ -90,6 +90,8 @@ pub fn layer(entries: &[E<'_>]) -> Vec<u8> {
             }
             E::CharDev(path) => {
                 let mut h = header(T::Char, 0o666, 0);
+                h.set_device_major(1).unwrap();
+                h.set_device_minor(3).unwrap();
                 b.append_data(&mut h, path, &[][..]).unwrap();
             }
             E::RawName(name, data) => {
