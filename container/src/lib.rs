@@ -7,8 +7,9 @@
 //! 2. Its layers are unpacked into a scratch tree with whiteouts honoured
 //!    ([`unpack`]), and the tree made into an ext4 image with `mkfs.ext4 -d`
 //!    plus flint's init at `/.flint/init` ([`rootfs`]). The image is cached
-//!    under the cache directory by (image digest, init digest); later runs
-//!    reuse it.
+//!    under the cache directory by (format, layer digests, init digest),
+//!    with a check file (size, content digest); later runs reuse it after
+//!    checking it, and rebuild it when it is not sound.
 //! 3. Each run boots a private copy of the cached image, with a second small
 //!    drive holding the run's settings as JSON ([`settings`]): command,
 //!    environment, working directory. The guest init (crate `guest-init`)
@@ -517,6 +518,9 @@ pub fn prepare(
     }
     let config = api::VmConfig::from_json(&config.to_string())?;
     config.validate()?;
+    // A stop that came after the last check still stops the run (before
+    // the VMM takes the signals over).
+    interrupt::check()?;
     Ok(Prepared {
         run_dir,
         _scratch_lock: scratch_lock,

@@ -122,7 +122,9 @@ fn run_tool(cmd: &mut Command, what: &str) -> Result<String, ContainerError> {
         if let Err(stop) = crate::interrupt::check() {
             let _ = child.kill();
             let _ = child.wait();
-            let _ = reader.join();
+            // The reader ends when the pipe closes; not waited for, in case
+            // the tool left a process holding it open.
+            drop(reader);
             return Err(stop);
         }
         match child.try_wait().map_err(io_err)? {
