@@ -16,6 +16,7 @@
 //!    runs the command with stdout on COM1 and stderr on COM2, which flint
 //!    routes to its own stdout and stderr, and reports the exit status.
 
+pub mod cache;
 mod fuzz;
 pub mod image;
 pub mod interrupt;
@@ -381,34 +382,34 @@ pub fn prepare(
     let limit = unpacked_limit(args.max_unpacked_size, |k| std::env::var(k).ok())?;
     let cache_dir = match &args.cache_dir {
         Some(d) => d.clone(),
-        None => rootfs::default_cache_dir().ok_or_else(|| {
+        None => cache::default_cache_dir().ok_or_else(|| {
             ContainerError::Usage(
                 "no cache directory: set HOME or XDG_CACHE_HOME, or pass --cache-dir".into(),
             )
         })?,
     };
-    rootfs::create_cache_dir(&cache_dir).map_err(io_err(format!(
+    cache::create_cache_dir(&cache_dir).map_err(io_err(format!(
         "creating the cache directory {}",
         cache_dir.display()
     )))?;
     // SIGINT/SIGTERM/SIGHUP stop the build cleanly (the scratch directory
     // is removed on the way out) until the VM starts.
     let _signals = interrupt::SignalGuard::install();
-    rootfs::sweep_stale_scratch(&cache_dir);
+    cache::sweep_stale_scratch(&cache_dir);
     // Everything of this run lives here and goes when it is dropped. It is
     // inside the cache directory so finished images can be renamed into the
     // cache and copied (reflinked) out of it on the same file system. Its
     // name carries the pid and it is locked, so that a later run can tell a
     // dead run's leftovers from a live one's.
     let run_dir = tempfile::Builder::new()
-        .prefix(&rootfs::scratch_prefix())
+        .prefix(&cache::scratch_prefix())
         .tempdir_in(&cache_dir)
         .map_err(io_err(format!(
             "making a scratch directory in {}",
             cache_dir.display()
         )))?;
     let scratch_lock =
-        rootfs::lock_scratch(run_dir.path()).map_err(io_err("locking the scratch directory"))?;
+        cache::lock_scratch(run_dir.path()).map_err(io_err("locking the scratch directory"))?;
     let scratch = run_dir.path();
     let root_image = scratch.join("root.ext4");
     let init_digest = image::sha256_digest(INIT_BINARY);
@@ -437,9 +438,9 @@ pub fn prepare(
             let tar = Tarball::open_limited(path, scratch, limit)?;
             let image = image::read_image(&tar)?;
             let spec = settings::merge(&image.defaults, &overrides, host_env)?;
-            let key = rootfs::cache_key(image.format, &image.layers, &init_digest);
-            let cached = rootfs::cache_file(&cache_dir, &key);
-            let entry = match rootfs::open_cached(&cached) {
+            let key = cache::cache_key(image.format, &image.layers, &init_digest);
+            let cached = cache::cache_file(&cache_dir, &key);
+            let entry = match cache::open_cached(&cached) {
                 Ok(file) => Some(file),
                 Err(why) => {
                     if why != "absent" {
@@ -468,9 +469,9 @@ pub fn prepare(
                     write_init()?;
                     let built = scratch.join("built.ext4");
                     build_from_image(&tar, &image, &built, scratch, &init_path, limit)?;
-                    rootfs::store(&built, &cached, scratch)
+                    cache::store(&built, &cached, scratch)
                         .map_err(stopped_or(format!("storing {}", cached.display())))?;
-                    rootfs::open_cached(&cached).map_err(|why| {
+                    cache::open_cached(&cached).map_err(|why| {
                         ContainerError::Mkfs(format!(
                             "the stored root image {} is {why}",
                             cached.display()

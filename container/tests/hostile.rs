@@ -14,7 +14,7 @@ use common::{
 };
 use container::image::{self, Defaults, Tarball};
 use container::unpack::{self, Tree};
-use container::{rootfs, settings, ContainerError, ContainerRunArgs};
+use container::{settings, ContainerError, ContainerRunArgs};
 
 fn tools_missing() -> bool {
     let missing = ["mkfs.ext4", "debugfs"].iter().any(|t| {
@@ -426,7 +426,7 @@ fn broken_cache_entries_are_rebuilt() {
         ),
         (
             "without its check file",
-            Box::new(|e: &Path| fs::remove_file(rootfs::check_file(e)).unwrap()),
+            Box::new(|e: &Path| fs::remove_file(container::cache::check_file(e)).unwrap()),
         ),
     ];
     let victim_before = fs::read(&victim).unwrap();
@@ -766,7 +766,7 @@ fn stale_scratch_directories_of_dead_runs_are_swept() {
     fs::create_dir(&mine).unwrap();
     let locked = cache.join(format!(".run-{dead}-locked"));
     fs::create_dir(&locked).unwrap();
-    let _lock = rootfs::lock_scratch(&locked).unwrap();
+    let _lock = container::cache::lock_scratch(&locked).unwrap();
     // Not a scratch directory: kept.
     let other = cache.join(".run-notapid");
     fs::create_dir(&other).unwrap();

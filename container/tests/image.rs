@@ -521,7 +521,9 @@ fn layer_ref(digest: Option<&str>, diff_id: &str) -> image::LayerRef {
 fn cache_keys_depend_on_format_layers_and_init() {
     let (a, b) = (sha256(b"a"), sha256(b"b"));
     let layers = [layer_ref(None, &a), layer_ref(None, &b)];
-    let key = |format, layers: &[image::LayerRef], init| rootfs::cache_key(format, layers, init);
+    let key = |format, layers: &[image::LayerRef], init| {
+        container::cache::cache_key(format, layers, init)
+    };
     let k = key(Format::DockerSave, &layers, "sha256:bb");
     assert_eq!(k.len(), 64);
     assert!(k.chars().all(|c| c.is_ascii_hexdigit()));
@@ -534,7 +536,7 @@ fn cache_keys_depend_on_format_layers_and_init() {
     let with_blob = [layer_ref(Some(&a), &a), layer_ref(None, &b)];
     assert_ne!(k, key(Format::DockerSave, &with_blob, "sha256:bb"));
     assert_eq!(
-        rootfs::cache_file(Path::new("/c"), &k),
+        container::cache::cache_file(Path::new("/c"), &k),
         PathBuf::from(format!("/c/{k}.ext4"))
     );
 }
@@ -812,7 +814,10 @@ fn root_images_are_built_once_then_copied_from_the_cache() {
         .map(|e| e.unwrap().path())
         .collect();
     left.sort();
-    assert_eq!(left, [cached[0].clone(), rootfs::check_file(&cached[0])]);
+    assert_eq!(
+        left,
+        [cached[0].clone(), container::cache::check_file(&cached[0])]
+    );
 }
 
 #[test]
