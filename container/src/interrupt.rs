@@ -9,6 +9,7 @@
 //! previous dispositions (the VMM installs its own for the boot).
 
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
 
 use crate::ContainerError;
 
@@ -22,41 +23,51 @@ extern "C" fn on_signal(signal: libc::c_int) {
     PENDING.store(signal, Ordering::SeqCst);
 }
 
+/// The dispositions replaced by the first live guard, and how many guards
+/// are alive (builds may overlap in one process, e.g. in tests).
+static INSTALLED: Mutex<(usize, Vec<(libc::c_int, libc::sigaction)>)> = Mutex::new((0, Vec::new()));
+
 /// Catches SIGINT/SIGTERM/SIGHUP into a flag until dropped.
-pub struct SignalGuard {
-    previous: Vec<(libc::c_int, libc::sigaction)>,
-}
+pub struct SignalGuard(());
 
 impl SignalGuard {
     /// Installs the flag-setting handler (clearing any earlier flag).
     pub fn install() -> SignalGuard {
-        PENDING.store(0, Ordering::SeqCst);
-        let mut previous = Vec::new();
-        for signal in SIGNALS {
-            // SAFETY: a zeroed sigaction is valid; the handler only stores to
-            // an atomic, which is async-signal-safe; `old` is written by the
-            // kernel.
-            unsafe {
-                let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-                action.sa_flags = libc::SA_RESTART;
-                libc::sigemptyset(&mut action.sa_mask);
-                let mut old: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(signal, &action, &mut old) == 0 {
-                    previous.push((signal, old));
+        let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+        installed.0 += 1;
+        if installed.0 == 1 {
+            PENDING.store(0, Ordering::SeqCst);
+            for signal in SIGNALS {
+                // SAFETY: a zeroed sigaction is valid; the handler only
+                // stores to an atomic, which is async-signal-safe; `old` is
+                // written by the kernel.
+                unsafe {
+                    let mut action: libc::sigaction = std::mem::zeroed();
+                    action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+                    action.sa_flags = libc::SA_RESTART;
+                    libc::sigemptyset(&mut action.sa_mask);
+                    let mut old: libc::sigaction = std::mem::zeroed();
+                    if libc::sigaction(signal, &action, &mut old) == 0 {
+                        installed.1.push((signal, old));
+                    }
                 }
             }
         }
-        SignalGuard { previous }
+        SignalGuard(())
     }
 }
 
 impl Drop for SignalGuard {
     fn drop(&mut self) {
-        for (signal, old) in &self.previous {
-            // SAFETY: `old` is the disposition the kernel returned earlier.
-            unsafe {
-                libc::sigaction(*signal, old, std::ptr::null_mut());
+        let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+        installed.0 -= 1;
+        if installed.0 == 0 {
+            for (signal, old) in installed.1.drain(..) {
+                // SAFETY: `old` is the disposition the kernel returned
+                // earlier.
+                unsafe {
+                    libc::sigaction(signal, &old, std::ptr::null_mut());
+                }
             }
         }
     }
