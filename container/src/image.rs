@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
@@ -24,6 +24,16 @@ pub enum Format {
     OciLayout,
     /// `docker save`: `manifest.json` naming a config and layer files.
     DockerSave,
+}
+
+impl Format {
+    /// A stable name (part of the cache key).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::OciLayout => "oci-layout",
+            Format::DockerSave => "docker-save",
+        }
+    }
 }
 
 /// The image's run defaults (from its config's `config` section).
@@ -66,6 +76,10 @@ pub struct Tarball {
     /// Kept alive while `file` may be its decompressed copy.
     _decompressed: Option<tempfile::NamedTempFile>,
     members: HashMap<String, (u64, u64)>,
+    /// Symlink and hard-link members: name to the member they stand for
+    /// (`docker save` stores a layer shared by two images once, the other
+    /// as a symlink to it).
+    links: HashMap<String, String>,
     path: PathBuf,
 }
 
@@ -86,15 +100,59 @@ fn member_key(path: &Path) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// The member a link member `name` points at: a symlink's target is
+/// relative to the link's directory (absolute: to the archive's root), a
+/// hard link's to the archive's root; `..` may not leave the archive.
+fn link_key(name: &str, target: &Path, symlink: bool) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    if symlink && !target.has_root() {
+        parts.extend(name.split('/'));
+        parts.pop();
+    }
+    for c in target.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str()?),
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::CurDir | Component::RootDir => {}
+            Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts.join("/")).filter(|k| !k.is_empty())
+}
+
+/// Links followed at most when resolving a member.
+const MAX_LINK_HOPS: usize = 16;
+
 impl Tarball {
     /// Indexes the tarball at `path`. A gzip-compressed tarball is first
     /// inflated into a temporary file in `scratch`.
     pub fn open(path: &Path, scratch: &Path) -> Result<Tarball, ContainerError> {
+        Tarball::open_limited(path, scratch, crate::unpack::DEFAULT_MAX_UNPACKED)
+    }
+
+    /// [`Tarball::open`], refusing a gzip-compressed tarball that inflates
+    /// to more than `limit` bytes, and anything but a regular file (a FIFO
+    /// or device would block or never end).
+    pub fn open_limited(
+        path: &Path,
+        scratch: &Path,
+        limit: u64,
+    ) -> Result<Tarball, ContainerError> {
         let io_err = |what: &str| {
             let what = format!("{what} {}", path.display());
             move |source| ContainerError::Io { what, source }
         };
-        let mut file = File::open(path).map_err(io_err("opening"))?;
+        // O_NONBLOCK: opening a FIFO with no writer must not hang.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io_err("opening"))?;
+        if !file.metadata().map_err(io_err("reading"))?.is_file() {
+            return Err(image_err(path, "not a regular file"));
+        }
         let mut magic = [0u8; 2];
         let n = file.read(&mut magic).map_err(io_err("reading"))?;
         let mut decompressed = None;
@@ -105,32 +163,66 @@ impl Tarball {
                 .suffix(".tar")
                 .tempfile_in(scratch)
                 .map_err(io_err("making a scratch file for"))?;
-            io::copy(
-                &mut flate2::read::MultiGzDecoder::new(BufReader::new(&file)),
-                tmp.as_file_mut(),
-            )
-            .map_err(io_err("inflating"))?;
+            let gz = flate2::read::MultiGzDecoder::new(BufReader::new(&file));
+            let mut buf = vec![0u8; 64 << 10];
+            let mut total = 0u64;
+            let mut gz = gz.take(limit.saturating_add(1));
+            loop {
+                crate::interrupt::check()?;
+                let n = match gz.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io_err("inflating")(e)),
+                };
+                total += n as u64;
+                if total > limit {
+                    return Err(image_err(
+                        path,
+                        format!(
+                            "inflates to more than the limit of {limit} bytes; raise it with \
+                             --max-unpacked-size or FLINT_MAX_UNPACKED_SIZE if the image is trusted"
+                        ),
+                    ));
+                }
+                std::io::Write::write_all(tmp.as_file_mut(), &buf[..n])
+                    .map_err(io_err("inflating"))?;
+            }
             file = tmp.reopen().map_err(io_err("reopening"))?;
             decompressed = Some(tmp);
         }
         file.seek(SeekFrom::Start(0)).map_err(io_err("reading"))?;
         let mut members = HashMap::new();
+        let mut links = HashMap::new();
         {
             let mut archive = tar::Archive::new(&file);
             let entries = archive
                 .entries_with_seek()
                 .map_err(|e| image_err(path, format!("not a tar archive: {e}")))?;
             for entry in entries {
+                crate::interrupt::check()?;
                 let entry = entry.map_err(|e| image_err(path, format!("bad tar archive: {e}")))?;
-                if !entry.header().entry_type().is_file() {
-                    continue;
-                }
+                let kind = entry.header().entry_type();
                 let name = entry
                     .path()
                     .ok()
                     .and_then(|p| member_key(&p))
                     .filter(|k| !k.is_empty());
-                if let Some(name) = name {
+                let Some(name) = name else {
+                    continue;
+                };
+                if kind.is_symlink() || kind.is_hard_link() {
+                    let target = entry
+                        .link_name()
+                        .ok()
+                        .flatten()
+                        .and_then(|t| link_key(&name, &t, kind.is_symlink()));
+                    if let Some(target) = target {
+                        members.remove(&name);
+                        links.insert(name, target);
+                    }
+                } else if matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous) {
+                    links.remove(&name);
                     members.insert(name, (entry.raw_file_position(), entry.size()));
                 }
             }
@@ -139,6 +231,7 @@ impl Tarball {
             file,
             _decompressed: decompressed,
             members,
+            links,
             path: path.to_owned(),
         })
     }
@@ -147,16 +240,29 @@ impl Tarball {
         &self.path
     }
 
-    pub fn has(&self, name: &str) -> bool {
-        self.members.contains_key(name)
+    /// The regular member `name` stands for, following link members.
+    fn resolve<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        let mut name = name;
+        for _ in 0..=MAX_LINK_HOPS {
+            if self.members.contains_key(name) {
+                return Some(name);
+            }
+            name = self.links.get(name)?;
+        }
+        None
     }
 
-    /// A member's size and a reader over its bytes.
+    pub fn has(&self, name: &str) -> bool {
+        self.resolve(name).is_some()
+    }
+
+    /// A member's size and a reader over its bytes (a link member reads as
+    /// the member it points at).
     pub fn member(&self, name: &str) -> Result<(u64, MemberReader<'_>), ContainerError> {
         let &(offset, size) = self
-            .members
-            .get(name)
-            .ok_or_else(|| image_err(&self.path, format!("has no {name}")))?;
+            .resolve(name)
+            .and_then(|n| self.members.get(n))
+            .ok_or_else(|| image_err(&self.path, format!("has no {}", name.escape_debug())))?;
         Ok((
             size,
             MemberReader {
@@ -234,11 +340,19 @@ pub enum Hasher {
 }
 
 impl Hasher {
-    /// A hasher for the algorithm of `digest` ("sha256:..." or "sha512:...").
+    /// A hasher for `digest` if it is a well-formed digest flint can
+    /// verify: `sha256:` + 64 or `sha512:` + 128 lowercase hex digits.
     pub fn for_digest(digest: &str) -> Option<Hasher> {
-        match digest.split_once(':')?.0 {
-            "sha256" => Some(Hasher::Sha256(Sha256::new())),
-            "sha512" => Some(Hasher::Sha512(Sha512::new())),
+        let (alg, hex) = digest.split_once(':')?;
+        let hex_ok = |n: usize| {
+            hex.len() == n
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        match alg {
+            "sha256" if hex_ok(64) => Some(Hasher::Sha256(Sha256::new())),
+            "sha512" if hex_ok(128) => Some(Hasher::Sha512(Sha512::new())),
             _ => None,
         }
     }
@@ -267,8 +381,22 @@ pub fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(data)))
 }
 
+/// Refuses a digest flint cannot verify (an algorithm other than sha256 or
+/// sha512, or a malformed one): every digest is verified or the image is
+/// refused.
+pub fn check_digest(what: &str, digest: &str) -> Result<(), String> {
+    if Hasher::for_digest(digest).is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "{what}: cannot verify digest \"{}\" (flint verifies sha256 and sha512 digests only)",
+        digest.escape_debug()
+    ))
+}
+
 /// Checks `data` against `digest`.
 fn verify(tar: &Tarball, what: &str, data: &[u8], digest: &str) -> Result<(), ContainerError> {
+    check_digest(what, digest).map_err(|m| image_err(tar.path(), m))?;
     let mut h = Hasher::for_digest(digest)
         .ok_or_else(|| image_err(tar.path(), format!("{what}: unsupported digest {digest}")))?;
     h.update(data);
@@ -294,12 +422,29 @@ pub fn blob_name(digest: &str) -> Option<String> {
     (ok(alg, "+._-") && ok(hex, "")).then(|| format!("blobs/{alg}/{hex}"))
 }
 
-/// Reads the image in `tar`.
+/// Reads the image in `tar`. Every layer's blob digest (when the format
+/// has one) and diff_id must be one flint can verify.
 pub fn read_image(tar: &Tarball) -> Result<Image, ContainerError> {
-    match detect_format(tar)? {
-        Format::OciLayout => read_oci(tar),
-        Format::DockerSave => read_docker(tar),
+    let image = match detect_format(tar)? {
+        Format::OciLayout => read_oci(tar)?,
+        Format::DockerSave => read_docker(tar)?,
+    };
+    for (i, layer) in image.layers.iter().enumerate() {
+        let what = |kind: &str| format!("layer {} ({kind})", i + 1);
+        if let Some(d) = &layer.digest {
+            check_digest(&what("blob digest"), d).map_err(|m| image_err(tar.path(), m))?;
+        }
+        match &layer.diff_id {
+            Some(d) => check_digest(&what("diff_id"), d).map_err(|m| image_err(tar.path(), m))?,
+            None => {
+                return Err(image_err(
+                    tar.path(),
+                    format!("{}: no diff_id", what("config")),
+                ))
+            }
+        }
     }
+    Ok(image)
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(
@@ -310,7 +455,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(data).map_err(|e| image_err(tar.path(), format!("{what}: {e}")))
 }
 
-fn defaults_of(config: &ImageConfiguration) -> Defaults {
+pub(crate) fn defaults_of(config: &ImageConfiguration) -> Defaults {
     let Some(c) = config.config() else {
         return Defaults::default();
     };
@@ -418,7 +563,7 @@ fn read_oci(tar: &Tarball) -> Result<Image, ContainerError> {
 
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct DockerManifestEntry {
+pub(crate) struct DockerManifestEntry {
     config: String,
     #[serde(default)]
     layers: Vec<String>,

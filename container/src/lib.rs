@@ -7,20 +7,30 @@
 //! 2. Its layers are unpacked into a scratch tree with whiteouts honoured
 //!    ([`unpack`]), and the tree made into an ext4 image with `mkfs.ext4 -d`
 //!    plus flint's init at `/.flint/init` ([`rootfs`]). The image is cached
-//!    under the cache directory by (image digest, init digest); later runs
-//!    reuse it.
+//!    under the cache directory by (format, layer digests, init digest),
+//!    with a check file (size, content digest); later runs reuse it after
+//!    checking it, and rebuild it when it is not sound.
 //! 3. Each run boots a private copy of the cached image, with a second small
 //!    drive holding the run's settings as JSON ([`settings`]): command,
 //!    environment, working directory. The guest init (crate `guest-init`)
 //!    runs the command with stdout on COM1 and stderr on COM2, which flint
 //!    routes to its own stdout and stderr, and reports the exit status.
 
+pub mod cache;
+mod fuzz;
 pub mod image;
+pub mod interrupt;
 pub mod rootfs;
 pub mod settings;
 pub mod unpack;
 
+pub use fuzz::{
+    fuzz_open_image, fuzz_parse_config, fuzz_parse_docker_manifest, fuzz_parse_index,
+    fuzz_parse_manifest, fuzz_unpack_layer,
+};
+
 use std::io::{self, BufReader, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -77,6 +87,11 @@ pub struct ContainerRunArgs {
     /// or ~/.cache/flint/images].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Most bytes an image may unpack to (or a gzip-compressed tarball
+    /// inflate to), with an optional K/M/G/T suffix (powers of 1024)
+    /// [default: $FLINT_MAX_UNPACKED_SIZE, else 8G].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_unpacked_size: Option<u64>,
     /// Do not print `container: ...` progress lines on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -124,6 +139,58 @@ pub enum ContainerError {
     /// The guest ended without the init's exit status.
     #[error("the guest stopped without reporting an exit status")]
     NoExitStatus,
+    /// A stop signal (its number) arrived while the root image was built;
+    /// the scratch files are gone.
+    #[error("stopped by {}", interrupt::signal_name(*.0))]
+    Interrupted(i32),
+}
+
+/// Parses a size: bytes, or a number with a K, M, G or T suffix (powers of
+/// 1024; an optional trailing `B`/`iB` is accepted).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => {
+                    return Err(format!(
+                        "{text:?}: unknown size suffix {c:?} (K, M, G or T)"
+                    ))
+                }
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (like 8G or 500M)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// The unpacked-size limit: `--max-unpacked-size`, else
+/// `$FLINT_MAX_UNPACKED_SIZE`, else [`unpack::DEFAULT_MAX_UNPACKED`].
+pub fn unpacked_limit(
+    explicit: Option<u64>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<u64, ContainerError> {
+    if let Some(n) = explicit {
+        return Ok(n);
+    }
+    match env("FLINT_MAX_UNPACKED_SIZE").filter(|v| !v.is_empty()) {
+        Some(v) => parse_size(&v)
+            .map_err(|e| ContainerError::Usage(format!("$FLINT_MAX_UNPACKED_SIZE: {e}"))),
+        None => Ok(unpack::DEFAULT_MAX_UNPACKED),
+    }
 }
 
 /// Where a run's output goes.
@@ -167,14 +234,37 @@ pub struct RunReport {
 /// Runs a container with this process's stdout/stderr; returns the
 /// command's exit status.
 pub fn run(args: ContainerRunArgs) -> Result<u8, ContainerError> {
+    let quiet = args.quiet;
     let report = run_with(args, RunIo::process());
     let _ = io::stdout().flush();
-    report.map(|r| r.exit_code)
+    match report {
+        Ok(r) => Ok(r.exit_code),
+        // Stopped while building: the scratch files are gone; exit like the
+        // signal's default action would report it.
+        Err(ContainerError::Interrupted(signal)) => {
+            if !quiet {
+                eprintln!("container: stopped by {}", interrupt::signal_name(signal));
+            }
+            Ok(128u8.saturating_add(signal as u8))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ContainerError {
     let what = what.into();
     move |source| ContainerError::Io { what, source }
+}
+
+/// [`io_err`], but `Interrupted` when the I/O stopped for a stop signal.
+fn stopped_or(what: impl Into<String>) -> impl FnOnce(io::Error) -> ContainerError {
+    let what = what.into();
+    move |source| match interrupt::pending() {
+        Some(signal) if source.kind() == io::ErrorKind::Interrupted => {
+            ContainerError::Interrupted(signal)
+        }
+        _ => ContainerError::Io { what, source },
+    }
 }
 
 /// The kernel to boot: `explicit`, else `$FLINT_KERNEL`, else
@@ -229,6 +319,9 @@ pub struct Prepared {
     /// This run's scratch directory (inside the cache directory), holding
     /// the private root image and the settings drive; removed on drop.
     pub run_dir: tempfile::TempDir,
+    /// The lock that tells other runs' sweeps the scratch directory is in
+    /// use (released after `run_dir` is removed).
+    _scratch_lock: std::fs::File,
     /// The VM to boot.
     pub config: api::VmConfig,
     /// What the guest init will run.
@@ -286,28 +379,37 @@ pub fn prepare(
             api::MIN_MEM_MIB
         )));
     }
+    let limit = unpacked_limit(args.max_unpacked_size, |k| std::env::var(k).ok())?;
     let cache_dir = match &args.cache_dir {
         Some(d) => d.clone(),
-        None => rootfs::default_cache_dir().ok_or_else(|| {
+        None => cache::default_cache_dir().ok_or_else(|| {
             ContainerError::Usage(
                 "no cache directory: set HOME or XDG_CACHE_HOME, or pass --cache-dir".into(),
             )
         })?,
     };
-    std::fs::create_dir_all(&cache_dir).map_err(io_err(format!(
+    cache::create_cache_dir(&cache_dir).map_err(io_err(format!(
         "creating the cache directory {}",
         cache_dir.display()
     )))?;
+    // SIGINT/SIGTERM/SIGHUP stop the build cleanly (the scratch directory
+    // is removed on the way out) until the VM starts.
+    let _signals = interrupt::SignalGuard::install();
+    cache::sweep_stale_scratch(&cache_dir);
     // Everything of this run lives here and goes when it is dropped. It is
     // inside the cache directory so finished images can be renamed into the
-    // cache and copied (reflinked) out of it on the same file system.
+    // cache and copied (reflinked) out of it on the same file system. Its
+    // name carries the pid and it is locked, so that a later run can tell a
+    // dead run's leftovers from a live one's.
     let run_dir = tempfile::Builder::new()
-        .prefix(".run-")
+        .prefix(&cache::scratch_prefix())
         .tempdir_in(&cache_dir)
         .map_err(io_err(format!(
             "making a scratch directory in {}",
             cache_dir.display()
         )))?;
+    let scratch_lock =
+        cache::lock_scratch(run_dir.path()).map_err(io_err("locking the scratch directory"))?;
     let scratch = run_dir.path();
     let root_image = scratch.join("root.ext4");
     let init_digest = image::sha256_digest(INIT_BINARY);
@@ -333,24 +435,52 @@ pub fn prepare(
     let host_env = |k: &str| std::env::var(k).ok();
     let (spec, cache_hit, image_digest) = match (&args.image, &args.rootfs) {
         (Some(path), None) => {
-            let tar = Tarball::open(path, scratch)?;
+            let tar = Tarball::open_limited(path, scratch, limit)?;
             let image = image::read_image(&tar)?;
             let spec = settings::merge(&image.defaults, &overrides, host_env)?;
-            let key = rootfs::cache_key(&image.digest, &init_digest);
-            let cached = rootfs::cache_file(&cache_dir, &key);
-            let hit = rootfs::cached(&cached);
-            if hit {
-                say(
-                    progress,
-                    format!("using cached root image {}", image.digest),
-                );
-            } else {
-                say(progress, format!("building root image {}", image.digest));
-                write_init()?;
-                build_from_image(&tar, &image, &cached, scratch, &init_path)?;
-            }
-            rootfs::private_copy(&cached, &root_image)
-                .map_err(io_err(format!("copying {}", cached.display())))?;
+            let key = cache::cache_key(image.format, &image.layers, &init_digest);
+            let cached = cache::cache_file(&cache_dir, &key);
+            let entry = match cache::open_cached(&cached) {
+                Ok(file) => Some(file),
+                Err(why) => {
+                    if why != "absent" {
+                        say(
+                            progress,
+                            format!(
+                                "cached root image {} is {why}; rebuilding",
+                                cached.display()
+                            ),
+                        );
+                    }
+                    None
+                }
+            };
+            let hit = entry.is_some();
+            let entry = match entry {
+                Some(file) => {
+                    say(
+                        progress,
+                        format!("using cached root image {}", image.digest),
+                    );
+                    file
+                }
+                None => {
+                    say(progress, format!("building root image {}", image.digest));
+                    write_init()?;
+                    let built = scratch.join("built.ext4");
+                    build_from_image(&tar, &image, &built, scratch, &init_path, limit)?;
+                    cache::store(&built, &cached, scratch)
+                        .map_err(stopped_or(format!("storing {}", cached.display())))?;
+                    cache::open_cached(&cached).map_err(|why| {
+                        ContainerError::Mkfs(format!(
+                            "the stored root image {} is {why}",
+                            cached.display()
+                        ))
+                    })?
+                }
+            };
+            rootfs::private_copy_from(&entry, &root_image)
+                .map_err(stopped_or(format!("copying {}", cached.display())))?;
             (spec, hit, Some(image.digest))
         }
         (None, Some(dir)) => {
@@ -389,8 +519,12 @@ pub fn prepare(
     }
     let config = api::VmConfig::from_json(&config.to_string())?;
     config.validate()?;
+    // A stop that came after the last check still stops the run (before
+    // the VMM takes the signals over).
+    interrupt::check()?;
     Ok(Prepared {
         run_dir,
+        _scratch_lock: scratch_lock,
         config,
         spec,
         settings_path,
@@ -437,17 +571,22 @@ pub fn boot(
     }
 }
 
-/// Unpacks `image`'s layers, builds the ext4 image and moves it to `dest`.
+/// Unpacks `image`'s layers (at most `limit` bytes) and builds the ext4
+/// image at `dest`.
 fn build_from_image(
     tar: &Tarball,
     image: &Image,
     dest: &Path,
     scratch: &Path,
     init_path: &Path,
+    limit: u64,
 ) -> Result<(), ContainerError> {
     let tree_dir = scratch.join("tree");
-    std::fs::create_dir(&tree_dir).map_err(io_err("making the unpack directory"))?;
-    let mut tree = unpack::Tree::new(&tree_dir);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&tree_dir)
+        .map_err(io_err("making the unpack directory"))?;
+    let mut tree = unpack::Tree::with_limit(&tree_dir, limit);
     let total = image.layers.len();
     for (i, layer) in image.layers.iter().enumerate() {
         apply_layer(tar, layer, &mut tree).map_err(|e| match e {
@@ -458,21 +597,18 @@ fn build_from_image(
         })?;
     }
     tree.finish()?;
-    if tree.skipped_devices > 0 {
-        log::info!("skipped {} device nodes", tree.skipped_devices);
+    if tree.skipped > 0 {
+        log::info!("skipped {} entries of unknown types", tree.skipped);
     }
-    let building = scratch.join("building.ext4");
-    let usage = unpack::tree_usage(&tree_dir).map_err(io_err("measuring the unpacked image"))?;
-    mkfs_with_init(
-        &tree_dir,
-        &building,
-        usage,
-        init_path,
-        scratch,
-        &rootfs::fixups(&tree_dir, &tree.meta),
-    )?;
-    std::fs::remove_dir_all(&tree_dir).map_err(io_err("removing the unpack directory"))?;
-    std::fs::rename(&building, dest).map_err(io_err(format!("storing {}", dest.display())))
+    let specials = tree
+        .meta
+        .values()
+        .filter(|m| unpack::is_special(m.mode))
+        .count() as u64;
+    let usage = unpack::tree_usage(&tree_dir)?.plus_inodes(specials);
+    let fixups = rootfs::fixups(&tree_dir, &tree.meta)?;
+    mkfs_with_init(&tree_dir, dest, usage, init_path, scratch, &fixups)?;
+    std::fs::remove_dir_all(&tree_dir).map_err(io_err("removing the unpack directory"))
 }
 
 /// Builds the ext4 image straight from a directory.
@@ -488,21 +624,22 @@ fn build_from_dir(
             dir.display()
         )));
     }
-    let usage = unpack::tree_usage(dir).map_err(io_err(format!("measuring {}", dir.display())))?;
-    mkfs_with_init(dir, dest, usage, init_path, scratch, "")
+    let usage = unpack::tree_usage(dir)?;
+    mkfs_with_init(dir, dest, usage, init_path, scratch, b"")
 }
 
 fn mkfs_with_init(
     tree: &Path,
     dest: &Path,
-    usage: u64,
+    usage: unpack::Usage,
     init_path: &Path,
     scratch: &Path,
-    fixups: &str,
+    fixups: &[u8],
 ) -> Result<(), ContainerError> {
-    let size = rootfs::image_size(usage + INIT_BINARY.len() as u64 + 64 * 1024);
-    rootfs::mkfs(tree, dest, size)?;
-    let script = rootfs::additions(tree, init_path)? + fixups;
+    let size = rootfs::image_size(usage.bytes + INIT_BINARY.len() as u64 + 64 * 1024);
+    rootfs::mkfs(tree, dest, size, rootfs::inode_count(usage.inodes))?;
+    let mut script = rootfs::additions(tree, init_path)?.into_bytes();
+    script.extend_from_slice(fixups);
     rootfs::debugfs(dest, &script, scratch)?;
     rootfs::check_file_in_image(dest, rootfs::INIT_PATH, INIT_BINARY.len() as u64)
 }
@@ -514,6 +651,13 @@ pub fn apply_layer(
     tree: &mut unpack::Tree,
 ) -> Result<(), ContainerError> {
     let (_, raw) = tar.member(&layer.name)?;
+    // Every digest given is verified; one flint cannot compute refuses the
+    // layer (`read_image` refuses such images before this).
+    for (what, d) in [("blob digest", &layer.digest), ("diff_id", &layer.diff_id)] {
+        if let Some(d) = d {
+            image::check_digest(what, d).map_err(ContainerError::Image)?;
+        }
+    }
     let hasher = |d: &Option<String>| d.as_deref().and_then(Hasher::for_digest);
     let compressed = HashingReader::new(raw, hasher(&layer.digest));
     let mut buffered = BufReader::with_capacity(256 * 1024, compressed);

@@ -1,22 +1,19 @@
 //! The ext4 root image: built from a tree with `mkfs.ext4 -d` (no root, no
 //! mount), completed with `debugfs` (flint's init, mount points, the image's
-//! owners and modes), cached by content, and copied privately for each run.
+//! owners and modes, special files), and copied privately for each run
+//! (the cache is [`crate::cache`]).
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::unpack::{Meta, S_IFDIR, S_IFMT};
+use crate::unpack::{is_special, shown, Meta, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT};
 use crate::ContainerError;
-
-/// Bumped whenever the image layout changes, so old cache entries are not
-/// reused.
-const CACHE_FORMAT: u32 = 1;
 
 /// Where flint's init lives in the guest.
 pub const INIT_PATH: &str = "/.flint/init";
@@ -30,13 +27,6 @@ const MOUNT_POINTS: [(&str, u32); 4] = [
     ("tmp", 0o1777),
 ];
 
-/// The cache file name (without extension) for an image + init pair.
-pub fn cache_key(image_digest: &str, init_digest: &str) -> String {
-    let text =
-        format!("flint root image v{CACHE_FORMAT}\nimage {image_digest}\ninit {init_digest}\n");
-    crate::image::hex(&<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()))
-}
-
 /// The image size for a tree needing `usage` bytes: 1.3 × usage + 32 MiB,
 /// rounded up to a whole MiB.
 pub fn image_size(usage: u64) -> u64 {
@@ -44,16 +34,11 @@ pub fn image_size(usage: u64) -> u64 {
     (usage + usage.div_ceil(10) * 3 + 32 * MIB).div_ceil(MIB) * MIB
 }
 
-/// `$XDG_CACHE_HOME/flint/images`, else `~/.cache/flint/images`.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    let nonempty = |k| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    nonempty("XDG_CACHE_HOME")
-        .or_else(|| nonempty("HOME").map(|h| h.join(".cache")))
-        .map(|c| c.join("flint").join("images"))
+/// The inode count to give `mkfs.ext4 -N` for a tree of `inodes` inodes
+/// (plus flint's own and some room): the default ratio (an inode per
+/// 16 KiB) is far too few for images of many small files.
+pub fn inode_count(inodes: u64) -> u64 {
+    inodes + inodes / 4 + 1024
 }
 
 /// Finds an e2fsprogs tool on PATH or in the sbin directories (which
@@ -71,84 +56,159 @@ fn tool(name: &str) -> Result<PathBuf, ContainerError> {
         })
 }
 
+/// Runs a tool to completion (killing it if a stop signal arrives);
+/// returns its stderr.
 fn run_tool(cmd: &mut Command, what: &str) -> Result<String, ContainerError> {
-    let out = cmd
+    let io_err = |source| ContainerError::Io {
+        what: format!("running {what}"),
+        source,
+    };
+    let mut child = cmd
         .stdin(Stdio::null())
-        .output()
-        .map_err(|source| ContainerError::Io {
-            what: format!("running {what}"),
-            source,
-        })?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err)?;
+    let mut stderr_pipe = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        if let Some(pipe) = &mut stderr_pipe {
+            let _ = pipe.read_to_end(&mut text);
+        }
+        text
+    });
+    let status = loop {
+        if let Err(stop) = crate::interrupt::check() {
+            let _ = child.kill();
+            let _ = child.wait();
+            // The reader ends when the pipe closes; not waited for, in case
+            // the tool left a process holding it open.
+            drop(reader);
+            return Err(stop);
+        }
+        match child.try_wait().map_err(io_err)? {
+            Some(status) => break status,
+            None => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    let stderr = reader.join().unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    if !status.success() {
         return Err(ContainerError::Mkfs(format!(
-            "{what} failed ({}): {}",
-            out.status,
+            "{what} failed ({status}): {}",
             stderr.trim()
         )));
     }
     Ok(stderr)
 }
 
-/// `mkfs.ext4 -q -F -d TREE -L flintroot IMAGE SIZE`.
-pub fn mkfs(tree: &Path, image: &Path, size: u64) -> Result<(), ContainerError> {
+/// `mkfs.ext4 -q -F -N INODES -d TREE -L flintroot IMAGE SIZE`.
+pub fn mkfs(tree: &Path, image: &Path, size: u64, inodes: u64) -> Result<(), ContainerError> {
     run_tool(
         Command::new(tool("mkfs.ext4")?)
-            .args(["-q", "-F", "-d"])
+            .args(["-q", "-F", "-N"])
+            .arg(inodes.to_string())
+            .arg("-d")
             .arg(tree)
             .args(["-L", "flintroot"])
             .arg(image)
-            .arg(format!("{}k", size / 1024)),
+            .arg(format!("{}k", size / 1024))
+            .stdout(Stdio::null()),
         "mkfs.ext4",
     )?;
     Ok(())
 }
 
-/// A path as a debugfs argument (double-quoted, `"` doubled). `None` for
-/// names debugfs cannot take (newlines).
-fn quote(path: &Path) -> Option<String> {
-    let s = std::str::from_utf8(path.as_os_str().as_bytes()).ok()?;
-    if s.contains(['\n', '\r']) {
+/// Longest debugfs script line: debugfs reads its script with an 8 KiB
+/// buffer.
+const MAX_LINE: usize = 8000;
+
+/// A path as a debugfs argument: `"/..."` with `"` doubled (debugfs's
+/// parser has no other escapes; every other byte but NUL, newline and
+/// carriage return stands for itself). `None` for names it cannot express.
+pub fn quote(path: &Path) -> Option<Vec<u8>> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.iter().any(|b| matches!(b, b'\n' | b'\r' | 0)) || bytes.len() > MAX_LINE - 64 {
         return None;
     }
-    Some(format!("\"/{}\"", s.replace('"', "\"\"")))
+    let mut out = Vec::with_capacity(bytes.len() + 4);
+    out.extend_from_slice(b"\"/");
+    for &b in bytes {
+        if b == b'"' {
+            out.push(b'"');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+    Some(out)
 }
 
 /// debugfs commands giving every entry of the tree the owner and mode the
 /// image says (the tree on disk was written as the current user, with
-/// modes widened for unpacking).
-pub fn fixups<'a>(tree: &Path, meta: impl IntoIterator<Item = (&'a PathBuf, &'a Meta)>) -> String {
-    let mut script = String::new();
+/// modes reduced for unpacking), and creating its FIFOs and device nodes
+/// (which exist in the metadata only). Names debugfs cannot express
+/// refuse the image.
+pub fn fixups<'a>(
+    tree: &Path,
+    meta: impl IntoIterator<Item = (&'a PathBuf, &'a Meta)>,
+) -> Result<Vec<u8>, ContainerError> {
+    let inexpressible = |rel: &Path| {
+        ContainerError::Image(format!(
+            "\"{}\": a name the root image builder cannot express",
+            shown(rel)
+        ))
+    };
+    let mut script = Vec::new();
     for (rel, want) in meta {
-        let Ok(have) = fs::symlink_metadata(tree.join(rel)) else {
-            continue;
-        };
-        if have.mode() & S_IFMT != want.mode & S_IFMT {
-            continue; // not what the metadata describes (should not happen)
-        }
-        let Some(q) = quote(rel) else {
-            log::warn!(
-                "{}: cannot set its owner and mode in the image (odd name)",
-                rel.display()
-            );
-            continue;
-        };
         let q = if rel.as_os_str().is_empty() {
-            "/".to_owned()
+            b"/".to_vec()
         } else {
-            q
+            quote(rel).ok_or_else(|| inexpressible(rel))?
         };
-        if have.mode() != want.mode {
-            let _ = writeln!(script, "sif {q} mode 0{:o}", want.mode);
+        let have = if is_special(want.mode) {
+            // debugfs's mknod makes an entry of that literal name in its
+            // working directory.
+            let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+                continue;
+            };
+            let node = match (want.mode & S_IFMT, want.device) {
+                (S_IFIFO, _) => "p".to_owned(),
+                (S_IFCHR, Some((major, minor))) => format!("c {major} {minor}"),
+                (S_IFBLK, Some((major, minor))) => format!("b {major} {minor}"),
+                _ => continue,
+            };
+            let parent_q = quote(parent).ok_or_else(|| inexpressible(rel))?;
+            let name_q = quote(Path::new(name)).ok_or_else(|| inexpressible(rel))?;
+            script.extend_from_slice(b"cd ");
+            script.extend_from_slice(&parent_q);
+            script.extend_from_slice(b"\nmknod \"");
+            script.extend_from_slice(&name_q[2..]); // `"/name"` without `"/`
+            script.extend_from_slice(format!(" {node}\ncd /\n").as_bytes());
+            None
+        } else {
+            let Ok(have) = fs::symlink_metadata(tree.join(rel)) else {
+                continue;
+            };
+            if have.mode() & S_IFMT != want.mode & S_IFMT {
+                continue; // not what the metadata describes (should not happen)
+            }
+            Some(have)
+        };
+        let mut sif = |field: &str, value: String| {
+            script.extend_from_slice(b"sif ");
+            script.extend_from_slice(&q);
+            script.extend_from_slice(format!(" {field} {value}\n").as_bytes());
+        };
+        if have.as_ref().map(|h| h.mode()) != Some(want.mode) {
+            sif("mode", format!("0{:o}", want.mode));
         }
-        if have.uid() != want.uid {
-            let _ = writeln!(script, "sif {q} uid {}", want.uid);
+        if have.as_ref().map(|h| h.uid()) != Some(want.uid) {
+            sif("uid", want.uid.to_string());
         }
-        if have.gid() != want.gid {
-            let _ = writeln!(script, "sif {q} gid {}", want.gid);
+        if have.as_ref().map(|h| h.gid()) != Some(want.gid) {
+            sif("gid", want.gid.to_string());
         }
     }
-    script
+    Ok(script)
 }
 
 /// debugfs commands adding flint's init (from `init_host`) and the mount
@@ -198,7 +258,11 @@ pub fn additions(tree: &Path, init_host: &Path) -> Result<String, ContainerError
 
 /// Runs a debugfs script on `image` (read-write); any error it reports
 /// fails the build.
-pub fn debugfs(image: &Path, script: &str, scratch: &Path) -> Result<(), ContainerError> {
+pub fn debugfs(
+    image: &Path,
+    script: impl AsRef<[u8]>,
+    scratch: &Path,
+) -> Result<(), ContainerError> {
     let mut file = tempfile::Builder::new()
         .prefix("debugfs-")
         .tempfile_in(scratch)
@@ -206,7 +270,7 @@ pub fn debugfs(image: &Path, script: &str, scratch: &Path) -> Result<(), Contain
             what: "writing a debugfs script".into(),
             source,
         })?;
-    file.write_all(script.as_bytes())
+    file.write_all(script.as_ref())
         .map_err(|source| ContainerError::Io {
             what: "writing a debugfs script".into(),
             source,
@@ -259,8 +323,16 @@ pub fn check_file_in_image(image: &Path, path: &str, size: u64) -> Result<(), Co
 /// Copies `src` to a new file `dst`: a reflink where the file system can,
 /// else a sparse copy (holes stay holes) with `copy_file_range`.
 pub fn private_copy(src: &Path, dst: &Path) -> io::Result<()> {
-    let from = File::open(src)?;
-    let to = OpenOptions::new().write(true).create_new(true).open(dst)?;
+    private_copy_from(&File::open(src)?, dst)
+}
+
+/// [`private_copy`] from an open file (a checked cache entry).
+pub fn private_copy_from(from: &File, dst: &Path) -> io::Result<()> {
+    let to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)?;
     const FICLONE: libc::c_ulong = 0x4004_9409;
     // SAFETY: FICLONE takes the source fd as its argument; both fds are open.
     if unsafe { libc::ioctl(to.as_raw_fd(), FICLONE, from.as_raw_fd()) } == 0 {
@@ -278,7 +350,10 @@ pub fn private_copy(src: &Path, dst: &Path) -> io::Result<()> {
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(from.as_raw_fd(), data, libc::SEEK_HOLE) };
         let hole = if hole < data { len as i64 } else { hole };
-        copy_range(&from, &to, data, hole - data)?;
+        if crate::interrupt::pending().is_some() {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        copy_range(from, &to, data, hole - data)?;
         pos = hole;
     }
     Ok(())
@@ -325,14 +400,4 @@ fn copy_range_slow(from: &File, mut to: &File, offset: i64, len: i64) -> io::Res
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     Ok(())
-}
-
-/// Whether a cached image at `path` looks usable.
-pub fn cached(path: &Path) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0)
-}
-
-/// File name for a cache entry.
-pub fn cache_file(cache_dir: &Path, key: &str) -> PathBuf {
-    cache_dir.join(format!("{key}.ext4"))
 }

@@ -187,11 +187,14 @@ fn an_image_runs_cold_then_from_the_cache() {
         warm.stdout,
         "yes cli flint /made/by/init /home/app 1000:1000 1000 50\n"
     );
-    // Only the cached image is left in the cache directory.
-    let left: Vec<_> = std::fs::read_dir(&cache)
+    // Only the cached image and its check file are left in the cache
+    // directory.
+    let mut left: Vec<_> = std::fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(left.len(), 1, "{left:?}");
+    left.sort();
+    assert_eq!(left.len(), 2, "{left:?}");
     assert!(left[0].ends_with(".ext4"), "{left:?}");
+    assert_eq!(left[1], format!("{}.check", left[0]));
 }

@@ -136,8 +136,13 @@ fn links_permissions_and_owners_are_kept() {
     ]);
     let (_dir, tree) = unpack_layers(&[l1]);
     let r = tree.root();
+    // The setuid bit is in the metadata only, never on the host.
     let tool = fs::metadata(r.join("bin/tool")).unwrap();
-    assert_eq!(tool.mode() & 0o7777, 0o4755);
+    assert_eq!(tool.mode() & 0o7777, 0o755);
+    assert_eq!(
+        tree.meta[Path::new("bin/tool")].mode,
+        unpack::S_IFREG | 0o4755
+    );
     assert_eq!(tool.ino(), fs::metadata(r.join("bin/tool2")).unwrap().ino());
     assert_eq!(fs::read_link(r.join("bin/sh")).unwrap(), Path::new("tool"));
     assert_eq!(
@@ -159,22 +164,13 @@ fn links_permissions_and_owners_are_kept() {
             .mtime(),
         1_700_000_000
     );
-    assert!(fs::symlink_metadata(r.join("pipe"))
-        .unwrap()
-        .file_type()
-        .is_fifo_like());
-    assert!(!exists(&r.join("dev/null")), "device nodes are skipped");
-    assert_eq!(tree.skipped_devices, 1);
-}
-
-trait FifoLike {
-    fn is_fifo_like(&self) -> bool;
-}
-
-impl FifoLike for fs::FileType {
-    fn is_fifo_like(&self) -> bool {
-        std::os::unix::fs::FileTypeExt::is_fifo(self)
-    }
+    // FIFOs and device nodes are recorded, not created on the host.
+    assert!(!exists(&r.join("pipe")));
+    assert!(!exists(&r.join("dev/null")));
+    assert_eq!(tree.meta[Path::new("pipe")].mode, unpack::S_IFIFO | 0o644);
+    let null = tree.meta[Path::new("dev/null")];
+    assert_eq!(null.mode, unpack::S_IFCHR | 0o666);
+    assert_eq!(null.device, Some((1, 3)));
 }
 
 fn apply_err(layers: &[Vec<u8>]) -> String {
@@ -513,16 +509,34 @@ fn the_settings_drive_is_padded_and_read_back_by_the_init() {
     assert_eq!(settings::read_status(&path), Some(42));
 }
 
+fn layer_ref(digest: Option<&str>, diff_id: &str) -> image::LayerRef {
+    image::LayerRef {
+        name: "l".into(),
+        digest: digest.map(str::to_owned),
+        diff_id: Some(diff_id.to_owned()),
+    }
+}
+
 #[test]
-fn cache_keys_depend_on_image_and_init() {
-    let k = rootfs::cache_key("sha256:aa", "sha256:bb");
+fn cache_keys_depend_on_format_layers_and_init() {
+    let (a, b) = (sha256(b"a"), sha256(b"b"));
+    let layers = [layer_ref(None, &a), layer_ref(None, &b)];
+    let key = |format, layers: &[image::LayerRef], init| {
+        container::cache::cache_key(format, layers, init)
+    };
+    let k = key(Format::DockerSave, &layers, "sha256:bb");
     assert_eq!(k.len(), 64);
     assert!(k.chars().all(|c| c.is_ascii_hexdigit()));
-    assert_eq!(k, rootfs::cache_key("sha256:aa", "sha256:bb"));
-    assert_ne!(k, rootfs::cache_key("sha256:ab", "sha256:bb"));
-    assert_ne!(k, rootfs::cache_key("sha256:aa", "sha256:bc"));
+    assert_eq!(k, key(Format::DockerSave, &layers, "sha256:bb"));
+    assert_ne!(k, key(Format::OciLayout, &layers, "sha256:bb"));
+    assert_ne!(k, key(Format::DockerSave, &layers, "sha256:bc"));
+    assert_ne!(k, key(Format::DockerSave, &layers[..1], "sha256:bb"));
+    let swapped = [layer_ref(None, &b), layer_ref(None, &a)];
+    assert_ne!(k, key(Format::DockerSave, &swapped, "sha256:bb"));
+    let with_blob = [layer_ref(Some(&a), &a), layer_ref(None, &b)];
+    assert_ne!(k, key(Format::DockerSave, &with_blob, "sha256:bb"));
     assert_eq!(
-        rootfs::cache_file(Path::new("/c"), &k),
+        container::cache::cache_file(Path::new("/c"), &k),
         PathBuf::from(format!("/c/{k}.ext4"))
     );
 }
@@ -599,6 +613,9 @@ fn the_root_image_gets_the_init_mount_points_and_image_owners() {
         E::File("bin/x", b"x", 0o755),
         E::Owned("home/u/file", b"mine", 0o600, 1000, 1001),
         E::File("suid", b"s", 0o4711),
+        E::Dir("sgid-dir", 0o2775),
+        E::Fifo("pipe"),
+        E::CharDev("dev/null"),
     ])];
     let (dir, tree) = unpack_layers(&layers);
     let init = dir.path().join("init");
@@ -606,9 +623,15 @@ fn the_root_image_gets_the_init_mount_points_and_image_owners() {
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).unwrap();
     let image = dir.path().join("root.ext4");
     let usage = unpack::tree_usage(tree.root()).unwrap();
-    rootfs::mkfs(tree.root(), &image, rootfs::image_size(usage)).unwrap();
-    let script =
-        rootfs::additions(tree.root(), &init).unwrap() + &rootfs::fixups(tree.root(), &tree.meta);
+    rootfs::mkfs(
+        tree.root(),
+        &image,
+        rootfs::image_size(usage.bytes),
+        rootfs::inode_count(usage.inodes),
+    )
+    .unwrap();
+    let mut script = rootfs::additions(tree.root(), &init).unwrap().into_bytes();
+    script.extend(rootfs::fixups(tree.root(), &tree.meta).unwrap());
     rootfs::debugfs(&image, &script, dir.path()).unwrap();
     rootfs::check_file_in_image(
         &image,
@@ -622,6 +645,18 @@ fn the_root_image_gets_the_init_mount_points_and_image_owners() {
     assert!(owned.contains("User:  1000   Group:  1001"), "{owned}");
     assert!(owned.contains("Mode:  0600"), "{owned}");
     assert!(debugfs_stat(&image, "/suid").contains("Mode:  04711"));
+    assert!(debugfs_stat(&image, "/sgid-dir").contains("Mode:  02775"));
+    let pipe = debugfs_stat(&image, "/pipe");
+    assert!(
+        pipe.contains("Type: FIFO") && pipe.contains("Mode:  0644"),
+        "{pipe}"
+    );
+    let null = debugfs_stat(&image, "/dev/null");
+    assert!(
+        null.contains("Type: character special") && null.contains("Mode:  0666"),
+        "{null}"
+    );
+    assert!(null.contains("Device major/minor number: 01:03"), "{null}");
     let tmp = debugfs_stat(&image, "/tmp");
     assert!(
         tmp.contains("Type: directory") && tmp.contains("Mode:  01777"),
@@ -768,13 +803,21 @@ fn root_images_are_built_once_then_copied_from_the_cache() {
     assert!(debugfs_stat(&cached[0], "/etc/added.txt").contains("Type: regular"));
     assert!(!debugfs_stat(&cached[0], "/etc/doomed.txt").contains("Type:"));
 
-    // Each run's scratch directory goes with it.
+    // The cache is private to the user.
+    assert_eq!(fs::metadata(&cache).unwrap().mode() & 0o777, 0o700);
+
+    // Each run's scratch directory goes with it; the entry and its check
+    // file stay.
     drop((first, second));
-    let left: Vec<_> = fs::read_dir(&cache)
+    let mut left: Vec<_> = fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(left, cached);
+    left.sort();
+    assert_eq!(
+        left,
+        [cached[0].clone(), container::cache::check_file(&cached[0])]
+    );
 }
 
 #[test]

@@ -90,6 +90,8 @@ pub fn layer(entries: &[E<'_>]) -> Vec<u8> {
             }
             E::CharDev(path) => {
                 let mut h = header(T::Char, 0o666, 0);
+                h.set_device_major(1).unwrap();
+                h.set_device_minor(3).unwrap();
                 b.append_data(&mut h, path, &[][..]).unwrap();
             }
             E::RawName(name, data) => {
@@ -198,4 +200,105 @@ pub fn oci_layout(layers: &[Vec<u8>], config: serde_json::Value) -> (Vec<u8>, St
 
 pub fn write(path: &Path, data: &[u8]) {
     std::fs::write(path, data).unwrap();
+}
+
+/// A tar of regular files and symlinks, in order.
+pub fn tar_of(files: &[(&str, &[u8])], symlinks: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        add_file(&mut b, name, data);
+    }
+    for (name, target) in symlinks {
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+        b.append_link(&mut h, name, target).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// An OCI image layout whose layers are stored under the given digests
+/// (not necessarily sha256, not necessarily right) with the given diff_ids.
+pub fn oci_layout_raw(layers: &[(String, Vec<u8>)], diff_ids: &[String]) -> Vec<u8> {
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/true"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let mut files: Vec<(String, Vec<u8>)> = vec![(
+        "oci-layout".into(),
+        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+    )];
+    let mut descs = Vec::new();
+    for (digest, blob) in layers {
+        let (alg, hex) = digest.split_once(':').unwrap();
+        files.push((format!("blobs/{alg}/{hex}"), blob.clone()));
+        descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest, "size": blob.len(),
+        }));
+    }
+    let cd = sha256(&config);
+    files.push((format!("blobs/sha256/{}", &cd[7..]), config.clone()));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": descs,
+    }))
+    .unwrap();
+    let md = sha256(&manifest);
+    files.push((format!("blobs/sha256/{}", &md[7..]), manifest.clone()));
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len()}],
+    });
+    files.push(("index.json".into(), serde_json::to_vec(&index).unwrap()));
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    tar_of(&refs, &[])
+}
+
+/// A `docker save` tarball with the given config bytes and layer members
+/// (`layer_names` in manifest order; `layers` stored as files, `links` as
+/// symlink members).
+pub fn docker_save_raw(
+    config: &[u8],
+    layer_names: &[&str],
+    layers: &[(&str, &[u8])],
+    links: &[(&str, &str)],
+) -> Vec<u8> {
+    let config_name = format!("{}.json", &sha256(config)[7..]);
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": config_name, "RepoTags": ["test:latest"], "Layers": layer_names,
+    }]))
+    .unwrap();
+    let mut files: Vec<(&str, &[u8])> = layers.to_vec();
+    files.push((&config_name, config));
+    files.push(("manifest.json", &manifest));
+    tar_of(&files, links)
+}
+
+/// A GNU sparse file entry declaring `real_size` bytes with one 512-byte
+/// data block at its end.
+pub fn sparse_layer(name: &str, real_size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(512);
+    {
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(real_size);
+        gnu.sparse[0].set_offset(real_size - 512);
+        gnu.sparse[0].set_length(512);
+    }
+    h.set_path(name).unwrap();
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &[7u8; 512][..]).unwrap();
+    b.into_inner().unwrap()
 }
