@@ -8,6 +8,14 @@
 //! kernel lets user space reach it (`/dev/port` or `ioperm`). Failures of its
 //! own are printed as `flint-init: ...` on `/dev/ttyS1` and reported as 126
 //! (or 127 for a command that is not found), like a shell.
+//!
+//! In agent mode (settings `"mode": "agent"` or the kernel command-line word
+//! `flint.agent=1`) it sets the guest up the same way, then runs the guest
+//! agent as a child and supervises it (see `supervisor`). The same binary
+//! is the agent when `FLINT_AGENT_LISTEN` is set (no PID 1 duties then: this
+//! is also how the tests run it on the host).
+
+mod supervisor;
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -17,9 +25,10 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
+use guest_init::agent::{self, Listen};
 use guest_init::{
-    exit_code, parse_settings, resolve_user, status_record, Credentials, Settings, BLOCK_SIZE,
-    SETTINGS_DEVICE,
+    agent_from_cmdline, exit_code, parse_settings, resolve_user, status_record, Credentials, Mode,
+    Settings, BLOCK_SIZE, SETTINGS_DEVICE,
 };
 
 /// The port flint's exit-status device listens on.
@@ -27,13 +36,24 @@ const EXIT_STATUS_PORT: u16 = 0xf4;
 /// The guest's stdout: COM1.
 const STDOUT_TTY: &str = "/dev/ttyS0";
 /// The guest's stderr: COM2.
-const STDERR_TTY: &str = "/dev/ttyS1";
+pub(crate) const STDERR_TTY: &str = "/dev/ttyS1";
 /// Reported when the init itself fails (a shell's "cannot execute").
 const STATUS_INIT_FAILED: u8 = 126;
 /// Reported when the command does not exist (a shell's "not found").
 const STATUS_NOT_FOUND: u8 = 127;
 
 fn main() {
+    if let Some(listen) = std::env::var_os(agent::LISTEN_ENV) {
+        let served = listen
+            .to_str()
+            .ok_or_else(|| format!("{} is not UTF-8", agent::LISTEN_ENV))
+            .and_then(Listen::parse)
+            .and_then(|listen| agent::serve(&listen));
+        if let Err(e) = served {
+            eprintln!("flint-agent: {e}");
+        }
+        std::process::exit(1);
+    }
     std::panic::set_hook(Box::new(|info| {
         say(&format!("init panicked: {info}"));
         finish(STATUS_INIT_FAILED);
@@ -50,7 +70,7 @@ fn main() {
 
 /// Prints `flint-init: <message>` on the guest's stderr (ttyS1), or on the
 /// console when ttyS1 cannot be opened.
-fn say(message: &str) {
+pub(crate) fn say(message: &str) {
     let line = format!("flint-init: {message}\n");
     let written = OpenOptions::new()
         .write(true)
@@ -70,10 +90,38 @@ fn fail(message: impl Into<String>) -> Failure {
 
 fn run() -> Result<u8, Failure> {
     mount_filesystems()?;
+    let cmdline_port = std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| agent_from_cmdline(&c));
+    let settings = match (read_settings(), cmdline_port) {
+        (Ok(settings), _) => settings,
+        (Err((_, e)), Some(port)) => {
+            say(&format!(
+                "no run settings ({e}); serving the agent with defaults"
+            ));
+            Settings {
+                mode: Mode::Agent,
+                agent_port: port,
+                args: Vec::new(),
+                env: Vec::new(),
+                cwd: "/".into(),
+                hostname: "flint".into(),
+                user: None,
+                net: Vec::new(),
+            }
+        }
+        (Err(e), None) => return Err(e),
+    };
+    apply_settings(&settings)?;
+    let agent_port = match settings.mode {
+        Mode::Agent => Some(settings.agent_port),
+        Mode::Run => cmdline_port,
+    };
+    if let Some(port) = agent_port {
+        return Ok(supervisor::supervise(port));
+    }
     let stdout = open_tty(STDOUT_TTY)?;
     let stderr = open_tty(STDERR_TTY)?;
-    let settings = read_settings()?;
-    apply_settings(&settings)?;
     let child = spawn(&settings, stdout, stderr)?;
     Ok(wait_for(child))
 }
@@ -129,6 +177,14 @@ fn mount_filesystems() -> Result<(), Failure> {
             "mode=1777",
         ),
         ("tmpfs", "/dev/shm", "tmpfs", secure, "mode=1777"),
+        // For the agent's tty sessions (/dev/ptmx finds its /dev/pts).
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "ptmxmode=0666,mode=0620",
+        ),
     ];
     for (source, target, fstype, flags, data) in optional {
         match mount(source, target, fstype, flags, data) {
@@ -298,7 +354,7 @@ fn spawn(settings: &Settings, stdout: File, stderr: File) -> Result<libc::pid_t,
 }
 
 /// Reaps children until `main` exits; returns its status as a shell would.
-fn wait_for(main: libc::pid_t) -> u8 {
+pub(crate) fn wait_for(main: libc::pid_t) -> u8 {
     loop {
         let mut status = 0;
         // SAFETY: waitpid writes only `status`.
