@@ -3,6 +3,9 @@
 //! and restart the agent when it dies. An agent exiting with status 0 was
 //! asked to shut the guest down; one that keeps dying ends the guest with
 //! [`STATUS_AGENT_FAILED`].
+//!
+//! Tests run the same supervision on the host with
+//! `FLINT_AGENT_SUPERVISE=unix:/path` (as a subreaper instead of PID 1).
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
@@ -10,11 +13,12 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use guest_init::agent::LISTEN_ENV;
 
-use crate::{say, wait_for, STDERR_TTY};
+use crate::{say, wait_for, ON_HOST, STDERR_TTY};
 
 /// Reported when the agent cannot be started or keeps crashing (Docker's
 /// status for a failure of the container runtime itself).
@@ -23,11 +27,15 @@ pub const STATUS_AGENT_FAILED: u8 = 125;
 const MAX_CRASHES: usize = 5;
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
 
-/// Runs the agent until it asks for shutdown (0) or keeps crashing.
-pub fn supervise(port: u32) -> u8 {
+/// Test-only: supervise an agent listening on this address, on the host.
+pub const SUPERVISE_ENV: &str = "FLINT_AGENT_SUPERVISE";
+
+/// Runs the agent listening on `listen` (`vsock:PORT` or `unix:/path`)
+/// until it asks for shutdown (0) or keeps crashing.
+pub fn supervise(listen: &str) -> u8 {
     let mut crashes = VecDeque::new();
     loop {
-        let agent = match start(port) {
+        let agent = match start(listen) {
             Ok(pid) => pid,
             Err(e) => {
                 say(&format!("starting the agent: {e}"));
@@ -60,17 +68,31 @@ pub fn supervise(port: u32) -> u8 {
 }
 
 /// Starts the agent with its output on the guest's stderr port.
-fn start(port: u32) -> io::Result<libc::pid_t> {
-    let log = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open(STDERR_TTY)
-        .map(Stdio::from)
-        .unwrap_or_else(|_| Stdio::inherit());
-    let child = Command::new("/proc/self/exe")
+fn start(listen: &str) -> io::Result<libc::pid_t> {
+    let log = match ON_HOST.load(Ordering::Relaxed) {
+        true => Stdio::inherit(),
+        false => OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(STDERR_TTY)
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::inherit()),
+    };
+    let mut command = Command::new("/proc/self/exe");
+    // SAFETY: prctl in the child between fork and exec, no memory touched.
+    // (PID 1 never dies; this is for the host tests' supervisor.)
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command
         .arg0("flint-agent")
         .env_clear()
-        .env(LISTEN_ENV, format!("vsock:{port}"))
+        .env(LISTEN_ENV, listen)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
