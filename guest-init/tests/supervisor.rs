@@ -9,6 +9,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
+/// The agent binary: this crate's, or `FLINT_AGENT_TEST_BIN` (e.g. the
+/// static release build `container` embeds).
+fn agent_bin() -> PathBuf {
+    std::env::var_os("FLINT_AGENT_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_guest-init").into())
+}
+
 use agent_protocol::{AgentClient, PROTOCOL_VERSION};
 
 struct Supervisor {
@@ -23,7 +31,7 @@ impl Supervisor {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_guest-init"))
+        let child = Command::new(agent_bin())
             .env(
                 "FLINT_AGENT_SUPERVISE",
                 format!("unix:{}", socket.display()),
