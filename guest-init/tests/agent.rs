@@ -107,6 +107,24 @@ fn exec_reports_output_and_exit_status() {
         text(&out.stdout),
         "SigBlk:\t0000000000000000\n1 /root\n/tmp\n"
     );
+    // Users as names or ids, resolved from /etc/passwd and /etc/group.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let nobody = passwd
+        .lines()
+        .find_map(|l| l.strip_prefix("nobody:x:"))
+        .map(|rest| rest.split(':').take(2).collect::<Vec<_>>().join(" "))
+        .expect("a nobody user on the host");
+    for (user, want) in [("nobody", nobody.as_str()), ("4242:4343", "4242 4343")] {
+        let mut s = spec(&["sh", "-c", "echo $(id -u) $(id -g)"]);
+        s.user = Some(user.into());
+        let out = agent.client().exec(s).unwrap().wait_output().unwrap();
+        assert_eq!(
+            text(&out.stdout),
+            format!("{want}\n"),
+            "{user}: {}",
+            text(&out.stderr)
+        );
+    }
     let err = agent
         .client()
         .exec(spec(&["no-such-command-here"]))
