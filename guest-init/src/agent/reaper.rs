@@ -122,7 +122,12 @@ impl Reaper {
     pub fn spawn(&self, command: &mut Command) -> io::Result<Child> {
         let mut table = self.lock();
         let child = command.spawn()?;
-        table.running.insert(child.id() as i32);
+        let pid = child.id() as i32;
+        // A reused pid: the status kept for its previous owner is stale.
+        if table.exited.remove(&pid).is_some() {
+            table.order.retain(|&p| p != pid);
+        }
+        table.running.insert(pid);
         Ok(child)
     }
 
