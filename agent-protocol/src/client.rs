@@ -220,6 +220,9 @@ pub struct ExecOutput {
     pub status: ExitStatus,
 }
 
+/// The most output [`ExecSession::wait_output`] collects (64 MiB).
+pub const MAX_COLLECTED_OUTPUT: usize = 64 << 20;
+
 /// A running process's connection.
 pub struct ExecSession<S> {
     stream: S,
@@ -249,11 +252,17 @@ impl<S: Read + Write> ExecSession<S> {
         }
     }
 
-    /// Collects the output until the process exits.
+    /// Collects the output until the process exits. The guest decides how
+    /// much that is, so more than [`MAX_COLLECTED_OUTPUT`] in all is an
+    /// error; stream with [`ExecSession::next_event`] instead.
     pub fn wait_output(mut self) -> Result<ExecOutput, ClientError> {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         loop {
-            match self.next_event()? {
+            let event = self.next_event()?;
+            if stdout.len() + stderr.len() > MAX_COLLECTED_OUTPUT {
+                return Err(ClientError::TooMuchOutput(MAX_COLLECTED_OUTPUT));
+            }
+            match event {
                 ExecEvent::Stdout(b) => stdout.extend_from_slice(&b),
                 ExecEvent::Stderr(b) => stderr.extend_from_slice(&b),
                 ExecEvent::Exited(status) => {

@@ -37,6 +37,7 @@ use thiserror::Error;
 
 pub use client::{
     connect_hybrid_vsock, AgentClient, ExecEvent, ExecInput, ExecOutput, ExecSession,
+    MAX_COLLECTED_OUTPUT,
 };
 pub use frame::{decode_frame, read_frame, write_frame, Frame, MAX_CHUNK, MAX_PAYLOAD};
 pub use messages::{
@@ -97,6 +98,9 @@ pub enum ClientError {
     Closed,
     #[error("unexpected frame from the agent: {0}")]
     Unexpected(String),
+    /// `ExecSession::wait_output` stopped collecting at this many bytes.
+    #[error("the process wrote more than {0} bytes")]
+    TooMuchOutput(usize),
     /// The vsock device's `CONNECT <port>` handshake failed.
     #[error("vsock CONNECT to port {port}: {reason}")]
     Connect { port: u32, reason: String },
