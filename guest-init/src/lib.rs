@@ -82,8 +82,9 @@ pub struct Settings {
     pub mode: Mode,
     /// The agent's vsock port (`"agent_port"`, default 1024).
     pub agent_port: u32,
-    /// argv; `args[0]` is looked up in `PATH` when it has no `/`. Empty
-    /// (allowed) in agent mode.
+    /// argv; `args[0]` is looked up in `PATH` when it has no `/`. May be
+    /// empty in agent mode, which ignores it (the host starts processes
+    /// with `Exec` requests).
     pub args: Vec<String>,
     /// The complete environment, `KEY=VALUE`.
     pub env: Vec<String>,
