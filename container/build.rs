@@ -35,7 +35,13 @@ fn main() {
         check_static(&prebuilt);
         fs::copy(&prebuilt, &embedded).expect("copying FLINT_GUEST_INIT_BIN");
     } else {
-        for input in ["guest-init/src", "guest-init/Cargo.toml", "Cargo.lock"] {
+        for input in [
+            "guest-init/src",
+            "guest-init/Cargo.toml",
+            "agent-protocol/src",
+            "agent-protocol/Cargo.toml",
+            "Cargo.lock",
+        ] {
             println!("cargo:rerun-if-changed={}", workspace.join(input).display());
         }
         let built = build_guest_init(workspace, &out_dir.join("guest-init"));

@@ -6,9 +6,14 @@
 //! (`/dev/vdb`): a JSON object, padded with NUL bytes to a multiple of 4 KiB,
 //! followed by one 4 KiB *status block* where the init records the command's
 //! exit status before it reboots (see [`status_record`]). The init is linked
-//! statically and kept small, so it carries a minimal JSON reader of its own
-//! instead of serde.
+//! statically; the settings drive keeps its own minimal JSON reader (the
+//! agent's protocol, in `agent_protocol`, uses serde).
+//!
+//! The init has two modes: *run* (one command, then reboot with its status)
+//! and *agent* (serve flint's guest agent on vsock, see [`agent`]), chosen
+//! by the settings' `"mode"` or the kernel command-line word `flint.agent=1`.
 
+pub mod agent;
 pub mod json;
 
 use json::Value;
@@ -42,10 +47,44 @@ pub fn parse_status_record(block: &[u8]) -> Option<u8> {
         .ok()
 }
 
+/// What the init does once the guest is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Run `args`, report its exit status, reboot (`"mode": "run"`, the
+    /// default).
+    Run,
+    /// Serve the guest agent until asked to shut down (`"mode": "agent"`).
+    Agent,
+}
+
+/// The kernel command-line word that selects agent mode without settings.
+pub const AGENT_CMDLINE_WORD: &str = "flint.agent=1";
+/// The kernel command-line prefix of the agent's vsock port.
+pub const AGENT_PORT_CMDLINE: &str = "flint.agent_port=";
+
+/// Agent mode and port as the kernel command line asks: `Some(port)` when
+/// it holds [`AGENT_CMDLINE_WORD`].
+pub fn agent_from_cmdline(cmdline: &str) -> Option<u32> {
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    if !words.contains(&AGENT_CMDLINE_WORD) {
+        return None;
+    }
+    let port = words
+        .iter()
+        .find_map(|w| w.strip_prefix(AGENT_PORT_CMDLINE)?.parse().ok());
+    Some(port.unwrap_or(agent_protocol::DEFAULT_PORT))
+}
+
 /// What to run in the guest, as the host decided it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// argv; `args[0]` is looked up in `PATH` when it has no `/`.
+    /// Run one command, or serve the agent.
+    pub mode: Mode,
+    /// The agent's vsock port (`"agent_port"`, default 1024).
+    pub agent_port: u32,
+    /// argv; `args[0]` is looked up in `PATH` when it has no `/`. May be
+    /// empty in agent mode, which ignores it (the host starts processes
+    /// with `Exec` requests).
     pub args: Vec<String>,
     /// The complete environment, `KEY=VALUE`.
     pub env: Vec<String>,
@@ -180,15 +219,32 @@ pub fn parse_settings(raw: &[u8]) -> Result<Settings, String> {
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_str().ok_or("\"user\" is not a string")?.to_owned()),
     };
+    let mode = match field("mode") {
+        None => Mode::Run,
+        Some(v) => match v.as_str() {
+            Some("run") => Mode::Run,
+            Some("agent") => Mode::Agent,
+            _ => return Err("\"mode\" is not \"run\" or \"agent\"".into()),
+        },
+    };
+    let agent_port = match field("agent_port") {
+        None => agent_protocol::DEFAULT_PORT,
+        Some(v) => v
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or("\"agent_port\" is not a port number")?,
+    };
     let settings = Settings {
+        mode,
+        agent_port,
         user,
-        args: strings("args", true)?,
+        args: strings("args", mode == Mode::Run)?,
         env: strings("env", false)?,
         cwd: string("cwd", "/")?,
         hostname: string("hostname", "flint")?,
         net: strings("net", false)?,
     };
-    if settings.args.is_empty() {
+    if mode == Mode::Run && settings.args.is_empty() {
         return Err("\"args\" is empty: nothing to run".into());
     }
     if !settings.cwd.starts_with('/') {
@@ -223,6 +279,9 @@ mod tests {
         assert_eq!(s.hostname, "h");
         assert!(s.net.is_empty());
         assert_eq!(s.user, None);
+        assert_eq!((s.mode, s.agent_port), (Mode::Run, 1024));
+        let s = parse_settings(br#"{"version":1,"mode":"agent","agent_port":5000}"#).unwrap();
+        assert_eq!((s.mode, s.agent_port, s.args.len()), (Mode::Agent, 5000, 0));
         let s = parse_settings(br#"{"version":1,"args":["x"],"user":"nobody:5","net":["eth0"]}"#)
             .unwrap();
         assert_eq!(s.user.as_deref(), Some("nobody:5"));
@@ -270,6 +329,8 @@ mod tests {
             (br#"{"version":2,"args":["x"]}"#, "version 2"),
             (br#"{"version":1}"#, "args"),
             (br#"{"version":1,"args":[]}"#, "empty"),
+            (br#"{"version":1,"mode":"daemon"}"#, "mode"),
+            (br#"{"version":1,"mode":"agent","agent_port":-1}"#, "port"),
             (br#"{"version":1,"args":[1]}"#, "non-string"),
             (br#"{"version":1,"args":["x"],"cwd":"rel"}"#, "absolute"),
             (br#"[1]"#, "object"),
@@ -278,6 +339,20 @@ mod tests {
             let err = parse_settings(raw).unwrap_err();
             assert!(err.contains(want), "{err:?} lacks {want:?}");
         }
+    }
+
+    #[test]
+    fn agent_mode_from_the_kernel_command_line() {
+        assert_eq!(
+            agent_from_cmdline("console=ttyS0 flint.agent=1\n"),
+            Some(1024)
+        );
+        assert_eq!(
+            agent_from_cmdline("flint.agent_port=99 flint.agent=1"),
+            Some(99)
+        );
+        assert_eq!(agent_from_cmdline("flint.agent=0 flint.agent=10"), None);
+        assert_eq!(agent_from_cmdline(""), None);
     }
 
     #[test]

@@ -8,32 +8,61 @@
 //! kernel lets user space reach it (`/dev/port` or `ioperm`). Failures of its
 //! own are printed as `flint-init: ...` on `/dev/ttyS1` and reported as 126
 //! (or 127 for a command that is not found), like a shell.
+//!
+//! In agent mode (settings `"mode": "agent"` or the kernel command-line word
+//! `flint.agent=1`) it sets the guest up the same way, then runs the guest
+//! agent as a child and supervises it (see `supervisor`). The same binary
+//! is the agent when `FLINT_AGENT_LISTEN` is set (no PID 1 duties then: this
+//! is also how the tests run it on the host).
+
+mod report;
+mod supervisor;
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
+use guest_init::agent::{self, Listen};
+
 use guest_init::{
-    exit_code, parse_settings, resolve_user, status_record, Credentials, Settings, BLOCK_SIZE,
+    agent_from_cmdline, exit_code, parse_settings, resolve_user, Credentials, Mode, Settings,
     SETTINGS_DEVICE,
 };
+use report::finish;
 
-/// The port flint's exit-status device listens on.
-const EXIT_STATUS_PORT: u16 = 0xf4;
 /// The guest's stdout: COM1.
-const STDOUT_TTY: &str = "/dev/ttyS0";
+pub(crate) const STDOUT_TTY: &str = "/dev/ttyS0";
 /// The guest's stderr: COM2.
-const STDERR_TTY: &str = "/dev/ttyS1";
+pub(crate) const STDERR_TTY: &str = "/dev/ttyS1";
 /// Reported when the init itself fails (a shell's "cannot execute").
 const STATUS_INIT_FAILED: u8 = 126;
 /// Reported when the command does not exist (a shell's "not found").
 const STATUS_NOT_FOUND: u8 = 127;
 
 fn main() {
+    if let Some(listen) = std::env::var_os(agent::LISTEN_ENV) {
+        let served = listen
+            .to_str()
+            .ok_or_else(|| format!("{} is not UTF-8", agent::LISTEN_ENV))
+            .and_then(Listen::parse)
+            .and_then(|listen| agent::serve(&listen));
+        if let Err(e) = served {
+            eprintln!("flint-agent: {e}");
+        }
+        std::process::exit(1);
+    }
+    if let Some(listen) = std::env::var_os(supervisor::SUPERVISE_ENV) {
+        // SAFETY: prctl with plain integers: orphans are reparented to us,
+        // as they would be to PID 1.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+        ON_HOST.store(true, std::sync::atomic::Ordering::Relaxed);
+        let code = supervisor::supervise(&listen.to_string_lossy());
+        std::process::exit(code.into());
+    }
     std::panic::set_hook(Box::new(|info| {
         say(&format!("init panicked: {info}"));
         finish(STATUS_INIT_FAILED);
@@ -48,10 +77,19 @@ fn main() {
     finish(code);
 }
 
+/// Set when running on the host for tests: the serial ports are then not
+/// ours, and messages go to stderr.
+pub(crate) static ON_HOST: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Prints `flint-init: <message>` on the guest's stderr (ttyS1), or on the
 /// console when ttyS1 cannot be opened.
-fn say(message: &str) {
+pub(crate) fn say(message: &str) {
     let line = format!("flint-init: {message}\n");
+    if ON_HOST.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = io::stderr().write_all(line.as_bytes());
+        return;
+    }
     let written = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOCTTY)
@@ -70,10 +108,38 @@ fn fail(message: impl Into<String>) -> Failure {
 
 fn run() -> Result<u8, Failure> {
     mount_filesystems()?;
+    let cmdline_port = std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| agent_from_cmdline(&c));
+    let settings = match (read_settings(), cmdline_port) {
+        (Ok(settings), _) => settings,
+        (Err((_, e)), Some(port)) => {
+            say(&format!(
+                "no run settings ({e}); serving the agent with defaults"
+            ));
+            Settings {
+                mode: Mode::Agent,
+                agent_port: port,
+                args: Vec::new(),
+                env: Vec::new(),
+                cwd: "/".into(),
+                hostname: "flint".into(),
+                user: None,
+                net: Vec::new(),
+            }
+        }
+        (Err(e), None) => return Err(e),
+    };
+    apply_settings(&settings)?;
+    let agent_port = match settings.mode {
+        Mode::Agent => Some(settings.agent_port),
+        Mode::Run => cmdline_port,
+    };
+    if let Some(port) = agent_port {
+        return Ok(supervisor::supervise(&format!("vsock:{port}")));
+    }
     let stdout = open_tty(STDOUT_TTY)?;
     let stderr = open_tty(STDERR_TTY)?;
-    let settings = read_settings()?;
-    apply_settings(&settings)?;
     let child = spawn(&settings, stdout, stderr)?;
     Ok(wait_for(child))
 }
@@ -129,6 +195,14 @@ fn mount_filesystems() -> Result<(), Failure> {
             "mode=1777",
         ),
         ("tmpfs", "/dev/shm", "tmpfs", secure, "mode=1777"),
+        // For the agent's tty sessions (/dev/ptmx finds its /dev/pts).
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "ptmxmode=0666,mode=0620",
+        ),
     ];
     for (source, target, fstype, flags, data) in optional {
         match mount(source, target, fstype, flags, data) {
@@ -298,7 +372,7 @@ fn spawn(settings: &Settings, stdout: File, stderr: File) -> Result<libc::pid_t,
 }
 
 /// Reaps children until `main` exits; returns its status as a shell would.
-fn wait_for(main: libc::pid_t) -> u8 {
+pub(crate) fn wait_for(main: libc::pid_t) -> u8 {
     loop {
         let mut status = 0;
         // SAFETY: waitpid writes only `status`.
@@ -310,114 +384,6 @@ fn wait_for(main: libc::pid_t) -> u8 {
             // No children left at all: should not happen while `main` runs.
             say("lost track of the command");
             return STATUS_INIT_FAILED;
-        }
-    }
-}
-
-/// Ends the run: stops leftover processes, flushes disks and serial ports,
-/// reports `code` to flint and reboots. Never returns.
-fn finish(code: u8) -> ! {
-    // SAFETY: plain syscalls; as PID 1, kill(-1) signals every other process.
-    unsafe {
-        libc::kill(-1, libc::SIGKILL);
-        let mut status = 0;
-        while libc::waitpid(-1, &mut status, 0) > 0
-            || io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-        {}
-        libc::sync();
-    }
-    // Let the UARTs send what the command wrote before the VM goes away.
-    for path in [STDOUT_TTY, STDERR_TTY] {
-        if let Ok(tty) = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
-            .open(path)
-        {
-            // SAFETY: tcdrain on an fd we hold.
-            unsafe { libc::tcdrain(tty.as_raw_fd()) };
-        }
-    }
-    let recorded = record_status(code);
-    // The kernel's own "reboot: Restarting system" is an emergency message
-    // that any console log level lets through; 0 silences even those.
-    let _ = std::fs::write("/proc/sys/kernel/printk", "0");
-    if let Err(port) = report_status(code) {
-        // Expected on kernels without DEVPORT and X86_IOPL_IOPERM; the status
-        // block then carries the status.
-        if let Err(block) = recorded {
-            say(&format!(
-                "could not report exit status {code} to flint: status block: {block}; I/O port {EXIT_STATUS_PORT:#x}: {port}"
-            ));
-        }
-    }
-    loop {
-        // SAFETY: reboot(2) with a valid command; it only returns on error.
-        unsafe { libc::reboot(libc::RB_AUTOBOOT) };
-        say(&format!("reboot: {}", io::Error::last_os_error()));
-        std::thread::sleep(std::time::Duration::from_secs(1));
-    }
-}
-
-/// Writes `code` into the status block at the end of the settings drive and
-/// flushes it to the host.
-fn record_status(code: u8) -> io::Result<()> {
-    let dev = OpenOptions::new().write(true).open(SETTINGS_DEVICE)?;
-    // SAFETY: lseek on an fd we hold.
-    let size = unsafe { libc::lseek(dev.as_raw_fd(), 0, libc::SEEK_END) };
-    let offset = u64::try_from(size)
-        .ok()
-        .and_then(|s| s.checked_sub(BLOCK_SIZE as u64))
-        .filter(|&o| o > 0)
-        .ok_or_else(|| io::Error::other(format!("{SETTINGS_DEVICE} has no status block")))?;
-    dev.write_all_at(&status_record(code), offset)?;
-    dev.sync_all()
-}
-
-/// Writes `code` to flint's exit-status port, through `/dev/port` where the
-/// kernel has it, else with `ioperm` and an `out` instruction. On success
-/// flint ends the VM during the write.
-fn report_status(code: u8) -> io::Result<()> {
-    if let Ok(port) = OpenOptions::new().write(true).open("/dev/port") {
-        return port.write_all_at(&[code], EXIT_STATUS_PORT.into());
-    }
-    // The `out` runs in a child process, so that if the CPU refuses the port
-    // access (a fault) only the child dies, not PID 1.
-    // SAFETY: the init is single-threaded, so the child may run any code;
-    // it only makes syscalls and exits.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => {
-            // SAFETY: ioperm grants this process access to the one port;
-            // the `out` then writes one byte to it, touching no memory.
-            unsafe {
-                if libc::ioperm(EXIT_STATUS_PORT.into(), 1, 1) != 0 {
-                    libc::_exit(1);
-                }
-                std::arch::asm!(
-                    "out dx, al",
-                    in("dx") EXIT_STATUS_PORT,
-                    in("al") code,
-                    options(nomem, nostack, preserves_flags)
-                );
-                libc::_exit(0);
-            }
-        }
-        pid => {
-            let mut status = 0;
-            // SAFETY: waitpid writes only `status`.
-            while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::EINTR) {
-                    return Err(e);
-                }
-            }
-            match exit_code(status) {
-                0 => Ok(()),
-                1 => Err(io::Error::other("ioperm failed (no X86_IOPL_IOPERM?)")),
-                n => Err(io::Error::other(format!(
-                    "the port write faulted (status {n})"
-                ))),
-            }
         }
     }
 }
