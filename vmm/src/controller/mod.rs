@@ -336,7 +336,7 @@ impl Vmm {
                 .options
                 .console_out
                 .take()
-                .unwrap_or_else(|| Box::new(std::io::stdout())),
+                .unwrap_or_else(crate::console::stdout_output),
             console2_out: self.options.console2_out.take(),
             console_in: self.options.console_in,
             seccomp: self.options.seccomp,
