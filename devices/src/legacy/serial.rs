@@ -134,7 +134,7 @@ impl BusDevice for Serial {
         if let (Ok(offset), [byte]) = (u8::try_from(offset), data) {
             if let Err(e) = self.inner.write(offset, *byte) {
                 // A console that cannot be written (closed stdout) must not stop the guest.
-                log::debug!("serial: {e}");
+                crate::guest_debug!("serial: {e}");
             }
         }
     }
