@@ -32,6 +32,29 @@ impl ChildResult {
         );
     }
 
+    fn assert_crashed_with(&self, thread: &str, signal: i32, name: &str) {
+        assert_eq!(
+            self.status.signal(),
+            Some(signal),
+            "the child should have died of {name}: {:?}\n{}",
+            self.status,
+            self.stderr
+        );
+        let line = format!(
+            "flint: thread {thread} got fatal signal {signal} ({name}); killing the process"
+        );
+        assert!(
+            self.stderr.contains(&line),
+            "missing report {line:?} in:\n{}",
+            self.stderr
+        );
+        assert!(
+            !self.stderr.contains("forbidden system call"),
+            "{}",
+            self.stderr
+        );
+    }
+
     fn assert_killed_for(&self, thread: &str, nr: i64, name: &str) {
         assert_eq!(
             self.status.signal(),
@@ -269,6 +292,36 @@ fn seccomp_vcpu_filter_kills_a_socket_call_with_a_report() {
         },
     )
     .assert_killed_for("flint_vcpu0", libc::SYS_socket, "socket");
+}
+
+#[test]
+fn seccomp_a_segfault_under_the_filter_is_reported_as_sigsegv() {
+    in_child(
+        "seccomp_a_segfault_under_the_filter_is_reported_as_sigsegv",
+        || {
+            on_thread("flint_vcpu0", || {
+                install(ThreadKind::Vcpu).unwrap();
+                // SAFETY: deliberately faults (address 8 is never mapped):
+                // the crash is what this test is about.
+                unsafe { std::ptr::without_provenance_mut::<u8>(8).write_volatile(1) };
+            })
+        },
+    )
+    .assert_crashed_with("flint_vcpu0", libc::SIGSEGV, "SIGSEGV");
+}
+
+#[test]
+fn seccomp_an_abort_under_the_filter_is_reported_as_sigabrt() {
+    in_child(
+        "seccomp_an_abort_under_the_filter_is_reported_as_sigabrt",
+        || {
+            on_thread("flint_api", || {
+                install(ThreadKind::Api).unwrap();
+                std::process::abort();
+            })
+        },
+    )
+    .assert_crashed_with("flint_api", libc::SIGABRT, "SIGABRT");
 }
 
 #[test]
