@@ -488,7 +488,28 @@ fn vmm_work() {
     let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mut timer = TimerFd::new().unwrap();
 
+    // The user's FIFO for logs.
+    let fifo = dir.path().join("log.fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mknodat(libc::AT_FDCWD, c.as_ptr(), libc::S_IFIFO | 0o600, 0) },
+        0
+    );
+
     install(ThreadKind::Vmm).unwrap();
+
+    // A log or metrics FIFO set through the API after boot: opened without
+    // a reader, and drained by a new thread spawned under this filter.
+    let mut fifo_out = vmm::bounded_writer::FileOutput::open(
+        &fifo,
+        "flint_log_out",
+        1024,
+        Box::leak(Box::default()),
+    )
+    .unwrap();
+    assert!(fifo_out.write_record(b"a log line\n").unwrap());
+    assert!(fifo_out.drain(Duration::from_secs(10)));
 
     // The event loop.
     epoll
