@@ -121,9 +121,20 @@ impl BoundedWriter {
             what,
         });
         let worker = Arc::clone(&shared);
+        // Spawned by a confined thread, it inherits that filter (and may not
+        // add one); otherwise it confines itself when flint uses filters.
+        let confine = crate::seccomp::enabled() && !crate::seccomp::thread_confined();
         std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || drain_loop(&worker, sink))?;
+            .spawn(move || {
+                if confine {
+                    if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Output) {
+                        // Output matters more than this thread's filter.
+                        eprintln!("flint: {e}");
+                    }
+                }
+                drain_loop(&worker, sink)
+            })?;
         let writer = Self { shared };
         ALL.lock()
             .unwrap_or_else(|p| p.into_inner())

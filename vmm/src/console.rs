@@ -1,7 +1,7 @@
 //! The guest's console: output to stdout or a file, input from flint's terminal.
 //!
 //! Output never blocks a vCPU: the UART writes into a bounded buffer
-//! ([`crate::bounded_writer`]) drained by a `flint_serial_out` thread that
+//! ([`crate::bounded_writer`]) drained by a `flint_serial` thread that
 //! owns the host fd; when the host reader stalls, output beyond
 //! [`SERIAL_BUFFER`] bytes is dropped and counted ([`serial_missed_bytes`],
 //! `serial.missed_bytes` in the metrics file).
@@ -83,7 +83,7 @@ pub fn output_to_path(path: &Path) -> Result<SerialOutput, ConsoleError> {
 
 fn bounded(file: File) -> Result<SerialOutput, ConsoleError> {
     let writer = crate::bounded_writer::BoundedWriter::spawn(
-        "flint_serial_out",
+        "flint_serial",
         Box::new(file),
         SERIAL_BUFFER,
         &SERIAL_MISSED_BYTES,

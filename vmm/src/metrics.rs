@@ -7,7 +7,7 @@
 //! The file never blocks the VMM thread: it is opened non-blocking (a FIFO
 //! without a reader `O_RDWR`, see [`crate::bounded_writer::open_output`]);
 //! a regular file is written directly, anything else (a FIFO) by a
-//! `flint_metrics_out` thread behind a [`METRICS_BUFFER`]-byte buffer whose
+//! `flint_metrics` thread behind a [`METRICS_BUFFER`]-byte buffer whose
 //! whole flushes that do not fit are dropped and counted
 //! (`metrics.missed_flushes`).
 
@@ -56,7 +56,7 @@ impl MetricsSink {
             path: path.display().to_string(),
             source,
         };
-        let file = FileOutput::open(path, "flint_metrics_out", METRICS_BUFFER, &MISSED_FLUSHES)
+        let file = FileOutput::open(path, "flint_metrics", METRICS_BUFFER, &MISSED_FLUSHES)
             .map_err(error)?;
         self.file = Some((path.display().to_string(), file));
         Ok(())

@@ -6,6 +6,11 @@
 //! | [`ThreadKind::Vmm`] | the main thread's event loop | after the VM is built |
 //! | [`ThreadKind::Vcpu`] | `flint_vcpuN` | at the top of the thread, before the first `KVM_RUN` |
 //! | [`ThreadKind::Api`] | `flint_api` (and the `flint_api_wait` blocking-pool threads it spawns, which inherit it) | at the top of the thread, before the runtime starts |
+//! | [`ThreadKind::Output`] | `flint_serial`, `flint_log_out`, `flint_metrics` ([`crate::bounded_writer`]) | at the top of the thread, unless it inherited the VMM's filter (spawned after boot) |
+//!
+//! Whether filters are wanted at all (`--no-seccomp`) is recorded once with
+//! [`set_enabled`], for threads started deep inside flint (the writer threads)
+//! that have no other way to know.
 //!
 //! System calls made before a thread installs its filter (opening KVM,
 //! mapping guest memory, creating vCPUs and threads) need not be allowed.
@@ -42,7 +47,9 @@
 mod ioctls;
 mod names;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
 use seccompiler::{
@@ -63,6 +70,33 @@ pub enum ThreadKind {
     Api,
     /// A vCPU thread: `KVM_RUN` and the exits it handles.
     Vcpu,
+    /// A writer thread draining console, log or metrics output into a host
+    /// file: writes, waits, nothing else.
+    Output,
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static CONFINED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Records whether flint runs its threads under filters (set once at the
+/// start of a run; false, the default, in tests and `--no-seccomp`).
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether flint runs its threads under filters.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether the calling thread installed a filter with [`install`] (threads
+/// it spawns afterwards inherit that filter, and may not install another:
+/// their filter forbids `seccomp(2)`).
+pub fn thread_confined() -> bool {
+    CONFINED.with(Cell::get)
 }
 
 /// Why a filter could not be built or installed.
@@ -114,7 +148,9 @@ pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
     PREPARE_MALLOC.call_once(fix_malloc_arena_limit);
     install_sigsys_handler().map_err(SeccompError::Handler)?;
     install_fatal_handlers().map_err(SeccompError::Handler)?;
-    seccompiler::apply_filter(&program).map_err(|source| SeccompError::Apply { kind, source })
+    seccompiler::apply_filter(&program).map_err(|source| SeccompError::Apply { kind, source })?;
+    CONFINED.with(|c| c.set(true));
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -127,6 +163,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
         ThreadKind::Vmm => vmm(&mut rules),
         ThreadKind::Api => api(&mut rules),
         ThreadKind::Vcpu => vcpu(&mut rules),
+        ThreadKind::Output => output(&mut rules),
     }?;
     Ok(rules)
 }
@@ -270,6 +307,13 @@ fn vcpu(r: &mut Rules) -> BuildResult {
     // std's debug-build check that an fd is open before closing it.
     r.allow_if(SYS_fcntl, vec![eq(1, F_GETFD as u64)?])?;
     Ok(())
+}
+
+/// A writer thread: writes, futex waits and sleeps on a full non-blocking
+/// file are in `common`; closing a replaced file adds std's debug-build
+/// check that the fd is open.
+fn output(r: &mut Rules) -> BuildResult {
+    r.allow_if(libc::SYS_fcntl, vec![eq(1, libc::F_GETFD as u64)?])
 }
 
 /// The API thread: a tokio current-thread runtime serving HTTP/1.1 (hyper)
@@ -417,7 +461,7 @@ fn vmm(r: &mut Rules) -> BuildResult {
 /// * `clone3` (Api, Vmm): `ENOSYS`, so glibc's pthread_create falls back to
 ///   `clone`, whose flags (unlike clone3's, behind a pointer) the
 ///   allow-list can check.
-/// * `open`/`openat` (Api, Vcpu): `EACCES`. These threads open no files,
+/// * `open`/`openat` (Api, Vcpu, Output): `EACCES`. These threads open no files,
 ///   but glibc's malloc reads `/proc/sys/vm/overcommit_memory` the first
 ///   time it trims a thread's heap (at thread exit, say) and handles a
 ///   failed open; trapping there would kill a healthy flint.
@@ -428,7 +472,7 @@ fn errno_rules(kind: ThreadKind) -> &'static [(i64, i32)] {
     ];
     match kind {
         ThreadKind::Api => &[(libc::SYS_clone3, libc::ENOSYS), NO_FILES[0], NO_FILES[1]],
-        ThreadKind::Vcpu => &NO_FILES,
+        ThreadKind::Vcpu | ThreadKind::Output => &NO_FILES,
         ThreadKind::Vmm => &[(libc::SYS_clone3, libc::ENOSYS)],
     }
 }
@@ -722,7 +766,12 @@ mod tests {
 
     #[test]
     fn every_filter_compiles() {
-        for kind in [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu] {
+        for kind in [
+            ThreadKind::Vmm,
+            ThreadKind::Api,
+            ThreadKind::Vcpu,
+            ThreadKind::Output,
+        ] {
             let program = filter(kind).unwrap();
             // Well under the kernel's 4096-instruction limit.
             assert!(
@@ -825,7 +874,12 @@ mod tests {
             }
         }
         // And what none of them needs once running.
-        for kind in [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu] {
+        for kind in [
+            ThreadKind::Vmm,
+            ThreadKind::Api,
+            ThreadKind::Vcpu,
+            ThreadKind::Output,
+        ] {
             let rules = rules(kind).unwrap();
             for nr in [
                 SYS_execve,

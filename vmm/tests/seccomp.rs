@@ -690,3 +690,73 @@ fn seccomp_executable_memory_is_refused() {
     })
     .assert_killed_for("flint_vcpu1", libc::SYS_mmap, "mmap");
 }
+
+// --- writer threads ---------------------------------------------------------
+
+/// A writer thread's sink that does something no writer does.
+struct SocketSink;
+
+impl Write for SocketSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: a plain syscall; under the Output filter it never returns.
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn writer_work() {
+    use vmm::bounded_writer::{open_output, BoundedWriter};
+    vmm::seccomp::set_enabled(true);
+    let dir = tempfile::tempdir().unwrap();
+    let first = open_output(&dir.path().join("first")).unwrap();
+    let second = open_output(&dir.path().join("second")).unwrap();
+    let writer = BoundedWriter::spawn(
+        "flint_serial",
+        Box::new(first),
+        1 << 16,
+        Box::leak(Box::default()),
+        None,
+    )
+    .unwrap();
+    for _ in 0..100 {
+        writer.push(&[b'x'; 1000]);
+    }
+    assert!(writer.drain(Duration::from_secs(30)));
+    // Switching files closes the first one on the writer thread.
+    writer.replace_sink(Box::new(second));
+    writer.push(b"y");
+    assert!(writer.drain(Duration::from_secs(30)));
+    // The thread ends once the writer is gone.
+    drop(writer);
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+#[test]
+fn seccomp_output_filter_allows_what_a_writer_thread_does() {
+    in_child(
+        "seccomp_output_filter_allows_what_a_writer_thread_does",
+        writer_work,
+    )
+    .assert_survived();
+}
+
+#[test]
+fn seccomp_writer_threads_are_confined() {
+    in_child("seccomp_writer_threads_are_confined", || {
+        vmm::seccomp::set_enabled(true);
+        let writer = vmm::bounded_writer::BoundedWriter::spawn(
+            "flint_serial",
+            Box::new(SocketSink),
+            64,
+            Box::leak(Box::default()),
+            None,
+        )
+        .unwrap();
+        writer.push(b"x");
+        std::thread::sleep(Duration::from_secs(30));
+    })
+    .assert_killed_for("flint_serial", libc::SYS_socket, "socket");
+}

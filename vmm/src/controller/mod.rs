@@ -154,6 +154,7 @@ impl PendingConfig {
 /// and returns when the guest stops, a signal arrives, the VM migrates away,
 /// or a vCPU fails.
 pub fn run(start: Start, options: VmmOptions) -> Result<RunEnd, MicroVmError> {
+    crate::seccomp::set_enabled(options.seccomp);
     Vmm::new(options)?.run(start)
 }
 
