@@ -234,3 +234,28 @@ impl Drop for TerminalMode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn output_to_path_appends_and_explains_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        std::fs::write(&path, b"before\n").unwrap();
+        let mut out = output_to_path(&path).unwrap();
+        out.write_all(b"guest says hi\n").unwrap();
+        assert!(crate::bounded_writer::drain_all(Duration::from_secs(60)));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "before\nguest says hi\n"
+        );
+        let err = output_to_path(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.starts_with(&format!("serial output file {}: ", dir.path().display())),
+            "{err}"
+        );
+    }
+}
