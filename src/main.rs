@@ -94,6 +94,14 @@ enum SnapshotCommand {
 }
 
 fn main() -> ExitCode {
+    let code = cli_main();
+    // Console output and log lines still buffered for a slow reader get a
+    // bounded time; a reader that is stuck does not keep flint alive.
+    vmm::bounded_writer::drain_all(std::time::Duration::from_secs(2));
+    code
+}
+
+fn cli_main() -> ExitCode {
     let started = Instant::now();
     let cli = Cli::parse();
     let Some(level) = vmm::logger::parse_level(&cli.log_level) else {

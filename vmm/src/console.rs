@@ -1,4 +1,10 @@
-//! flint's terminal as the guest's console input.
+//! The guest's console: output to stdout or a file, input from flint's terminal.
+//!
+//! Output never blocks a vCPU: the UART writes into a bounded buffer
+//! ([`crate::bounded_writer`]) drained by a `flint_serial` thread that
+//! owns the host fd; when the host reader stalls, output beyond
+//! [`SERIAL_BUFFER`] bytes is dropped and counted ([`serial_missed_bytes`],
+//! `serial.missed_bytes` in the metrics file).
 //!
 //! stdin is read on the VMM's event loop and queued into the UART's receive
 //! FIFO. When the FIFO is full, stdin is left unread (the bytes wait in the
@@ -8,9 +14,12 @@
 use std::fs::File;
 use std::io::{IsTerminal, Read};
 use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use devices::legacy::serial::SerialOutput;
 use devices::legacy::Serial;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::timerfd::TimerFd;
@@ -18,6 +27,77 @@ use vmm_sys_util::timerfd::TimerFd;
 const STDIN: u32 = 0;
 const RETRY: u32 = 1;
 const RETRY_PERIOD: Duration = Duration::from_millis(5);
+
+/// How many bytes of guest console output may wait for a slow host reader.
+pub const SERIAL_BUFFER: usize = 64 * 1024;
+
+static SERIAL_MISSED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Why a console output could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// The output file could not be opened.
+    #[error("serial output file {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// stdout could not be duplicated or the writer thread not started.
+    #[error("serial output: {0}")]
+    Setup(std::io::Error),
+}
+
+/// Guest console output to flint's stdout, through the non-blocking path.
+pub fn output_to_stdout() -> Result<SerialOutput, ConsoleError> {
+    let fd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(ConsoleError::Setup)?;
+    bounded(File::from(fd))
+}
+
+/// [`output_to_stdout`], or (if no thread can be started) stdout written
+/// directly, as a last resort that still gives the guest a console.
+pub fn stdout_output() -> SerialOutput {
+    output_to_stdout().unwrap_or_else(|e| {
+        log::warn!("{e}; writing the console directly to stdout");
+        Box::new(std::io::stdout())
+    })
+}
+
+/// Guest console output appended to `path` (Firecracker's `serial_out_path`),
+/// through the non-blocking path. The file is created if missing and opened
+/// `O_WRONLY|O_CREAT|O_APPEND|O_NONBLOCK|O_CLOEXEC`, so opening never hangs;
+/// a FIFO without a reader is opened `O_RDWR` instead (output waits in the
+/// pipe for a reader that comes later; see
+/// [`crate::bounded_writer::open_output`]).
+pub fn output_to_path(path: &Path) -> Result<SerialOutput, ConsoleError> {
+    let file = crate::bounded_writer::open_output(path).map_err(|source| ConsoleError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    bounded(file)
+}
+
+fn bounded(file: File) -> Result<SerialOutput, ConsoleError> {
+    let writer = crate::bounded_writer::BoundedWriter::spawn(
+        "flint_serial",
+        Box::new(file),
+        SERIAL_BUFFER,
+        &SERIAL_MISSED_BYTES,
+        Some("serial console"),
+    )
+    .map_err(ConsoleError::Setup)?;
+    Ok(Box::new(writer))
+}
+
+/// Guest console bytes dropped because the host side did not keep up
+/// (all console outputs together, since flint started).
+pub fn serial_missed_bytes() -> u64 {
+    SERIAL_MISSED_BYTES.load(Ordering::Relaxed)
+}
 
 /// Feeds host stdin into the guest's serial console.
 pub struct ConsoleInput {
@@ -152,5 +232,30 @@ impl Drop for TerminalMode {
             // SAFETY: restores the termios read from the same fd in `enter`.
             unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &saved) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn output_to_path_appends_and_explains_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serial.log");
+        std::fs::write(&path, b"before\n").unwrap();
+        let mut out = output_to_path(&path).unwrap();
+        out.write_all(b"guest says hi\n").unwrap();
+        assert!(crate::bounded_writer::drain_all(Duration::from_secs(60)));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "before\nguest says hi\n"
+        );
+        let err = output_to_path(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.starts_with(&format!("serial output file {}: ", dir.path().display())),
+            "{err}"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! the API, pause/resume, metrics, and the end of the run.
 
 pub mod boot;
+pub mod bounded_writer;
 pub mod console;
 pub mod controller;
 pub mod device_manager;

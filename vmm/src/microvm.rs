@@ -58,6 +58,9 @@ pub enum MicroVmError {
     /// A vCPU did not answer pause/resume.
     #[error(transparent)]
     VcpuTimeout(#[from] VcpuTimeout),
+    /// Not every vCPU paused (the VM was resumed) or resumed.
+    #[error(transparent)]
+    Pause(#[from] crate::vstate::vcpu::PauseError),
     /// The event loop failed.
     #[error("event loop: {0}")]
     EventLoop(String),
@@ -352,18 +355,14 @@ impl MicroVm {
 
     /// Takes every vCPU out of the guest; returns once all are out.
     pub fn pause(&mut self) -> Result<(), MicroVmError> {
-        for vcpu in &self.vcpus {
-            vcpu.pause()?;
-        }
+        crate::vstate::vcpu::pause_all(&self.vcpus)?;
         self.paused = true;
         Ok(())
     }
 
     /// Lets every vCPU run the guest again.
     pub fn resume(&mut self) -> Result<(), MicroVmError> {
-        for vcpu in &self.vcpus {
-            vcpu.resume()?;
-        }
+        crate::vstate::vcpu::resume_all(&self.vcpus)?;
         self.paused = false;
         Ok(())
     }

@@ -6,6 +6,11 @@
 //! | [`ThreadKind::Vmm`] | the main thread's event loop | after the VM is built |
 //! | [`ThreadKind::Vcpu`] | `flint_vcpuN` | at the top of the thread, before the first `KVM_RUN` |
 //! | [`ThreadKind::Api`] | `flint_api` (and the `flint_api_wait` blocking-pool threads it spawns, which inherit it) | at the top of the thread, before the runtime starts |
+//! | [`ThreadKind::Output`] | `flint_serial`, `flint_log_out`, `flint_metrics` ([`crate::bounded_writer`]) | at the top of the thread, unless it inherited the VMM's filter (spawned after boot) |
+//!
+//! Whether filters are wanted at all (`--no-seccomp`) is recorded once with
+//! [`set_enabled`], for threads started deep inside flint (the writer threads)
+//! that have no other way to know.
 //!
 //! System calls made before a thread installs its filter (opening KVM,
 //! mapping guest memory, creating vCPUs and threads) need not be allowed.
@@ -14,12 +19,22 @@
 //!
 //! `open`/`openat` on the Api and Vcpu threads fail with `EACCES` rather
 //! than trap (glibc's malloc probes a `/proc` file lazily and copes), and
-//! `clone3` on the Api thread fails with `ENOSYS` (glibc falls back to
+//! `clone3` on the Api and Vmm threads fails with `ENOSYS` (glibc falls back to
 //! `clone`, whose flags the filter checks).
 //!
 //! A forbidden call raises `SIGSYS`. The handler writes one line to stderr,
 //! `flint: seccomp: thread flint_vcpu0 made forbidden system call 41 (socket); killing the process`,
 //! and the process then dies of `SIGSYS`.
+//!
+//! A crash under a filter is reported as what it is: before the first
+//! filter, [`install`] replaces the handlers of SIGSEGV, SIGBUS, SIGILL,
+//! SIGFPE and SIGABRT (std's stack-overflow handler would otherwise call
+//! `rt_sigaction` on a fault and be killed for that, hiding the real
+//! signal). The handler writes
+//! `flint: thread flint_vcpu0 got fatal signal 11 (SIGSEGV); killing the process`
+//! and re-raises the signal at its default action; the filters allow the
+//! `tgkill` of these signals to the own process, and nothing else is needed
+//! (`write`, `gettid`, `getpid`, `prctl(PR_GET_NAME)` are in every list).
 //!
 //! The lists were taken from `strace -f` of real runs (boot to exit, the
 //! API with pause/resume/logger/metrics, drives with rate limiters, a tap
@@ -32,7 +47,9 @@
 mod ioctls;
 mod names;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
 use seccompiler::{
@@ -53,6 +70,33 @@ pub enum ThreadKind {
     Api,
     /// A vCPU thread: `KVM_RUN` and the exits it handles.
     Vcpu,
+    /// A writer thread draining console, log or metrics output into a host
+    /// file: writes, waits, nothing else.
+    Output,
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static CONFINED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Records whether flint runs its threads under filters (set once at the
+/// start of a run; false, the default, in tests and `--no-seccomp`).
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether flint runs its threads under filters.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether the calling thread installed a filter with [`install`] (threads
+/// it spawns afterwards inherit that filter, and may not install another:
+/// their filter forbids `seccomp(2)`).
+pub fn thread_confined() -> bool {
+    CONFINED.with(Cell::get)
 }
 
 /// Why a filter could not be built or installed.
@@ -103,7 +147,10 @@ pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
     let program = filter(kind)?;
     PREPARE_MALLOC.call_once(fix_malloc_arena_limit);
     install_sigsys_handler().map_err(SeccompError::Handler)?;
-    seccompiler::apply_filter(&program).map_err(|source| SeccompError::Apply { kind, source })
+    install_fatal_handlers().map_err(SeccompError::Handler)?;
+    seccompiler::apply_filter(&program).map_err(|source| SeccompError::Apply { kind, source })?;
+    CONFINED.with(|c| c.set(true));
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -116,6 +163,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
         ThreadKind::Vmm => vmm(&mut rules),
         ThreadKind::Api => api(&mut rules),
         ThreadKind::Vcpu => vcpu(&mut rules),
+        ThreadKind::Output => output(&mut rules),
     }?;
     Ok(rules)
 }
@@ -227,9 +275,13 @@ fn common(r: &mut Rules) -> BuildResult {
     // Identity (pthread_kill, logging) and std's per-thread HashMap keys;
     // glibc's malloc sizes its arenas with sched_getaffinity.
     r.allow(&[SYS_getpid, SYS_gettid, SYS_getrandom, SYS_sched_getaffinity]);
-    // The SIGSYS report itself: the thread's name, then SIGSYS to itself.
+    // The SIGSYS and crash reports: the thread's name, then the signal to
+    // itself (abort() raises SIGABRT the same way).
     r.allow_if(SYS_prctl, vec![eq(0, PR_GET_NAME as u64)?])?;
     r.allow_if(SYS_tgkill, vec![eq(0, pid())?, eq(2, SIGSYS as u64)?])?;
+    for signal in FATAL_SIGNALS {
+        r.allow_if(SYS_tgkill, vec![eq(0, pid())?, eq(2, signal.0 as u64)?])?;
+    }
     // Log lines (stderr or the log file), console output, eventfd kicks.
     r.allow(&[SYS_write, SYS_writev]);
     Ok(())
@@ -255,6 +307,13 @@ fn vcpu(r: &mut Rules) -> BuildResult {
     // std's debug-build check that an fd is open before closing it.
     r.allow_if(SYS_fcntl, vec![eq(1, F_GETFD as u64)?])?;
     Ok(())
+}
+
+/// A writer thread: writes, futex waits and sleeps on a full non-blocking
+/// file are in `common`; closing a replaced file adds std's debug-build
+/// check that the fd is open.
+fn output(r: &mut Rules) -> BuildResult {
+    r.allow_if(libc::SYS_fcntl, vec![eq(1, libc::F_GETFD as u64)?])
 }
 
 /// The API thread: a tokio current-thread runtime serving HTTP/1.1 (hyper)
@@ -284,9 +343,15 @@ fn api(r: &mut Rules) -> BuildResult {
         SYS_poll,
         SYS_ppoll,
     ]);
-    // spawn_blocking threads (flint_api_wait): glibc's pthread_create, with
-    // clone3 answered ENOSYS up front (see errno_rules) so that glibc falls
-    // back to clone, whose flags can be checked: threads only, no processes.
+    // spawn_blocking threads (flint_api_wait).
+    threads(r)
+}
+
+/// Spawning threads: glibc's pthread_create, with clone3 answered ENOSYS up
+/// front (see errno_rules) so that glibc falls back to clone, whose flags
+/// can be checked: threads only, no processes. New threads name themselves.
+fn threads(r: &mut Rules) -> BuildResult {
+    use libc::*;
     r.allow_if(
         SYS_clone,
         vec![SeccompCondition::new(
@@ -297,7 +362,6 @@ fn api(r: &mut Rules) -> BuildResult {
         )?],
     )?;
     r.allow(&[SYS_set_robust_list, SYS_rseq]);
-    // New threads name themselves.
     r.allow_if(SYS_prctl, vec![eq(0, PR_SET_NAME as u64)?])?;
     Ok(())
 }
@@ -383,20 +447,21 @@ fn vmm(r: &mut Rules) -> BuildResult {
     ]);
     // Kicking vCPU threads out of KVM_RUN (pause, stop): this process only.
     r.allow_if(SYS_tgkill, vec![eq(0, pid())?, eq(2, SIGRTMIN() as u64)?])?;
-    // Thread names (logging); uname for glibc's resolver (res_init reads
-    // the host name) when a migration address is a host name.
-    r.allow_if(SYS_prctl, vec![eq(0, PR_SET_NAME as u64)?])?;
+    // uname for glibc's resolver (res_init reads the host name) when a
+    // migration address is a host name.
     r.allow(&[SYS_uname]);
-    Ok(())
+    // The drain threads of a log or metrics FIFO set through the API after
+    // boot, or of the console of a VM built then (crate::bounded_writer).
+    threads(r)
 }
 
 /// System calls that fail with an error instead of trapping, checked
 /// before the allow-list:
 ///
-/// * `clone3` (Api): `ENOSYS`, so glibc's pthread_create falls back to
+/// * `clone3` (Api, Vmm): `ENOSYS`, so glibc's pthread_create falls back to
 ///   `clone`, whose flags (unlike clone3's, behind a pointer) the
 ///   allow-list can check.
-/// * `open`/`openat` (Api, Vcpu): `EACCES`. These threads open no files,
+/// * `open`/`openat` (Api, Vcpu, Output): `EACCES`. These threads open no files,
 ///   but glibc's malloc reads `/proc/sys/vm/overcommit_memory` the first
 ///   time it trims a thread's heap (at thread exit, say) and handles a
 ///   failed open; trapping there would kill a healthy flint.
@@ -407,8 +472,8 @@ fn errno_rules(kind: ThreadKind) -> &'static [(i64, i32)] {
     ];
     match kind {
         ThreadKind::Api => &[(libc::SYS_clone3, libc::ENOSYS), NO_FILES[0], NO_FILES[1]],
-        ThreadKind::Vcpu => &NO_FILES,
-        ThreadKind::Vmm => &[],
+        ThreadKind::Vcpu | ThreadKind::Output => &NO_FILES,
+        ThreadKind::Vmm => &[(libc::SYS_clone3, libc::ENOSYS)],
     }
 }
 
@@ -495,6 +560,88 @@ fn install_sigsys_handler() -> std::io::Result<()> {
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The crash reporter.
+
+/// The signals a crash raises, with their names for the report.
+const FATAL_SIGNALS: [(libc::c_int, &str); 5] = [
+    (libc::SIGSEGV, "SIGSEGV"),
+    (libc::SIGBUS, "SIGBUS"),
+    (libc::SIGILL, "SIGILL"),
+    (libc::SIGFPE, "SIGFPE"),
+    (libc::SIGABRT, "SIGABRT"),
+];
+
+static FATAL_HANDLERS: Once = Once::new();
+
+fn install_fatal_handlers() -> std::io::Result<()> {
+    let mut result = Ok(());
+    FATAL_HANDLERS.call_once(|| {
+        for (signal, _) in FATAL_SIGNALS {
+            // SAFETY: a zeroed sigaction is valid; the fields set below make
+            // it a SA_SIGINFO handler with the right signature.
+            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+            action.sa_sigaction = on_fatal_signal as *const () as usize;
+            // As for SIGSYS: the handler runs once, with the default action
+            // back in place and the signal unblocked, so re-raising it ends
+            // the process without rt_sigaction. SA_ONSTACK: a stack overflow
+            // is reported from std's alternate signal stack.
+            action.sa_flags =
+                libc::SA_SIGINFO | libc::SA_RESETHAND | libc::SA_NODEFER | libc::SA_ONSTACK;
+            // SAFETY: sa_mask is a valid sigset_t owned by `action`.
+            unsafe { libc::sigemptyset(&mut action.sa_mask) };
+            // SAFETY: `action` is fully initialized; the old action is not needed.
+            if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
+                result = Err(std::io::Error::last_os_error());
+                return;
+            }
+        }
+    });
+    result
+}
+
+extern "C" fn on_fatal_signal(signal: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only async-signal-safe work, as in on_sigsys.
+    let mut thread = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes (NUL included) into `thread`.
+    unsafe { libc::prctl(libc::PR_GET_NAME, thread.as_mut_ptr()) };
+    let mut line = [0u8; REPORT_MAX];
+    let len = format_crash_report(&thread, signal, &mut line);
+    write_all(libc::STDERR_FILENO, &line[..len]);
+    // SAFETY: raw syscalls with valid arguments; the signal is at its
+    // default action and unblocked here (SA_RESETHAND | SA_NODEFER), so
+    // tgkill terminates the process with it.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid);
+        libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, signal);
+        // Not reached unless the signal was somehow ignored.
+        libc::_exit(128 + signal);
+    }
+}
+
+/// Writes the crash report line for thread `name` and `signal` into `out`,
+/// returning its length. No allocation.
+fn format_crash_report(name: &[u8], signal: libc::c_int, out: &mut [u8]) -> usize {
+    let name_len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    let name = match &name[..name_len] {
+        [] => b"?".as_slice(),
+        n => n,
+    };
+    let signal_name = FATAL_SIGNALS
+        .iter()
+        .find(|(s, _)| *s == signal)
+        .map_or("unknown", |(_, n)| n);
+    let mut line = Line { buf: out, len: 0 };
+    line.push(b"flint: thread ");
+    line.push(name);
+    line.push(b" got fatal signal ");
+    line.push_number(i64::from(signal));
+    line.push(b" (");
+    line.push(signal_name.as_bytes());
+    line.push(b"); killing the process\n");
+    line.len
 }
 
 /// `si_syscall` in the `_sigsys` member of `siginfo_t`: after si_signo,
@@ -619,7 +766,12 @@ mod tests {
 
     #[test]
     fn every_filter_compiles() {
-        for kind in [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu] {
+        for kind in [
+            ThreadKind::Vmm,
+            ThreadKind::Api,
+            ThreadKind::Vcpu,
+            ThreadKind::Output,
+        ] {
             let program = filter(kind).unwrap();
             // Well under the kernel's 4096-instruction limit.
             assert!(
@@ -722,7 +874,12 @@ mod tests {
             }
         }
         // And what none of them needs once running.
-        for kind in [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu] {
+        for kind in [
+            ThreadKind::Vmm,
+            ThreadKind::Api,
+            ThreadKind::Vcpu,
+            ThreadKind::Output,
+        ] {
             let rules = rules(kind).unwrap();
             for nr in [
                 SYS_execve,

@@ -32,6 +32,29 @@ impl ChildResult {
         );
     }
 
+    fn assert_crashed_with(&self, thread: &str, signal: i32, name: &str) {
+        assert_eq!(
+            self.status.signal(),
+            Some(signal),
+            "the child should have died of {name}: {:?}\n{}",
+            self.status,
+            self.stderr
+        );
+        let line = format!(
+            "flint: thread {thread} got fatal signal {signal} ({name}); killing the process"
+        );
+        assert!(
+            self.stderr.contains(&line),
+            "missing report {line:?} in:\n{}",
+            self.stderr
+        );
+        assert!(
+            !self.stderr.contains("forbidden system call"),
+            "{}",
+            self.stderr
+        );
+    }
+
     fn assert_killed_for(&self, thread: &str, nr: i64, name: &str) {
         assert_eq!(
             self.status.signal(),
@@ -272,6 +295,36 @@ fn seccomp_vcpu_filter_kills_a_socket_call_with_a_report() {
 }
 
 #[test]
+fn seccomp_a_segfault_under_the_filter_is_reported_as_sigsegv() {
+    in_child(
+        "seccomp_a_segfault_under_the_filter_is_reported_as_sigsegv",
+        || {
+            on_thread("flint_vcpu0", || {
+                install(ThreadKind::Vcpu).unwrap();
+                // SAFETY: deliberately faults (address 8 is never mapped):
+                // the crash is what this test is about.
+                unsafe { std::ptr::without_provenance_mut::<u8>(8).write_volatile(1) };
+            })
+        },
+    )
+    .assert_crashed_with("flint_vcpu0", libc::SIGSEGV, "SIGSEGV");
+}
+
+#[test]
+fn seccomp_an_abort_under_the_filter_is_reported_as_sigabrt() {
+    in_child(
+        "seccomp_an_abort_under_the_filter_is_reported_as_sigabrt",
+        || {
+            on_thread("flint_api", || {
+                install(ThreadKind::Api).unwrap();
+                std::process::abort();
+            })
+        },
+    )
+    .assert_crashed_with("flint_api", libc::SIGABRT, "SIGABRT");
+}
+
+#[test]
 fn seccomp_vcpu_filter_kills_an_ioctl_outside_its_list() {
     in_child(
         "seccomp_vcpu_filter_kills_an_ioctl_outside_its_list",
@@ -435,7 +488,28 @@ fn vmm_work() {
     let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mut timer = TimerFd::new().unwrap();
 
+    // The user's FIFO for logs.
+    let fifo = dir.path().join("log.fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mknodat(libc::AT_FDCWD, c.as_ptr(), libc::S_IFIFO | 0o600, 0) },
+        0
+    );
+
     install(ThreadKind::Vmm).unwrap();
+
+    // A log or metrics FIFO set through the API after boot: opened without
+    // a reader, and drained by a new thread spawned under this filter.
+    let mut fifo_out = vmm::bounded_writer::FileOutput::open(
+        &fifo,
+        "flint_log_out",
+        1024,
+        Box::leak(Box::default()),
+    )
+    .unwrap();
+    assert!(fifo_out.write_record(b"a log line\n").unwrap());
+    assert!(fifo_out.drain(Duration::from_secs(10)));
 
     // The event loop.
     epoll
@@ -615,4 +689,74 @@ fn seccomp_executable_memory_is_refused() {
         })
     })
     .assert_killed_for("flint_vcpu1", libc::SYS_mmap, "mmap");
+}
+
+// --- writer threads ---------------------------------------------------------
+
+/// A writer thread's sink that does something no writer does.
+struct SocketSink;
+
+impl Write for SocketSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // SAFETY: a plain syscall; under the Output filter it never returns.
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn writer_work() {
+    use vmm::bounded_writer::{open_output, BoundedWriter};
+    vmm::seccomp::set_enabled(true);
+    let dir = tempfile::tempdir().unwrap();
+    let first = open_output(&dir.path().join("first")).unwrap();
+    let second = open_output(&dir.path().join("second")).unwrap();
+    let writer = BoundedWriter::spawn(
+        "flint_serial",
+        Box::new(first),
+        1 << 16,
+        Box::leak(Box::default()),
+        None,
+    )
+    .unwrap();
+    for _ in 0..100 {
+        writer.push(&[b'x'; 1000]);
+    }
+    assert!(writer.drain(Duration::from_secs(30)));
+    // Switching files closes the first one on the writer thread.
+    writer.replace_sink(Box::new(second));
+    writer.push(b"y");
+    assert!(writer.drain(Duration::from_secs(30)));
+    // The thread ends once the writer is gone.
+    drop(writer);
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+#[test]
+fn seccomp_output_filter_allows_what_a_writer_thread_does() {
+    in_child(
+        "seccomp_output_filter_allows_what_a_writer_thread_does",
+        writer_work,
+    )
+    .assert_survived();
+}
+
+#[test]
+fn seccomp_writer_threads_are_confined() {
+    in_child("seccomp_writer_threads_are_confined", || {
+        vmm::seccomp::set_enabled(true);
+        let writer = vmm::bounded_writer::BoundedWriter::spawn(
+            "flint_serial",
+            Box::new(SocketSink),
+            64,
+            Box::leak(Box::default()),
+            None,
+        )
+        .unwrap();
+        writer.push(b"x");
+        std::thread::sleep(Duration::from_secs(30));
+    })
+    .assert_killed_for("flint_serial", libc::SYS_socket, "socket");
 }

@@ -38,7 +38,7 @@ impl BusDevice for ExitStatusPort {
         if let (0, [code]) = (offset, data) {
             self.status.store(i32::from(*code), Ordering::SeqCst);
             if let Err(e) = self.evt.trigger() {
-                log::error!("exit-status port: signalling the VMM: {e}");
+                crate::guest_error!("exit-status port: signalling the VMM: {e}");
             }
         }
     }

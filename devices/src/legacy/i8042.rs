@@ -39,7 +39,7 @@ impl BusDevice for I8042 {
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
         if let (Ok(offset), [byte]) = (u8::try_from(offset), data) {
             if let Err(e) = self.inner.write(offset, *byte) {
-                log::error!("i8042: signalling the reset event failed: {e}");
+                crate::guest_error!("i8042: signalling the reset event failed: {e}");
             }
         }
     }

@@ -21,7 +21,10 @@ pub const SERIAL_PORT_LEN: u64 = 8;
 /// The 16550A receive FIFO's size.
 pub const SERIAL_FIFO_SIZE: usize = 64;
 
-/// The boxed writer guest output goes to.
+/// The boxed writer guest output goes to. It is called on a vCPU thread
+/// with the UART locked, so it must never block on the host: flint passes
+/// `vmm::console`'s bounded writer (to stdout or a file), which drops and
+/// counts what a stalled host reader cannot take.
 pub type SerialOutput = Box<dyn Write + Send>;
 
 /// A UART's registers and pending input, as a snapshot saves them.
@@ -134,7 +137,7 @@ impl BusDevice for Serial {
         if let (Ok(offset), [byte]) = (u8::try_from(offset), data) {
             if let Err(e) = self.inner.write(offset, *byte) {
                 // A console that cannot be written (closed stdout) must not stop the guest.
-                log::debug!("serial: {e}");
+                crate::guest_debug!("serial: {e}");
             }
         }
     }

@@ -194,7 +194,7 @@ impl MmioTransport {
             }
             0xfc => self.regs.config_generation,
             _ => {
-                log::debug!("virtio-mmio: read of unknown register {offset:#x}");
+                crate::guest_debug!("virtio-mmio: read of unknown register {offset:#x}");
                 0
             }
         }
@@ -226,19 +226,19 @@ impl MmioTransport {
             0xa0 if setup => self.update_queue(|q| set_low(&mut q.used_ring, value)),
             0xa4 if setup => self.update_queue(|q| set_high(&mut q.used_ring, value)),
             0x38 | 0x44 | 0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 => {
-                log::warn!(
+                crate::guest_warn!(
                     "virtio-mmio: queue register {offset:#x} written in status {:#x}; ignored",
                     self.regs.device_status
                 );
             }
-            _ => log::debug!("virtio-mmio: write of unknown register {offset:#x}"),
+            _ => crate::guest_debug!("virtio-mmio: write of unknown register {offset:#x}"),
         }
     }
 
     fn update_queue(&mut self, f: impl FnOnce(&mut QueueRegisters)) {
         match self.selected_queue() {
             Some(queue) => f(queue),
-            None => log::warn!("virtio-mmio: queue {} does not exist", self.regs.queue_sel),
+            None => crate::guest_warn!("virtio-mmio: queue {} does not exist", self.regs.queue_sel),
         }
     }
 
@@ -246,7 +246,7 @@ impl MmioTransport {
         if self.regs.device_status & (status::FEATURES_OK | status::DRIVER_OK) != 0
             || self.regs.device_status & status::DRIVER == 0
         {
-            log::warn!("virtio-mmio: driver features written outside negotiation; ignored");
+            crate::guest_warn!("virtio-mmio: driver features written outside negotiation; ignored");
             return;
         }
         let shift = match self.regs.driver_features_sel {
@@ -257,7 +257,9 @@ impl MmioTransport {
         let offered = lock(&self.device).avail_features();
         let accepted = (u64::from(value) << shift) & offered;
         if accepted != u64::from(value) << shift {
-            log::warn!("virtio-mmio: driver accepted features that were not offered; dropped");
+            crate::guest_warn!(
+                "virtio-mmio: driver accepted features that were not offered; dropped"
+            );
         }
         let mask = 0xffff_ffffu64 << shift;
         self.regs.acked_features = (self.regs.acked_features & !mask) | accepted;
@@ -270,10 +272,10 @@ impl MmioTransport {
         match device.queue_events().get(index as usize) {
             Some(evt) => {
                 if let Err(e) = evt.write(1) {
-                    log::error!("virtio-mmio: notifying queue {index}: {e}");
+                    crate::guest_error!("virtio-mmio: notifying queue {index}: {e}");
                 }
             }
-            None => log::warn!("virtio-mmio: notify of nonexistent queue {index}"),
+            None => crate::guest_warn!("virtio-mmio: notify of nonexistent queue {index}"),
         }
     }
 
@@ -285,7 +287,9 @@ impl MmioTransport {
         let current = self.regs.device_status;
         // Bits can only be added, never taken away (except by a reset).
         if value & current != current {
-            log::warn!("virtio-mmio: status {current:#x} -> {value:#x} clears bits; ignored");
+            crate::guest_warn!(
+                "virtio-mmio: status {current:#x} -> {value:#x} clears bits; ignored"
+            );
             return;
         }
         let added = value & !current;
@@ -295,14 +299,14 @@ impl MmioTransport {
         }
         if added & status::DRIVER_OK != 0 {
             if current & status::FEATURES_OK == 0 {
-                log::warn!("virtio-mmio: DRIVER_OK before FEATURES_OK; ignored");
+                crate::guest_warn!("virtio-mmio: DRIVER_OK before FEATURES_OK; ignored");
                 new &= !status::DRIVER_OK;
             } else if let Err(e) = self.activate() {
-                log::error!("virtio-mmio: device activation failed: {e}");
+                crate::guest_error!("virtio-mmio: device activation failed: {e}");
                 new |= status::DEVICE_NEEDS_RESET;
                 self.regs.device_status = new;
                 if let Err(e) = self.interrupt.trigger(IrqKind::Config) {
-                    log::error!("virtio-mmio: raising the config interrupt: {e}");
+                    crate::guest_error!("virtio-mmio: raising the config interrupt: {e}");
                 }
                 return;
             }
@@ -312,7 +316,7 @@ impl MmioTransport {
 
     fn features_acceptable(&self) -> bool {
         if self.regs.acked_features & VIRTIO_F_VERSION_1 == 0 {
-            log::warn!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are not supported)");
+            crate::guest_warn!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are not supported)");
             return false;
         }
         true
@@ -328,7 +332,7 @@ impl MmioTransport {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, regs) in self.queues.iter().enumerate() {
             let mut queue = regs.to_queue(&self.mem).map_err(|why| {
-                log::warn!("virtio-mmio: queue {i}: {why}");
+                crate::guest_warn!("virtio-mmio: queue {i}: {why}");
                 super::ActivateError::BadQueue(i)
             })?;
             if let Some(&(next_avail, next_used)) = positions.get(i) {
@@ -368,7 +372,7 @@ impl MmioTransport {
     pub fn notify_config_change(&mut self) {
         self.regs.config_generation = self.regs.config_generation.wrapping_add(1);
         if let Err(e) = self.interrupt.trigger(IrqKind::Config) {
-            log::error!("virtio-mmio: raising the config-change interrupt: {e}");
+            crate::guest_error!("virtio-mmio: raising the config-change interrupt: {e}");
         }
     }
 
@@ -418,7 +422,7 @@ impl MmioTransport {
             for kind in [IrqKind::Vring, IrqKind::Config] {
                 if state.interrupt_status & kind as u32 != 0 {
                     if let Err(e) = self.interrupt.trigger(kind) {
-                        log::error!("virtio-mmio: re-raising a restored interrupt: {e}");
+                        crate::guest_error!("virtio-mmio: re-raising a restored interrupt: {e}");
                     }
                 }
             }
@@ -444,7 +448,7 @@ impl BusDevice for MmioTransport {
             }
             _ => {
                 data.fill(0);
-                log::warn!(
+                crate::guest_warn!(
                     "virtio-mmio: {}-byte read at {offset:#x}; registers are 32-bit",
                     data.len()
                 );
@@ -461,7 +465,7 @@ impl BusDevice for MmioTransport {
             Ok(word) if offset.is_multiple_of(4) => {
                 self.write_register(offset, u32::from_le_bytes(word))
             }
-            _ => log::warn!(
+            _ => crate::guest_warn!(
                 "virtio-mmio: {}-byte write at {offset:#x}; registers are 32-bit",
                 data.len()
             ),

@@ -166,6 +166,7 @@ impl PendingConfig {
 /// and returns when the guest stops, a signal arrives, the VM migrates away,
 /// or a vCPU fails.
 pub fn run(start: Start, options: VmmOptions) -> Result<RunEnd, MicroVmError> {
+    crate::seccomp::set_enabled(options.seccomp);
     Vmm::new(options)?.run(start)
 }
 
@@ -348,7 +349,7 @@ impl Vmm {
                 .options
                 .console_out
                 .take()
-                .unwrap_or_else(|| Box::new(std::io::stdout())),
+                .unwrap_or_else(crate::console::stdout_output),
             console2_out: self.options.console2_out.take(),
             console_in: self.options.console_in,
             seccomp: self.options.seccomp,

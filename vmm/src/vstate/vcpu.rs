@@ -3,13 +3,20 @@
 //! Each vCPU runs `KVM_RUN` on its own thread, dispatches port-I/O and MMIO
 //! exits to the buses, and reports anything that ends its run (a guest reset,
 //! a fatal exit) to the VMM's event loop over a channel plus an eventfd.
-//! The VMM talks back through a command channel; a real-time signal kicks the
-//! thread out of `KVM_RUN` so it reads the command promptly.
+//! The VMM talks back through a command channel and then kicks the thread
+//! out of `KVM_RUN` so it reads the command promptly: it sets the vCPU's
+//! `kvm_run.immediate_exit` and then sends a real-time signal. The signal
+//! interrupts a `KVM_RUN` in progress; the flag makes a `KVM_RUN` that is
+//! about to start return at once, so a kick that lands between the thread's
+//! look at its commands and its next `KVM_RUN` is never lost, and one kick
+//! per command is enough. Every wait for a vCPU is bounded
+//! ([`COMMAND_TIMEOUT`]): a vCPU thread stuck in a device is reported (and,
+//! at stop, left behind), never waited for forever.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Once};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -136,6 +143,41 @@ pub struct VcpuTimeout {
     pub command: VcpuCommand,
 }
 
+/// Where the VMM sets a vCPU's `kvm_run.immediate_exit`: the address of
+/// that byte in the vCPU's `kvm_run` mapping, for as long as the mapping
+/// exists (the vCPU clears it, under the lock, before it unmaps).
+struct ImmediateExit(Mutex<Option<*const AtomicU8>>);
+
+// SAFETY: the pointer is only dereferenced under the mutex, while the
+// mapping it points into is alive (see `detach`); the byte is only accessed
+// atomically by flint.
+unsafe impl Send for ImmediateExit {}
+// SAFETY: as above.
+unsafe impl Sync for ImmediateExit {}
+
+impl ImmediateExit {
+    fn new(fd: &mut VcpuFd) -> Self {
+        let byte: *mut u8 = &mut fd.get_kvm_run().immediate_exit;
+        Self(Mutex::new(Some(byte.cast_const().cast::<AtomicU8>())))
+    }
+
+    fn store(&self, value: u8) {
+        let ptr = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(byte) = *ptr {
+            // SAFETY: `byte` points into the vCPU's kvm_run mapping, which
+            // stays mapped while the pointer is set (the vCPU detaches it
+            // under this lock before dropping its fd); a u8 is always
+            // aligned, and KVM only reads it at the start of KVM_RUN.
+            unsafe { (*byte).store(value, Ordering::SeqCst) };
+        }
+    }
+
+    /// Forgets the mapping (before it goes away).
+    fn detach(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 /// The sending side of the vCPU → VMM channel: a message plus an eventfd
 /// kick, so the VMM's epoll loop wakes up for it.
 pub struct VcpuEventSender {
@@ -211,6 +253,14 @@ pub struct Vcpu {
     response_rx: Option<Receiver<VcpuResponse>>,
     caps: Arc<StateCaps>,
     started: Instant,
+    immediate_exit: Arc<ImmediateExit>,
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        // The fd (and its kvm_run mapping) is dropped right after this.
+        self.immediate_exit.detach();
+    }
 }
 
 /// How the run loop goes on after one exit.
@@ -251,7 +301,7 @@ impl Vcpu {
         caps: Arc<StateCaps>,
         started: Instant,
     ) -> Result<Self, VcpuError> {
-        let fd = vm
+        let mut fd = vm
             .fd()
             .create_vcpu(u64::from(id))
             .map_err(|source| VcpuError::Kvm {
@@ -261,7 +311,9 @@ impl Vcpu {
             })?;
         let (command_tx, commands) = channel();
         let (responses, response_rx) = channel();
+        let immediate_exit = Arc::new(ImmediateExit::new(&mut fd));
         Ok(Self {
+            immediate_exit,
             id,
             fd,
             buses,
@@ -336,6 +388,7 @@ impl Vcpu {
             source,
         })?;
         let commands = self.command_tx.clone();
+        let immediate_exit = Arc::clone(&self.immediate_exit);
         let thread = std::thread::Builder::new()
             .name(format!("flint_vcpu{id}"))
             .spawn(move || {
@@ -364,6 +417,7 @@ impl Vcpu {
             id,
             commands,
             responses,
+            immediate_exit,
             thread: Some(thread),
         })
     }
@@ -506,8 +560,10 @@ impl Vcpu {
             Ok(other) => Step::Fatal(format!("unexpected exit {other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 count(&buses.exits.interrupted);
-                // Kicked: clear the flag KVM may have set and look at commands.
-                self.fd.set_kvm_immediate_exit(0);
+                // Kicked: clear the flag the kick set, then look at the
+                // commands (in this order: a kick after the clearing sets it
+                // again, for a command the run loop then sees).
+                self.immediate_exit.store(0);
                 Step::Continue
             }
             Err(e) => Step::Fatal(format!("KVM_RUN failed: {e}")),
@@ -573,11 +629,12 @@ pub struct VcpuHandle {
     id: u8,
     commands: Sender<VcpuCommand>,
     responses: Receiver<VcpuResponse>,
+    immediate_exit: Arc<ImmediateExit>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// How long a vCPU may take to answer pause/resume.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a vCPU may take to answer a command or to end its thread.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl VcpuHandle {
     /// The vCPU's index.
@@ -585,55 +642,75 @@ impl VcpuHandle {
         self.id
     }
 
-    /// Sends `command` and waits for `expected`, kicking the thread out of
-    /// `KVM_RUN` until it answers.
+    /// Makes the thread leave (or not enter) `KVM_RUN` once: sets
+    /// `immediate_exit`, then signals it.
+    fn kick(&self) {
+        self.immediate_exit.store(1);
+        if let Some(thread) = &self.thread {
+            if let Err(e) = thread.kill(kick_signal()) {
+                log::debug!("kicking vCPU {}: {e}", self.id);
+            }
+        }
+    }
+
+    /// Sends `command`, kicking the thread out of the guest once if the
+    /// command is one a running vCPU must see.
+    fn send(&self, command: VcpuCommand) -> Result<(), VcpuTimeout> {
+        let timeout = VcpuTimeout {
+            id: self.id,
+            command,
+        };
+        if self.thread.is_none() {
+            return Err(timeout);
+        }
+        // Answers to earlier, timed-out commands are stale now.
+        while self.responses.try_recv().is_ok() {}
+        self.commands.send(command).map_err(|_| timeout)?;
+        if matches!(command, VcpuCommand::Pause | VcpuCommand::Exit) {
+            self.kick();
+        }
+        Ok(())
+    }
+
+    /// Waits until `deadline` for the answer `expected` to `command`.
+    fn wait(
+        &self,
+        command: VcpuCommand,
+        expected: fn(&VcpuResponse) -> bool,
+        deadline: Instant,
+    ) -> Result<VcpuResponse, VcpuTimeout> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.responses.recv_timeout(left) {
+                Ok(answer) if expected(&answer) => return Ok(answer),
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(VcpuTimeout {
+                        id: self.id,
+                        command,
+                    })
+                }
+            }
+        }
+    }
+
     fn command(
         &self,
         command: VcpuCommand,
         expected: fn(&VcpuResponse) -> bool,
     ) -> Result<VcpuResponse, VcpuTimeout> {
-        let timeout = VcpuTimeout {
-            id: self.id,
-            command,
-        };
-        let thread = self.thread.as_ref().ok_or(VcpuTimeout {
-            id: self.id,
-            command,
-        })?;
-        // Answers to earlier, timed-out commands are stale now.
-        while self.responses.try_recv().is_ok() {}
-        self.commands.send(command).map_err(|_| VcpuTimeout {
-            id: self.id,
-            command,
-        })?;
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
-        loop {
-            match self.responses.recv_timeout(Duration::from_millis(1)) {
-                Ok(answer) if expected(&answer) => return Ok(answer),
-                Ok(_) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if Instant::now() > deadline {
-                        return Err(timeout);
-                    }
-                    if command == VcpuCommand::Pause {
-                        let _ = thread.kill(kick_signal());
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(timeout),
-            }
-        }
+        self.send(command)?;
+        self.wait(command, expected, Instant::now() + COMMAND_TIMEOUT)
     }
 
     /// Takes the vCPU out of the guest and keeps it out until [`Self::resume`].
     pub fn pause(&self) -> Result<(), VcpuTimeout> {
-        self.command(VcpuCommand::Pause, |r| matches!(r, VcpuResponse::Paused))
-            .map(drop)
+        self.command(VcpuCommand::Pause, is_paused).map(drop)
     }
 
     /// Lets a paused vCPU run the guest again.
     pub fn resume(&self) -> Result<(), VcpuTimeout> {
-        self.command(VcpuCommand::Resume, |r| matches!(r, VcpuResponse::Resumed))
-            .map(drop)
+        self.command(VcpuCommand::Resume, is_resumed).map(drop)
     }
 
     /// Reads the state of a paused vCPU (on its own thread).
@@ -647,20 +724,35 @@ impl VcpuHandle {
         }
     }
 
-    /// Tells the vCPU to exit and waits for its thread. The kick signal is
-    /// repeated until the thread is gone, because a kick that lands just before
-    /// the thread enters `KVM_RUN` would otherwise be lost.
+    /// Tells the vCPU to exit and waits (at most [`COMMAND_TIMEOUT`]) for
+    /// its thread to end. A thread that does not end in time (stuck in a
+    /// device) is logged and left behind, never joined, so stopping flint
+    /// cannot hang on it.
     pub fn stop(&mut self) {
+        if self.thread.is_none() {
+            return;
+        }
+        // A send error means the thread already ended; joining is all that is left.
+        let _ = self.send(VcpuCommand::Exit);
         let Some(thread) = self.thread.take() else {
             return;
         };
-        // A send error means the thread already ended; joining is all that is left.
-        let _ = self.commands.send(VcpuCommand::Exit);
-        while !thread.is_finished() {
-            if let Err(e) = thread.kill(kick_signal()) {
-                log::debug!("kicking vCPU {}: {e}", self.id);
+        // The thread drops its end of the response channel as it ends.
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let ended = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.responses.recv_timeout(left) {
+                Ok(_) => {}
+                Err(RecvTimeoutError::Disconnected) => break true,
+                Err(RecvTimeoutError::Timeout) => break false,
             }
-            std::thread::sleep(Duration::from_millis(1));
+        };
+        if !ended {
+            log::error!(
+                "vCPU {} did not stop within {COMMAND_TIMEOUT:?}; leaving its thread behind",
+                self.id
+            );
+            return;
         }
         if thread.join().is_err() {
             log::error!("vCPU {} thread panicked", self.id);
@@ -668,8 +760,295 @@ impl VcpuHandle {
     }
 }
 
+fn is_paused(r: &VcpuResponse) -> bool {
+    matches!(r, VcpuResponse::Paused)
+}
+
+fn is_resumed(r: &VcpuResponse) -> bool {
+    matches!(r, VcpuResponse::Resumed)
+}
+
+/// Why the vCPUs could not all be paused or resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    /// These vCPUs did not pause in time; the others were resumed, so the
+    /// VM runs as before.
+    #[error("vCPUs {ids:?} did not pause within {COMMAND_TIMEOUT:?}; the VM was resumed")]
+    Pause {
+        /// The vCPUs that did not answer.
+        ids: Vec<u8>,
+    },
+    /// These vCPUs did not resume in time (the others run).
+    #[error("vCPUs {ids:?} did not resume within {COMMAND_TIMEOUT:?}")]
+    Resume {
+        /// The vCPUs that did not answer.
+        ids: Vec<u8>,
+    },
+}
+
+/// Pauses every vCPU, or none: all are asked at once and waited for until one
+/// shared deadline; if any does not answer, all are told to resume (a late
+/// one then resumes right after it pauses) and the error names the stragglers.
+pub fn pause_all(vcpus: &[VcpuHandle]) -> Result<(), PauseError> {
+    let sent: Vec<bool> = vcpus
+        .iter()
+        .map(|v| v.send(VcpuCommand::Pause).is_ok())
+        .collect();
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let failed: Vec<u8> = vcpus
+        .iter()
+        .zip(&sent)
+        .filter(|(v, &sent)| !sent || v.wait(VcpuCommand::Pause, is_paused, deadline).is_err())
+        .map(|(v, _)| v.id)
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    log::error!("vCPUs {failed:?} did not pause in time; resuming the others");
+    for v in vcpus {
+        if failed.contains(&v.id) {
+            // Queued behind its Pause: it resumes as soon as it pauses.
+            let _ = v.send(VcpuCommand::Resume);
+        } else if let Err(e) = v.resume() {
+            log::error!("{e}");
+        }
+    }
+    Err(PauseError::Pause { ids: failed })
+}
+
+/// Resumes every vCPU (each is asked even if another does not answer).
+pub fn resume_all(vcpus: &[VcpuHandle]) -> Result<(), PauseError> {
+    let failed: Vec<u8> = vcpus
+        .iter()
+        .filter(|v| v.resume().is_err())
+        .map(|v| v.id)
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(PauseError::Resume { ids: failed })
+    }
+}
+
 impl Drop for VcpuHandle {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Condvar;
+
+    /// A port device whose writes block until it is opened: a vCPU stuck in
+    /// a device (a host file that does not answer, a lock held elsewhere).
+    #[derive(Clone, Default)]
+    struct Gate(Arc<(Mutex<(bool, bool)>, Condvar)>);
+
+    impl Gate {
+        /// Waits until a vCPU is inside the device (60 s at most).
+        fn wait_entered(&self) {
+            let (lock, cv) = &*self.0;
+            let state = lock.lock().unwrap();
+            let (state, _) = cv
+                .wait_timeout_while(state, Duration::from_secs(60), |s| !s.0)
+                .unwrap();
+            assert!(state.0, "the vCPU never reached the device");
+        }
+        fn open(&self) {
+            self.0 .0.lock().unwrap().1 = true;
+            self.0 .1.notify_all();
+        }
+    }
+
+    impl devices::bus::BusDevice for Gate {
+        fn read(&mut self, _: u64, _: u64, _: &mut [u8]) {}
+        fn write(&mut self, _: u64, _: u64, _: &[u8]) {
+            let (lock, cv) = &*self.0;
+            let mut state = lock.lock().unwrap();
+            state.0 = true;
+            cv.notify_all();
+            while !state.1 {
+                state = cv.wait(state).unwrap();
+            }
+        }
+    }
+
+    /// Real-mode code at guest 0x1000: vCPU 0 loops on `out 0x80, al`, vCPU 1
+    /// on `out 0x81, al` (at 0x1010), vCPU 2 on `jmp $` (at 0x1020).
+    const CODE: [(u64, &[u8]); 3] = [
+        (0x1000, &[0xe6, 0x80, 0xeb, 0xfc]),
+        (0x1010, &[0xe6, 0x81, 0xeb, 0xfc]),
+        (0x1020, &[0xeb, 0xfe]),
+    ];
+
+    fn test_vm() -> Vm {
+        let vm = Vm::new().expect("KVM is needed for the vCPU tests");
+        // SAFETY: a fresh anonymous mapping, never unmapped (KVM uses it for
+        // the rest of the test process).
+        let mem = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                0x1000,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(mem, libc::MAP_FAILED);
+        for (addr, code) in CODE {
+            // SAFETY: every piece of code lies within the 4 KiB mapping.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    code.as_ptr(),
+                    mem.cast::<u8>().add((addr - 0x1000) as usize),
+                    code.len(),
+                )
+            };
+        }
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0x1000,
+            memory_size: 0x1000,
+            userspace_addr: mem as u64,
+        };
+        // SAFETY: the mapping outlives the VM (it is never unmapped).
+        unsafe { vm.fd().set_user_memory_region(region) }.unwrap();
+        vm
+    }
+
+    /// vCPU `id` of `vm` running `CODE[id]`, its port bus holding `device`
+    /// at 0x81; returns the vCPU and its port bus.
+    fn test_vcpu(vm: &Vm, id: u8, device: Option<Gate>) -> (Vcpu, Arc<Bus>) {
+        let mut pio = Bus::new();
+        if let Some(device) = device {
+            pio.insert(Arc::new(Mutex::new(device)), 0x81, 1).unwrap();
+        }
+        let pio = Arc::new(pio);
+        let buses = VcpuBuses {
+            pio: pio.clone(),
+            mmio: Arc::new(Bus::new()),
+            exits: Arc::default(),
+        };
+        let (tx, _rx) = channel();
+        std::mem::forget(_rx);
+        let events = VcpuEventSender::new(tx, EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let vcpu = Vcpu::new(
+            id,
+            vm,
+            buses,
+            events,
+            Arc::new(StateCaps::default()),
+            Instant::now(),
+        )
+        .unwrap();
+        let mut sregs = vcpu.fd.get_sregs().unwrap();
+        sregs.cs.base = 0;
+        sregs.cs.selector = 0;
+        vcpu.fd.set_sregs(&sregs).unwrap();
+        let regs = kvm_bindings::kvm_regs {
+            rip: CODE[usize::from(id)].0,
+            rflags: 2,
+            ..Default::default()
+        };
+        vcpu.fd.set_regs(&regs).unwrap();
+        (vcpu, pio)
+    }
+
+    /// Runs `f` on a thread; fails if it has not returned after a generous
+    /// timeout (the old code never returned).
+    fn must_return<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("{what} hung"))
+    }
+
+    #[test]
+    fn a_kick_before_kvm_run_is_not_lost() {
+        let vm = test_vm();
+        // vCPU 2 spins on `jmp $`: only a kick ever gets KVM_RUN to return.
+        let (mut vcpu, _) = test_vcpu(&vm, 2, None);
+        install_kick_handler().unwrap();
+        // The kick lands while the thread is outside KVM_RUN (no signal
+        // can interrupt a KVM_RUN that has not started): the flag alone
+        // makes the next KVM_RUN return.
+        vcpu.immediate_exit.store(1);
+        let vcpu = must_return("KVM_RUN after a kick", move || {
+            assert!(matches!(vcpu.run_once(), Step::Continue));
+            vcpu
+        });
+        assert_eq!(vcpu.buses.exits.interrupted.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn pause_and_resume_answer_every_time() {
+        let vm = test_vm();
+        let (vcpu, pio) = test_vcpu(&vm, 0, None);
+        let handle = vcpu.start(false, false).unwrap();
+        must_return("pause/resume", move || {
+            for _ in 0..50 {
+                handle.pause().unwrap();
+                handle.resume().unwrap();
+            }
+            drop(handle);
+        });
+        assert!(pio.unhandled().writes.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn stop_is_bounded_when_a_vcpu_is_stuck_in_a_device() {
+        let vm = test_vm();
+        let gate = Gate::default();
+        let (vcpu, _) = test_vcpu(&vm, 1, Some(gate.clone()));
+        let mut handle = vcpu.start(false, false).unwrap();
+        gate.wait_entered();
+        let handle = must_return("stop", move || {
+            handle.stop();
+            handle
+        });
+        assert!(handle.thread.is_none());
+        gate.open();
+    }
+
+    #[test]
+    fn pause_is_all_or_nothing() {
+        let vm = test_vm();
+        let gate = Gate::default();
+        let (vcpu0, pio0) = test_vcpu(&vm, 0, None);
+        let (vcpu1, _) = test_vcpu(&vm, 1, Some(gate.clone()));
+        let handles = vec![
+            vcpu0.start(false, false).unwrap(),
+            vcpu1.start(false, false).unwrap(),
+        ];
+        gate.wait_entered();
+        let (handles, result) = must_return("pause_all", move || {
+            let result = pause_all(&handles);
+            (handles, result)
+        });
+        match result {
+            Err(PauseError::Pause { ids }) => assert_eq!(ids, vec![1]),
+            other => panic!("expected vCPU 1 to fail to pause: {other:?}"),
+        }
+        // vCPU 0 was resumed: it keeps running its loop.
+        let before = pio0.unhandled().writes.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pio0.unhandled().writes.load(Ordering::Relaxed) == before {
+            assert!(Instant::now() < deadline, "vCPU 0 stayed paused");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Once the device lets go, vCPU 1 pauses and resumes (as queued),
+        // and the whole VM pauses and resumes.
+        gate.open();
+        must_return("pause_all/resume_all", move || {
+            pause_all(&handles).unwrap();
+            resume_all(&handles).unwrap();
+            drop(handles);
+        });
     }
 }

@@ -40,7 +40,7 @@ impl VirtioDevice for Block {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Nothing in virtio-blk's config space is writable without
         // VIRTIO_BLK_F_CONFIG_WCE, which is not offered.
-        log::warn!(
+        crate::guest_warn!(
             "drive {}: {}-byte config write at {offset:#x} ignored (read-only)",
             self.state.drive_id,
             data.len()
@@ -271,7 +271,7 @@ fn report(counters: &mut Counters, drive_id: &str, head: u16, what: &dyn Display
     counters.bad_requests += 1;
     let n = counters.bad_requests;
     if n <= 16 || n.is_power_of_two() {
-        log::warn!(
+        crate::guest_warn!(
             "drive {drive_id}: request at descriptor {head} failed: {what} (bad request #{n})"
         );
     }

@@ -23,7 +23,7 @@ impl Block {
             Err(e) => log::error!("drive {}: reading the queue eventfd: {e}", self.drive_id()),
         }
         if self.active.is_none() {
-            log::debug!(
+            crate::guest_debug!(
                 "drive {}: queue notified before activation; ignored",
                 self.drive_id()
             );

@@ -183,7 +183,7 @@ impl Disk<'_> {
             // Discard is a hint: a filesystem that cannot punch holes just
             // keeps the data.
             if let Err(e) = fallocate(self.file, punch, offset, len) {
-                log::debug!("discard of {len} bytes at {offset}: {e}; ignored");
+                crate::guest_debug!("discard of {len} bytes at {offset}: {e}; ignored");
             }
             return Ok(());
         }

@@ -312,3 +312,22 @@ fn save_and_restore_continue_at_the_saved_ring_positions() {
     let (mut other, _) = setup();
     assert!(other.restore(&wrong).is_err());
 }
+
+#[test]
+fn a_flood_of_bad_accesses_logs_a_bounded_number_of_lines() {
+    let (mut t, _dev) = setup();
+    let before = crate::log_limit::tests::lines_of_this_thread().len();
+    for i in 0..5000u32 {
+        // Notify of a nonexistent queue, a 1-byte write, a 2-byte read:
+        // each would be one warning per access without the limit.
+        w(&mut t, 0x50, 7 + i);
+        t.write(0, 0x70, &[1]);
+        let mut half = [0u8; 2];
+        t.read(0, 0x70, &mut half);
+    }
+    let logged = crate::log_limit::tests::lines_of_this_thread().len() - before;
+    // 15 000 bad accesses from 3 call sites: each logs its budget per
+    // one-second window (plus one "suppressed" line); a generous bound.
+    assert!(logged >= 3, "{logged}");
+    assert!(logged <= 600, "{logged} lines for 15 000 bad accesses");
+}

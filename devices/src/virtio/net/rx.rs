@@ -98,7 +98,7 @@ impl Net {
                 Ok(Outcome::TooBig) => {
                     self.rx.pending = None;
                     self.counters.rx_dropped += 1;
-                    log::debug!(
+                    crate::guest_debug!(
                         "net {}: {len}-byte frame does not fit the guest's RX buffers; dropped",
                         self.iface_id
                     );
@@ -119,7 +119,7 @@ impl Net {
                 Ok(n) if (VNET_HDR_LEN + ETH_HLEN..=MAX_FRAME_LEN).contains(&n) => return Some(n),
                 Ok(n) => {
                     self.counters.rx_dropped += 1;
-                    log::debug!(
+                    crate::guest_debug!(
                         "net {}: dropping {n}-byte frame from the tap",
                         self.iface_id
                     );
@@ -238,7 +238,7 @@ pub(super) fn log_bad_chain(
     count: u64,
 ) {
     if count <= 32 || count.is_power_of_two() {
-        log::warn!(
+        crate::guest_warn!(
             "net {iface}: {queue} chain {head} rejected: {why} (bad chains so far: {count})"
         );
     }

@@ -76,7 +76,7 @@ impl Net {
                     }
                     let n = self.counters.tx_dropped;
                     if n <= 32 || n.is_power_of_two() {
-                        log::warn!(
+                        crate::guest_warn!(
                             "net {}: tap refused a {len}-byte frame: {e} (dropped so far: {n})",
                             self.iface_id
                         );
@@ -151,7 +151,7 @@ impl Net {
             &mut active.tx
         };
         let notify = queue.needs_notification(&active.mem).unwrap_or_else(|e| {
-            log::warn!(
+            crate::guest_warn!(
                 "net {}: queue {index}: {e}; notifying anyway",
                 self.iface_id
             );
