@@ -113,7 +113,7 @@ fn a_stalled_console_reader_does_not_stop_the_guest_or_sigterm() {
 }
 
 fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    api::client::request(sock, method, path, body)
+    api_server::client::request(sock, method, path, body)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
