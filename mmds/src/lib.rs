@@ -26,6 +26,6 @@ pub mod wire;
 pub use config::{
     ConfigError, MmdsConfig, MmdsVersion, DEFAULT_IPV4_ADDR, DEFAULT_MAC_ADDR, DEFAULT_SIZE_LIMIT,
 };
-pub use stack::MmdsNetStack;
+pub use stack::{MmdsNetStack, TxChecksum};
 pub use store::{merge_patch, Mmds, OutputFormat, StoreError};
 pub use token::TokenError;

@@ -38,6 +38,17 @@ struct PendingRst {
     flags: u8,
 }
 
+/// How the guest filled the TCP checksum of a transmitted frame, from its virtio-net header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxChecksum {
+    /// Complete checksum (header flags 0): verified, bad frames dropped.
+    Complete,
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM` set: the guest offloaded the TCP checksum to
+    /// the device, so the field holds only the pseudo-header sum and is not verified
+    /// (the frame crossed guest memory only; the IPv4 header checksum still is).
+    Partial,
+}
+
 /// MMDS's ARP/IPv4/TCP endpoint on one guest network interface.
 #[derive(Debug)]
 pub struct MmdsNetStack {
@@ -114,6 +125,12 @@ impl MmdsNetStack {
 
     /// [`MmdsNetStack::handle_frame`] at an explicit time (tests, fuzzing).
     pub fn handle_frame_at(&mut self, frame: &[u8], now: Instant) -> bool {
+        self.handle_tx_frame(frame, TxChecksum::Complete, now)
+    }
+
+    /// The full TX entry point: `frame` without the virtio-net header, `csum` from that
+    /// header's flags. Returns true if the frame was MMDS's (consumed).
+    pub fn handle_tx_frame(&mut self, frame: &[u8], csum: TxChecksum, now: Instant) -> bool {
         if !self.is_mmds_frame(frame) {
             return false;
         }
@@ -128,7 +145,8 @@ impl MmdsNetStack {
             }
             return true;
         }
-        let seg = match wire::parse_ipv4_tcp(&frame[ETH_HLEN..]) {
+        let verify = csum == TxChecksum::Complete;
+        let seg = match wire::parse_ipv4_tcp_with(&frame[ETH_HLEN..], verify) {
             Ok(seg) => seg,
             Err(e) => {
                 log::debug!("mmds: dropped guest packet: {e}");

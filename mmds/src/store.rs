@@ -116,9 +116,14 @@ impl Mmds {
         Ok(())
     }
 
-    /// The whole document (`GET /mmds`); `{}` style `Null` before the first `PUT`.
+    /// The whole document (`GET /mmds`); `Null` before the first `PUT`.
     pub fn get(&self) -> &Value {
         &self.data
+    }
+
+    /// Whether a `PUT /mmds` has happened (a `PATCH` before it is refused).
+    pub fn is_initialized(&self) -> bool {
+        self.initialized
     }
 
     /// The rendered value at a guest URI path such as `/latest/meta-data/` (doubled `/`

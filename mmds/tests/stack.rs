@@ -292,3 +292,29 @@ fn other_ports_and_stray_segments_get_resets() {
     c.send(&mut s, flags::RST, &[], now);
     assert_eq!(s.connections(), 0);
 }
+
+#[test]
+fn partial_checksums_from_offloading_guests() {
+    let mut s = stack(store());
+    let now = Instant::now();
+    let mut f = tcp_frame(40009, 9, 0, flags::SYN, 1000, Some(1460), &[]);
+    f[ETH_HLEN + 20 + 16] ^= 0x5a; // only a pseudo-header sum, as with NEEDS_CSUM
+    assert!(s.handle_tx_frame(&f, mmds::TxChecksum::Complete, now));
+    assert!(
+        drain(&mut s, now).is_empty(),
+        "a bad checksum is dropped when complete"
+    );
+    assert!(s.handle_tx_frame(&f, mmds::TxChecksum::Partial, now));
+    let out = drain(&mut s, now);
+    assert_eq!(
+        out[0].flags,
+        flags::SYN | flags::ACK,
+        "accepted when offloaded"
+    );
+    f[ETH_HLEN + 10] ^= 1;
+    assert!(s.handle_tx_frame(&f, mmds::TxChecksum::Partial, now));
+    assert!(
+        drain(&mut s, now).is_empty(),
+        "the IPv4 header checksum is still verified"
+    );
+}
