@@ -100,6 +100,15 @@ impl MmdsNetStack {
         self.ip
     }
 
+    /// Moves the stack to another address (`PUT /mmds/config` before boot); open
+    /// connections, which belong to the old one, are dropped.
+    pub fn set_ipv4(&mut self, ipv4: Ipv4Addr) {
+        self.ip = ipv4;
+        self.conns.clear();
+        self.resets.clear();
+        self.arp_replies.clear();
+    }
+
     /// Number of open connections.
     pub fn connections(&self) -> usize {
         self.conns.len()
@@ -187,14 +196,14 @@ impl MmdsNetStack {
         self.conns.push(Conn::new(mac, seg, iss, now));
     }
 
-    /// Frees a slot held by a closing or idle connection (resetting it); false if none.
+    /// Frees a slot held by a lingering or idle connection (resetting it); false if none.
     fn evict_one(&mut self, now: Instant) -> bool {
         let victim = self
             .conns
             .iter()
             .enumerate()
             .filter(|(_, c)| {
-                c.is_closing() || now.saturating_duration_since(c.last_active) >= IDLE_EVICT
+                c.is_lingering() || now.saturating_duration_since(c.last_active) >= IDLE_EVICT
             })
             .min_by_key(|(_, c)| c.last_active)
             .map(|(i, _)| i);
@@ -202,14 +211,15 @@ impl MmdsNetStack {
             return false;
         };
         let c = self.conns.remove(i);
+        let (seq, ack) = c.reset_numbers();
         self.queue_reset(PendingRst {
             mac: c.remote_mac,
             ip: c.remote_ip,
             local_port: c.local_port,
             remote_port: c.remote_port,
-            seq: 0,
-            ack: 0,
-            flags: flags::RST,
+            seq,
+            ack,
+            flags: flags::RST | flags::ACK,
         });
         true
     }

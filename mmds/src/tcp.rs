@@ -99,9 +99,10 @@ impl Conn {
         self.fin_acked && self.peer_fin && !self.ack_pending
     }
 
-    /// Whether MMDS has already decided to close (a candidate for eviction).
-    pub fn is_closing(&self) -> bool {
-        self.fin_queued
+    /// Whether everything MMDS sent, FIN included, is acknowledged and only the
+    /// guest's FIN is awaited: evicting such a connection loses nothing.
+    pub fn is_lingering(&self) -> bool {
+        self.fin_acked
     }
 
     fn fin_seq(&self) -> u32 {
@@ -331,6 +332,11 @@ impl Conn {
 }
 
 impl Conn {
+    /// (seq, ack) for a RST that the guest accepts (RFC 5961: seq exactly its rcv_nxt).
+    pub fn reset_numbers(&self) -> (u32, u32) {
+        (self.snd_nxt, self.rcv_nxt)
+    }
+
     /// The retransmission deadline, if data is in flight.
     pub fn deadline(&self) -> Option<Instant> {
         self.rto_deadline.filter(|_| self.snd_una != self.snd_nxt)

@@ -230,7 +230,7 @@ fn connection_table_is_bounded() {
     assert!(s.handle_frame_at(&tcp_frame(42000, 5, 0, flags::SYN, 1000, None, &[]), later));
     let out = drain(&mut s, later);
     assert_eq!(out.len(), 2, "{out:?}");
-    assert_eq!(out[0].flags, flags::RST);
+    assert_eq!(out[0].flags, flags::RST | flags::ACK);
     assert_ne!(out[0].dst_port, clients[7].port, "the active one is kept");
     assert_eq!(out[1].flags, flags::SYN | flags::ACK);
     assert_eq!(s.connections(), 30);
@@ -317,4 +317,42 @@ fn partial_checksums_from_offloading_guests() {
         drain(&mut s, now).is_empty(),
         "the IPv4 header checksum is still verified"
     );
+}
+
+#[test]
+fn finished_connection_is_evicted_first_when_full() {
+    let mut s =
+        mmds::MmdsNetStack::with_max_connections(DEFAULT_MAC_ADDR, DEFAULT_IPV4_ADDR, store(), 3);
+    let now = Instant::now();
+    let mut clients: Vec<_> = (0..3)
+        .map(|i| Client::connect(&mut s, 43000 + i, now))
+        .collect();
+    // clients[1] got its whole answer and our FIN, but never sends its own FIN.
+    let raw = clients[1].exchange(&mut s, b"GET /latest/meta-data/big HTTP/1.0\r\n\r\n", now);
+    assert_eq!(parse_response(&raw).0, 200);
+    assert!(clients[1].got_fin);
+    // Another connection is mid-response (not acked): it must not be the victim.
+    clients[2].send(
+        &mut s,
+        flags::ACK,
+        b"GET /latest/meta-data/big HTTP/1.0\r\n\r\n",
+        now,
+    );
+    drain(&mut s, now);
+    assert!(s.handle_frame_at(&tcp_frame(43100, 5, 0, flags::SYN, 1000, None, &[]), now));
+    let out = drain(&mut s, now);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(
+        (out[0].flags, out[0].dst_port),
+        (flags::RST | flags::ACK, clients[1].port)
+    );
+    assert_eq!(
+        out[0].seq, clients[1].rcv_nxt,
+        "in the guest's window exactly"
+    );
+    assert_eq!(
+        (out[1].flags, out[1].dst_port),
+        (flags::SYN | flags::ACK, 43100)
+    );
+    assert_eq!(s.connections(), 3);
 }
