@@ -60,6 +60,8 @@ pub(crate) struct Conn {
     ack_pending: bool,
     rto: Duration,
     rto_deadline: Option<Instant>,
+    /// The persist timer fired: send one byte past a zero window.
+    probe: bool,
     retries: u32,
     pub last_active: Instant,
 }
@@ -89,6 +91,7 @@ impl Conn {
             ack_pending: false,
             rto: INITIAL_RTO,
             rto_deadline: None,
+            probe: false,
             retries: 0,
             last_active: now,
         }
@@ -177,7 +180,19 @@ impl Conn {
             self.rto = INITIAL_RTO;
             self.rto_deadline = (self.snd_una != self.snd_nxt).then(|| now + self.rto);
         }
+        if self.zero_window_stall() && self.rto_deadline.is_none() {
+            self.rto_deadline = Some(now + self.rto); // persist timer
+        }
         true
+    }
+
+    /// Data waits, none is in flight, and the guest's window is closed: only a
+    /// probe (on the persist timer) can learn that it opened.
+    fn zero_window_stall(&self) -> bool {
+        self.syn_acked
+            && self.peer_wnd == 0
+            && self.snd_una == self.snd_nxt
+            && seq_lt(self.snd_nxt, self.fin_seq())
     }
 
     fn on_data(&mut self, seg: &Segment) {
@@ -250,6 +265,12 @@ impl Conn {
                 self.rto_deadline = None;
                 true
             }
+            Some(d) if d <= now && self.zero_window_stall() => {
+                self.probe = true;
+                self.rto = (self.rto * 2).min(MAX_RTO);
+                self.rto_deadline = None;
+                true
+            }
             _ => true,
         }
     }
@@ -260,7 +281,8 @@ impl Conn {
             return self.snd_nxt == self.iss;
         }
         let in_flight = self.snd_nxt.wrapping_sub(self.snd_una);
-        let data = seq_lt(self.snd_nxt, self.fin_seq()) && in_flight < self.peer_wnd;
+        let data =
+            seq_lt(self.snd_nxt, self.fin_seq()) && (in_flight < self.peer_wnd || self.probe);
         self.ack_pending || data || (self.fin_queued && !self.fin_sent())
     }
 
@@ -296,7 +318,10 @@ impl Conn {
         } else {
             let off = self.snd_nxt.wrapping_sub(self.buf_seq) as usize;
             let in_flight = self.snd_nxt.wrapping_sub(self.snd_una);
-            let room = self.peer_wnd.saturating_sub(in_flight) as usize;
+            let mut room = self.peer_wnd.saturating_sub(in_flight) as usize;
+            if self.probe {
+                room = room.max(1);
+            }
             let avail = if seq_lt(self.snd_nxt, self.fin_seq()) {
                 self.send_buf.len() - off
             } else {
@@ -321,6 +346,7 @@ impl Conn {
         }
         let len = write_tcp(buf, local.0, self.remote_mac, ip_id, &seg)?;
         self.ack_pending = false;
+        self.probe = false;
         if advance > 0 {
             self.snd_nxt = self.snd_nxt.wrapping_add(advance);
             if self.rto_deadline.is_none() {
@@ -339,6 +365,7 @@ impl Conn {
 
     /// The retransmission deadline, if data is in flight.
     pub fn deadline(&self) -> Option<Instant> {
-        self.rto_deadline.filter(|_| self.snd_una != self.snd_nxt)
+        self.rto_deadline
+            .filter(|_| self.snd_una != self.snd_nxt || self.zero_window_stall())
     }
 }

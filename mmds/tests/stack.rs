@@ -356,3 +356,43 @@ fn finished_connection_is_evicted_first_when_full() {
     );
     assert_eq!(s.connections(), 3);
 }
+
+#[test]
+fn zero_window_is_probed_until_it_opens() {
+    let mut s = stack(store());
+    let t0 = Instant::now();
+    let mut c = Client::connect(&mut s, 40010, t0);
+    c.window = 0;
+    c.send(
+        &mut s,
+        flags::ACK | flags::PSH,
+        b"GET /latest/meta-data/ami-id HTTP/1.0\r\n\r\n",
+        t0,
+    );
+    let out = drain(&mut s, t0);
+    assert!(
+        out.iter().all(|o| o.payload.is_empty()),
+        "nothing sent into a zero window"
+    );
+    let t1 = t0 + Duration::from_secs(1);
+    assert!(
+        s.next_timeout().is_some_and(|d| d <= t1),
+        "persist timer armed"
+    );
+    s.tick(t1);
+    let out = drain(&mut s, t1);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].payload.len(), 1, "one-byte window probe");
+    c.absorb(&out);
+    c.window = 64240; // the guest read it and opens its window
+    c.send(&mut s, flags::ACK, &[], t1);
+    for _ in 0..10 {
+        let out = drain(&mut s, t1);
+        if !c.absorb(&out) {
+            break;
+        }
+        c.send(&mut s, flags::ACK, &[], t1);
+    }
+    let (status, _, body) = parse_response(&c.received);
+    assert_eq!((status, body.as_str()), (200, "ami-12345678"));
+}
