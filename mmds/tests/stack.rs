@@ -396,3 +396,12 @@ fn zero_window_is_probed_until_it_opens() {
     let (status, _, body) = parse_response(&c.received);
     assert_eq!((status, body.as_str()), (200, "ami-12345678"));
 }
+
+#[test]
+fn stack_and_store_can_move_to_device_threads() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<mmds::MmdsNetStack>();
+    send::<mmds::Mmds>();
+    sync::<std::sync::Mutex<mmds::Mmds>>();
+}
