@@ -1,0 +1,4 @@
+//! Fuzzes `mmds::fuzz::json_patch` (guest-controlled bytes; must never panic).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mmds::fuzz::json_patch(data));
