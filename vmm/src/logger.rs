@@ -22,6 +22,9 @@ struct Output {
 
 struct Logger {
     output: Mutex<Output>,
+    /// Only records whose target (module path) starts with this are
+    /// written (Firecracker's `module` filter); none writes all.
+    module: Mutex<Option<String>>,
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
@@ -58,6 +61,7 @@ pub fn init(level: LevelFilter) -> Result<(), LoggerError> {
             show_level: true,
             show_origin: false,
         }),
+        module: Mutex::new(None),
     });
     log::set_logger(logger).map_err(|_| LoggerError::AlreadySet)?;
     log::set_max_level(level);
@@ -103,9 +107,23 @@ pub fn configure(
     Ok(())
 }
 
+/// Writes only records from modules whose path starts with `module` (none
+/// or an empty string: every module).
+pub fn set_module(module: Option<String>) {
+    if let Some(logger) = LOGGER.get() {
+        *logger.module.lock().unwrap_or_else(|p| p.into_inner()) = module.filter(|m| !m.is_empty());
+    }
+}
+
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= log::max_level()
+        if metadata.level() > log::max_level() {
+            return false;
+        }
+        let module = self.module.lock().unwrap_or_else(|p| p.into_inner());
+        module
+            .as_deref()
+            .is_none_or(|m| metadata.target().starts_with(m))
     }
 
     fn log(&self, record: &Record) {
