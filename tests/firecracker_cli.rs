@@ -161,7 +161,9 @@ fn boots_like_firecracker_through_the_api() {
     });
     let (status, body) = call(&sock, "PUT", "/logger", Some(&logger.to_string()));
     assert_eq!(status, 204, "{body}");
-    let metrics_body = serde_json::json!({"metrics_path": metrics});
+    let metrics_body = serde_json::json!({
+        "metrics_path": metrics, "emit_id": true, "properties": {"owner": "fc-test"}
+    });
     let (status, body) = call(&sock, "PUT", "/metrics", Some(&metrics_body.to_string()));
     assert_eq!(status, 204, "{body}");
 
@@ -199,6 +201,8 @@ fn boots_like_firecracker_through_the_api() {
     let last: serde_json::Value =
         serde_json::from_str(text.lines().last().expect("a metrics line")).unwrap();
     assert!(last["vm"]["vcpu_exits"].is_object(), "{last}");
+    assert_eq!(last["id"], "fc-compat-1", "emit_id: {last}");
+    assert_eq!(last["properties"]["owner"], "fc-test", "{last}");
 
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.lines().count() > 1, "{logged}");

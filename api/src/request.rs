@@ -316,43 +316,14 @@ pub enum LogLevel {
 pub struct MetricsConfig {
     /// File (or FIFO) the metrics are appended to.
     pub metrics_path: PathBuf,
-    /// Firecracker's switch to add the instance id to each line; not
-    /// supported yet, so only `false`.
-    #[serde(
-        default,
-        skip_serializing_if = "std::ops::Not::not",
-        deserialize_with = "crate::compat::only_false::<_, EmitIdField>"
-    )]
+    /// Add the instance id (`--id`) as a top-level `"id"` to each line
+    /// (Firecracker's field).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub emit_id: bool,
-    /// Firecracker's operator-defined properties for each line; not
-    /// supported yet, so only absent or empty.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "no_metrics_properties"
-    )]
+    /// Operator-defined pairs added as a top-level `"properties"` object to
+    /// each line (Firecracker's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<std::collections::BTreeMap<String, String>>,
-}
-
-/// Names `emit_id` in the refusal of `true`.
-struct EmitIdField;
-
-impl crate::compat::Refusal for EmitIdField {
-    const MESSAGE: &'static str =
-        "true is not supported yet: flint's metrics lines carry no instance id (use false)";
-}
-
-/// Accepts only an absent, null or empty `properties` map.
-fn no_metrics_properties<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<std::collections::BTreeMap<String, String>>, D::Error> {
-    let map = Option::<std::collections::BTreeMap<String, String>>::deserialize(d)?;
-    match map {
-        Some(m) if !m.is_empty() => Err(serde::de::Error::custom(
-            "not supported yet: flint's metrics lines carry no extra fields (omit it)",
-        )),
-        other => Ok(other),
-    }
 }
 
 /// The instance's lifecycle state, as `GET /` reports it.

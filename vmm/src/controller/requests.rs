@@ -280,6 +280,8 @@ impl Vmm {
                 if let Err(e) = sink.set_path(&config.metrics_path) {
                     return bad_request(e.to_string());
                 }
+                let id = config.emit_id.then_some(self.options.instance_id.as_str());
+                sink.set_labels(id, config.properties.as_ref());
                 let timer = self
                     .wakeups
                     .lock()
