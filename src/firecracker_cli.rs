@@ -359,7 +359,6 @@ fn setup(
         Some(file_logger.show_log_origin.unwrap_or(args.show_log_origin)),
     )
     .map_err(|e| e.to_string())?;
-    vmm::logger::set_module(file_logger.module.or_else(|| args.module.clone()));
     log::info!(
         "Running flint v{} as Firecracker v{} (instance {})",
         env!("CARGO_PKG_VERSION"),
@@ -370,6 +369,8 @@ fn setup(
     if args.boot_timer {
         log::info!("--boot-timer: flint logs its boot figures without a boot-timer device");
     }
+    // After the start-up lines, which (as Firecracker's) are not filtered.
+    vmm::logger::set_module(file_logger.module.or_else(|| args.module.clone()));
 
     let metrics_path = extras
         .metrics
