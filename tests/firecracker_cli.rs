@@ -261,3 +261,50 @@ fn no_api_config_file_starts_the_vm() {
         serde_json::from_str(text.lines().last().expect("a metrics line at exit")).unwrap();
     assert!(last["utc_timestamp_ms"].is_u64(), "{last}");
 }
+
+/// Firecracker's `snapshot/load` body reaches the VMM's restore (a damaged
+/// state file is refused for being damaged, not for the body's shape), UFFD
+/// is refused clearly, and `FlushMetrics` without a metrics file is a 204,
+/// all without a guest.
+#[test]
+fn firecracker_bodies_before_boot() {
+    let (link_dir, link) = firecracker_link();
+    let dir = link_dir.path();
+    let sock = dir.join("fc.sock");
+    let mut cmd = Command::new(&link);
+    cmd.arg("--api-sock").arg(&sock).args(["--id", "fc-bodies"]);
+    let mut vm = Flint::spawn(cmd, tempfile::tempdir().unwrap());
+    wait_for_socket(&sock);
+
+    let flush = r#"{"action_type": "FlushMetrics"}"#;
+    let (status, body) = call(&sock, "PUT", "/actions", Some(flush));
+    assert_eq!(status, 204, "{body}");
+
+    let state = dir.join("vmstate");
+    let memory = dir.join("memory");
+    std::fs::write(&state, b"not a snapshot at all").unwrap();
+    std::fs::write(&memory, b"").unwrap();
+    let load = serde_json::json!({
+        "snapshot_path": state,
+        "mem_backend": {"backend_type": "File", "backend_path": memory},
+        "track_dirty_pages": false,
+        "resume_vm": true,
+    });
+    let (status, body) = call(&sock, "PUT", "/snapshot/load", Some(&load.to_string()));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad magic"), "{body}");
+    let uffd = serde_json::json!({
+        "snapshot_path": state,
+        "mem_backend": {"backend_type": "Uffd", "backend_path": dir.join("uffd.sock")},
+    });
+    let (status, body) = call(&sock, "PUT", "/snapshot/load", Some(&uffd.to_string()));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("Uffd is not supported yet"), "{body}");
+
+    let (status, body) = call(&sock, "GET", "/", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Not started"), "{body}");
+    vm.signal(libc::SIGTERM);
+    let exit = vm.wait_exit(Duration::from_secs(60)).unwrap();
+    assert_eq!(exit.code(), Some(0), "{}", vm.stderr());
+}
