@@ -1,6 +1,7 @@
 //! `flint`: a microVM monitor on Linux KVM.
 
 mod ctl;
+mod firecracker_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,7 +104,11 @@ fn main() -> ExitCode {
 
 fn cli_main() -> ExitCode {
     let started = Instant::now();
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if firecracker_cli::wanted(&args) {
+        return firecracker_cli::main(args, started);
+    }
+    let cli = Cli::parse_from(args);
     let Some(level) = vmm::logger::parse_level(&cli.log_level) else {
         eprintln!("flint: unknown log level {:?}", cli.log_level);
         return ExitCode::from(2);
@@ -157,7 +162,15 @@ fn cli_main() -> ExitCode {
             if no_seccomp {
                 log::warn!("SECCOMP IS OFF (--no-seccomp): flint's threads are not confined; do not run untrusted guests like this");
             }
-            run(start, api_sock, id, started, !no_console_input, !no_seccomp)
+            run(RunOptions {
+                start,
+                api_sock,
+                id,
+                started,
+                console_in: !no_console_input,
+                seccomp: !no_seccomp,
+                ..RunOptions::new(vmm::Start::Api, started)
+            })
         }
         Command::Ctl(args) => ctl::main(args),
         Command::Container(ContainerCommand::Run(args)) => match container::run(args) {
@@ -234,27 +247,83 @@ fn restore_params(
     })
 }
 
-fn run(
-    start: vmm::Start,
-    api_sock: Option<PathBuf>,
-    id: String,
-    started: Instant,
-    console_in: bool,
-    seccomp: bool,
-) -> ExitCode {
+/// What [`run`] needs: how to start, the API socket, and the options that
+/// reach the VMM, the API server and the metrics sink (flint's `run`
+/// subcommand and the Firecracker command line both fill it).
+pub(crate) struct RunOptions {
+    /// Boot, wait for the API, restore or receive a migration.
+    pub start: vmm::Start,
+    /// Serve the API on this socket.
+    pub api_sock: Option<PathBuf>,
+    /// The instance id `GET /` reports.
+    pub id: String,
+    /// When the process started.
+    pub started: Instant,
+    /// Feed stdin to the guest console.
+    pub console_in: bool,
+    /// Install the seccomp filters.
+    pub seccomp: bool,
+    /// Largest API request body (the server's default if none).
+    pub max_body: Option<usize>,
+    /// Write metrics here from the start (as `PUT /metrics` would).
+    pub metrics_path: Option<PathBuf>,
+    /// Initial MMDS contents (`--metadata`), handed to the VMM.
+    pub mmds_metadata: Option<serde_json::Value>,
+    /// MMDS data store limit in bytes (`--mmds-size-limit`).
+    pub mmds_size_limit: Option<usize>,
+}
+
+impl RunOptions {
+    /// Options with everything optional off.
+    fn new(start: vmm::Start, started: Instant) -> Self {
+        RunOptions {
+            start,
+            api_sock: None,
+            id: "flint".into(),
+            started,
+            console_in: true,
+            seccomp: true,
+            max_body: None,
+            metrics_path: None,
+            mmds_metadata: None,
+            mmds_size_limit: None,
+        }
+    }
+}
+
+/// Runs the VM until it ends; the exit status says how.
+pub(crate) fn run(run: RunOptions) -> ExitCode {
+    let RunOptions {
+        start,
+        api_sock,
+        id,
+        started,
+        console_in,
+        seccomp,
+        max_body,
+        metrics_path,
+        mmds_metadata,
+        mmds_size_limit,
+    } = run;
     let mut server = None;
     let mut options = vmm::VmmOptions {
         started,
         console_in,
         instance_id: id,
         seccomp,
+        mmds_metadata,
+        mmds_size_limit,
         ..Default::default()
     };
+    // Requests flint itself sends the VMM (the metrics file given at
+    // start), through the same channel as the API's.
+    let mut to_vmm = None;
     if let Some(socket) = &api_sock {
-        match start_api(socket, seccomp) {
-            Ok((handle, endpoint)) => {
+        match start_api(socket, seccomp, max_body) {
+            Ok((handle, endpoint, tx)) => {
                 server = Some(handle);
                 options.api = Some(endpoint);
+                to_vmm = Some(tx);
             }
             Err(e) => {
                 eprintln!("flint: API socket {}: {e}", socket.display());
@@ -262,7 +331,32 @@ fn run(
             }
         }
     }
+    if let Some(path) = metrics_path {
+        if to_vmm.is_none() {
+            match local_endpoint() {
+                Ok((endpoint, tx)) => {
+                    options.api = Some(endpoint);
+                    to_vmm = Some(tx);
+                }
+                Err(e) => {
+                    eprintln!("flint: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        if let (Some(tx), Some(endpoint)) = (&to_vmm, &options.api) {
+            let request = api::ApiRequest::PutMetrics(api::MetricsConfig {
+                metrics_path: path,
+                ..Default::default()
+            });
+            if let Err(e) = send_own_request(tx, &endpoint.wake, request) {
+                eprintln!("flint: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let result = vmm::run(start, options);
+    drop(to_vmm);
     if let Some(server) = server {
         if matches!(result, Ok(vmm::RunEnd::ApiStop)) {
             // Let the server finish writing the answer to the Stop request.
@@ -303,18 +397,25 @@ fn confine_api_thread() -> Result<(), String> {
     vmm::seccomp::install(vmm::seccomp::ThreadKind::Api).map_err(|e| e.to_string())
 }
 
+/// The channel into the VMM that requests go through.
+type ToVmm = std::sync::mpsc::Sender<api::ApiMessage>;
+
 fn start_api(
     socket: &std::path::Path,
     seccomp: bool,
-) -> Result<(api_server::ApiServerHandle, vmm::ApiEndpoint), Box<dyn std::error::Error>> {
+    max_body: Option<usize>,
+) -> Result<(api_server::ApiServerHandle, vmm::ApiEndpoint, ToVmm), Box<dyn std::error::Error>> {
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
     let (tx, rx) = std::sync::mpsc::channel();
     let wake = EventFd::new(EFD_NONBLOCK)?;
-    let options = api_server::ServerOptions {
+    let mut options = api_server::ServerOptions {
         thread_init: seccomp.then_some(confine_api_thread as fn() -> Result<(), String>),
         ..Default::default()
     };
-    let handle = api_server::spawn_api_server_with(socket, tx, wake.try_clone()?, options)?;
+    if let Some(max_body) = max_body {
+        options.max_body = max_body;
+    }
+    let handle = api_server::spawn_api_server_with(socket, tx.clone(), wake.try_clone()?, options)?;
     let metrics = handle.metrics_source();
     log::info!("API listening on {}", socket.display());
     Ok((
@@ -324,5 +425,42 @@ fn start_api(
             wake,
             metrics: Box::new(move || serde_json::to_value(metrics()).unwrap_or_default()),
         },
+        tx,
     ))
+}
+
+/// A request channel into the VMM without an API server (`--no-api`), for
+/// the requests flint sends itself.
+fn local_endpoint() -> Result<(vmm::ApiEndpoint, ToVmm), String> {
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wake = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
+    Ok((
+        vmm::ApiEndpoint {
+            requests: rx,
+            wake,
+            metrics: Box::new(|| serde_json::Value::Null),
+        },
+        tx,
+    ))
+}
+
+/// Queues a request of flint's own for the VMM; a refusal is logged when
+/// the VMM answers (the VMM handles it as soon as its loop runs).
+fn send_own_request(
+    tx: &ToVmm,
+    wake: &vmm_sys_util::eventfd::EventFd,
+    request: api::ApiRequest,
+) -> Result<(), String> {
+    let (reply, answer) = std::sync::mpsc::channel();
+    let what = format!("{request:?}");
+    tx.send(api::ApiMessage { request, reply })
+        .map_err(|_| "the VMM's request channel is closed".to_string())?;
+    wake.write(1).map_err(|e| format!("waking the VMM: {e}"))?;
+    std::thread::spawn(move || {
+        if let Ok(api::ApiResponse::Error(e)) = answer.recv() {
+            log::error!("{what}: {}", e.fault_message);
+        }
+    });
+    Ok(())
 }

@@ -99,7 +99,8 @@ fn new_device_endpoints_parse() {
     assert_eq!(
         parse_ok("/serial", "PUT", r#"{"serial_out_path": "/s"}"#),
         ApiRequest::PutSerial(SerialConfig {
-            serial_out_path: Some("/s".into())
+            serial_out_path: Some("/s".into()),
+            rate_limiter: None,
         })
     );
     let ApiRequest::PutBalloon(balloon) = parse_ok(
@@ -269,4 +270,118 @@ fn response_shapes_match_firecracker() {
     assert_eq!(action, serde_json::json!({"action_type": "FlushMetrics"}));
     let state = serde_json::to_value(VmStateRequest::Paused).unwrap();
     assert_eq!(state, serde_json::json!({"state": "Paused"}));
+}
+
+#[test]
+fn firecracker_snapshot_load_bodies() {
+    let ApiRequest::LoadSnapshot(p) = parse_ok(
+        "/snapshot/load",
+        "PUT",
+        r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"},
+            "track_dirty_pages": true, "resume_vm": true, "clock_realtime": false, "huge_pages": "None",
+            "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}]}"#,
+    ) else {
+        panic!("not a LoadSnapshot")
+    };
+    assert_eq!(p.mem_file_path, std::path::PathBuf::from("/m"));
+    assert!(p.enable_diff_snapshots && p.resume_vm);
+    assert_eq!(p.net_overrides[0].host_dev_name, "tap1");
+    // The deprecated spelling still works.
+    let ApiRequest::LoadSnapshot(p) = parse_ok(
+        "/snapshot/load",
+        "PUT",
+        r#"{"snapshot_path": "/s", "mem_file_path": "/m", "enable_diff_snapshots": true}"#,
+    ) else {
+        panic!("not a LoadSnapshot")
+    };
+    assert_eq!(p.mem_file_path, std::path::PathBuf::from("/m"));
+    assert!(p.enable_diff_snapshots);
+    for (body, says) in [
+        (
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#,
+            "Uffd is not supported yet",
+        ),
+        (r#"{"snapshot_path": "/s"}"#, "missing mem_backend"),
+        (
+            r#"{"snapshot_path": "/s", "mem_file_path": "/a", "mem_backend": {"backend_type": "File", "backend_path": "/b"}}"#,
+            "not both",
+        ),
+        (
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "clock_realtime": true}"#,
+            "clock_realtime",
+        ),
+        (
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "huge_pages": "2M"}"#,
+            "huge_pages",
+        ),
+        (
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "vsock_override": {"uds_path": "/v"}}"#,
+            "vsock_override",
+        ),
+        (
+            r#"{"snapshot_path": "/s", "mem_file_path": "/m", "bogus": 1}"#,
+            "unknown field `bogus`",
+        ),
+    ] {
+        let e = parse_err("/snapshot/load", "PUT", body);
+        assert_eq!(e.status, 400, "{body}");
+        assert!(
+            e.fault_message.contains(says),
+            "{body}: {}",
+            e.fault_message
+        );
+    }
+}
+
+#[test]
+fn firecracker_logger_metrics_and_snapshot_create_bodies() {
+    let ApiRequest::PutLogger(l) = parse_ok(
+        "/logger",
+        "PUT",
+        r#"{"log_path": "/l", "level": "Off", "show_level": true, "show_log_origin": false, "module": "vmm::controller"}"#,
+    ) else {
+        panic!("not a PutLogger")
+    };
+    assert_eq!(l.level, Some(LogLevel::Off));
+    assert_eq!(l.module.as_deref(), Some("vmm::controller"));
+    assert_eq!(
+        parse_ok(
+            "/metrics",
+            "PUT",
+            r#"{"metrics_path": "/m", "emit_id": false, "properties": {}}"#
+        ),
+        ApiRequest::PutMetrics(MetricsConfig {
+            metrics_path: "/m".into(),
+            emit_id: false,
+            properties: Some(Default::default()),
+        })
+    );
+    let ApiRequest::PutMetrics(m) = parse_ok(
+        "/metrics",
+        "PUT",
+        r#"{"metrics_path": "/m", "emit_id": true, "properties": {"team": "a"}}"#,
+    ) else {
+        panic!("not a PutMetrics")
+    };
+    assert!(m.emit_id);
+    assert_eq!(m.properties.unwrap()["team"], "a");
+    let e = parse_err("/metrics", "PUT", r#"{"metrics_path": "/m", "emit_id": 1}"#);
+    assert!(e.fault_message.contains("emit_id"), "{}", e.fault_message);
+    let ApiRequest::CreateSnapshot(c) = parse_ok(
+        "/snapshot/create",
+        "PUT",
+        r#"{"snapshot_path": "/s", "mem_file_path": "/m", "snapshot_type": "Diff"}"#,
+    ) else {
+        panic!("not a CreateSnapshot")
+    };
+    assert_eq!(c.snapshot_type, SnapshotType::Diff);
+    let ApiRequest::PatchMachineConfig(m) = parse_ok(
+        "/machine-config",
+        "PATCH",
+        r#"{"smt": false, "huge_pages": "None"}"#,
+    ) else {
+        panic!("not a PatchMachineConfig")
+    };
+    assert_eq!(m.smt, Some(false));
+    assert_eq!(m.huge_pages, Some(HugePages::None));
 }

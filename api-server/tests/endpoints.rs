@@ -30,7 +30,7 @@ fn preboot_configuration_round_trips() {
     assert_eq!(status, 200);
     assert_eq!(
         config,
-        json!({"vcpu_count": 2, "mem_size_mib": 512, "cpu_template": "T2", "emulation_quirks": "auto", "track_dirty_pages": false})
+        json!({"vcpu_count": 2, "mem_size_mib": 512, "cpu_template": "T2", "emulation_quirks": "auto", "track_dirty_pages": false, "smt": false, "huge_pages": "None"})
     );
 
     let boot = r#"{"kernel_image_path": "/vmlinux", "boot_args": "console=ttyS0"}"#;
@@ -126,10 +126,17 @@ fn malformed_bodies_get_400_naming_the_problem() {
     let m = t.fault(
         "PUT",
         "/machine-config",
+        Some(r#"{"vcpu_count": 2, "hyperthreading": true}"#),
+        400,
+    );
+    assert!(m.contains("unknown field `hyperthreading`"), "{m}");
+    let m = t.fault(
+        "PUT",
+        "/machine-config",
         Some(r#"{"vcpu_count": 2, "smt": true}"#),
         400,
     );
-    assert!(m.contains("unknown field `smt`"), "{m}");
+    assert!(m.contains("smt: true is not supported"), "{m}");
     let m = t.fault(
         "PUT",
         "/machine-config",

@@ -77,6 +77,33 @@ pub struct MachineConfig {
     /// Whether KVM logs the pages the guest writes from boot on, so that diff
     /// snapshots can be taken (Firecracker's name).
     pub track_dirty_pages: bool,
+    /// Firecracker's simultaneous multithreading switch: flint shows the
+    /// guest one thread per core, so only `false` is accepted.
+    #[serde(deserialize_with = "crate::compat::only_false::<_, SmtField>")]
+    pub smt: bool,
+    /// What backs guest memory (Firecracker's field); see [`HugePages`].
+    pub huge_pages: HugePages,
+}
+
+/// Names `machine-config.smt` in the refusal of `true`.
+pub(crate) struct SmtField;
+
+impl crate::compat::Refusal for SmtField {
+    const MESSAGE: &'static str =
+        "true is not supported: flint shows the guest one thread per core (use false)";
+}
+
+/// Which pages back guest memory (Firecracker's `huge_pages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum HugePages {
+    /// Ordinary 4 KiB pages.
+    #[default]
+    None,
+    /// Transparent huge pages (`madvise(MADV_HUGEPAGE)`); not supported yet.
+    Transparent,
+    /// Explicit 2 MiB hugetlbfs pages; needs the host to have them reserved.
+    #[serde(rename = "2M")]
+    Hugetlbfs2M,
 }
 
 impl Default for MachineConfig {
@@ -87,6 +114,8 @@ impl Default for MachineConfig {
             cpu_template: CpuTemplate::default(),
             emulation_quirks: EmulationQuirks::default(),
             track_dirty_pages: false,
+            smt: false,
+            huge_pages: HugePages::None,
         }
     }
 }
@@ -138,6 +167,44 @@ pub struct DriveConfig {
     /// I/O throttling for this drive; none means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,
+    /// Root partition's unique id (Firecracker's field): with
+    /// `is_root_device`, the guest mounts `root=PARTUUID=<partuuid>`
+    /// instead of the whole `/dev/vda`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    /// Caching strategy (Firecracker's field). flint always honours the
+    /// guest's flushes with `fdatasync`, which is `Writeback`; `Unsafe` (the
+    /// default) is accepted and gets the same, safer behaviour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_type: Option<CacheType>,
+    /// I/O engine (Firecracker's field): flint does synchronous I/O, so only
+    /// `Sync` is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<IoEngine>,
+    /// A vhost-user-block backend's socket (Firecracker's field); refused,
+    /// flint has no vhost-user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+/// A drive's caching strategy (Firecracker's `cache_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum CacheType {
+    /// Firecracker does not offer flush; flint still syncs on flush.
+    #[default]
+    Unsafe,
+    /// Flushes reach the disk (what flint always does).
+    Writeback,
+}
+
+/// A drive's I/O engine (Firecracker's `io_engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum IoEngine {
+    /// Blocking reads and writes on the device thread (flint's engine).
+    #[default]
+    Sync,
+    /// io_uring; not supported.
+    Async,
 }
 
 /// One virtio network device backed by a host TAP interface.
@@ -157,6 +224,10 @@ pub struct NetConfig {
     /// Throttling of host-bound traffic; none means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
+    /// MTU advertised with `VIRTIO_NET_F_MTU` (Firecracker's field); not
+    /// supported yet, so it must be absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
 
 /// The virtio-vsock device (Firecracker's `vsock` section): the guest's
@@ -213,6 +284,11 @@ pub struct SerialConfig {
     /// to; none keeps flint's default (its standard output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial_out_path: Option<PathBuf>,
+    /// Limit on the guest's output bandwidth (Firecracker's field); not
+    /// supported yet, so it must be absent. Boxed: it is rare and keeps
+    /// the config small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<Box<TokenBucketConfig>>,
 }
 
 /// A device's I/O limits, so one VM cannot starve its neighbours; both

@@ -50,6 +50,7 @@ fn full_example_parses() {
             cpu_template: CpuTemplate::T2,
             emulation_quirks: EmulationQuirks::On,
             track_dirty_pages: false,
+            ..MachineConfig::default()
         }
     );
     let d = &c.drives[0];
@@ -115,10 +116,39 @@ fn unknown_top_level_key_is_named() {
 #[test]
 fn unknown_machine_config_key_is_named() {
     let text = r#"{"boot-source": {"kernel_image_path": "/k"},
-                   "machine-config": {"vcpu_count": 1, "smt": true}}"#;
+                   "machine-config": {"vcpu_count": 1, "hyperthreads": true}}"#;
     let (path, message) = parse_err(text);
     assert!(path.starts_with("machine-config"), "{path}");
-    assert!(message.contains("unknown field `smt`"), "{message}");
+    assert!(
+        message.contains("unknown field `hyperthreads`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn firecracker_machine_config_fields() {
+    let text = r#"{"boot-source": {"kernel_image_path": "/k"},
+                   "machine-config": {"vcpu_count": 1, "smt": false, "huge_pages": "2M"}}"#;
+    let c = VmConfig::from_json(text).unwrap();
+    assert!(!c.machine_config.smt);
+    assert_eq!(c.machine_config.huge_pages, crate::HugePages::Hugetlbfs2M);
+    let text = r#"{"boot-source": {"kernel_image_path": "/k"},
+                   "machine-config": {"vcpu_count": 1, "smt": true}}"#;
+    let (path, message) = parse_err(text);
+    assert!(path.starts_with("machine-config.smt"), "{path}");
+    assert!(message.contains("true is not supported"), "{message}");
+}
+
+#[test]
+fn firecracker_drive_and_net_fields_parse() {
+    let text = r#"{"boot-source": {"kernel_image_path": "/k"},
+                   "drives": [{"drive_id": "root", "path_on_host": "/r", "is_root_device": true,
+                               "partuuid": "abcd-01", "cache_type": "Writeback", "io_engine": "Sync"}],
+                   "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1500}]}"#;
+    let c = VmConfig::from_json(text).unwrap();
+    assert_eq!(c.drives[0].partuuid.as_deref(), Some("abcd-01"));
+    assert_eq!(c.drives[0].cache_type, Some(crate::CacheType::Writeback));
+    assert_eq!(c.network_interfaces[0].mtu, Some(1500));
 }
 
 #[test]

@@ -9,6 +9,7 @@
 
 #![deny(missing_docs)]
 
+mod compat;
 mod config;
 mod fields;
 mod mac;
@@ -24,9 +25,9 @@ mod validate_tests;
 use std::path::PathBuf;
 
 pub use config::{
-    BalloonConfig, BootSourceConfig, CpuTemplate, DriveConfig, EmulationQuirks, EntropyConfig,
-    MachineConfig, NetConfig, RateLimiterConfig, SerialConfig, TokenBucketConfig, VmConfig,
-    VsockConfig,
+    BalloonConfig, BootSourceConfig, CacheType, CpuTemplate, DriveConfig, EmulationQuirks,
+    EntropyConfig, HugePages, IoEngine, MachineConfig, NetConfig, RateLimiterConfig, SerialConfig,
+    TokenBucketConfig, VmConfig, VsockConfig,
 };
 pub use fields::serde_field_names;
 pub use mac::{MacAddr, MacParseError};
@@ -34,8 +35,9 @@ pub use request::{
     ActionType, ApiError, ApiMessage, ApiRequest, ApiResponse, BalloonHintingStart,
     BalloonHintingStatus, BalloonStats, BalloonStatsUpdate, BalloonUpdate, DriveOverride,
     DrivePatch, InstanceInfo, InstanceState, LogLevel, LoggerConfig, MachineConfigPatch,
-    MetricsConfig, MigrateParams, NetOverride, NetPatch, SnapshotCreateParams, SnapshotLoadParams,
-    SnapshotType, VersionInfo, VmStateRequest, FIRECRACKER_API_VERSION,
+    MemBackend, MemBackendType, MetricsConfig, MigrateParams, NetOverride, NetPatch,
+    SnapshotCreateParams, SnapshotHugePages, SnapshotLoadBody, SnapshotLoadParams, SnapshotType,
+    VersionInfo, VmStateRequest, VsockOverride, FIRECRACKER_API_VERSION,
 };
 pub use validate::{
     check_rate_limiter, MAX_BOOT_ARGS_LEN, MAX_HOST_DEV_NAME_LEN, MAX_ID_LEN, MAX_UNIX_PATH_LEN,

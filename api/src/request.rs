@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     BalloonConfig, BootSourceConfig, ConfigError, CpuTemplate, DriveConfig, EmulationQuirks,
-    EntropyConfig, MachineConfig, NetConfig, RateLimiterConfig, SerialConfig, VmConfig,
+    EntropyConfig, HugePages, MachineConfig, NetConfig, RateLimiterConfig, SerialConfig, VmConfig,
     VsockConfig,
 };
 
@@ -199,6 +199,16 @@ pub struct MachineConfigPatch {
     /// See [`MachineConfig::track_dirty_pages`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub track_dirty_pages: Option<bool>,
+    /// See [`MachineConfig::smt`]: only `false`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::compat::only_false_opt::<_, crate::config::SmtField>"
+    )]
+    pub smt: Option<bool>,
+    /// See [`MachineConfig::huge_pages`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<HugePages>,
 }
 
 /// Body of `PATCH /drives/{drive_id}`: what may change on an existing drive
@@ -275,6 +285,10 @@ pub struct LoggerConfig {
     /// Whether each line names its source file and line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub show_log_origin: Option<bool>,
+    /// Only log records whose module path starts with this (e.g.
+    /// `vmm::controller`); an empty string logs every module again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
 }
 
 /// Log verbosity, spelled as Firecracker spells it (`"Warn"` is accepted too,
@@ -292,14 +306,24 @@ pub enum LogLevel {
     Debug,
     /// Everything.
     Trace,
+    /// Nothing.
+    Off,
 }
 
 /// Body of `PUT /metrics`: where to write the metrics (JSON lines).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// File (or FIFO) the metrics are appended to.
     pub metrics_path: PathBuf,
+    /// Add the instance id (`--id`) as a top-level `"id"` to each line
+    /// (Firecracker's field).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emit_id: bool,
+    /// Operator-defined pairs added as a top-level `"properties"` object to
+    /// each line (Firecracker's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// The instance's lifecycle state, as `GET /` reports it.
@@ -472,30 +496,202 @@ pub struct NetOverride {
     pub host_dev_name: String,
 }
 
-/// Body of `PUT /snapshot/load` (Firecracker's shape plus flint's overrides).
+/// Body of `PUT /snapshot/load` (Firecracker's shape plus flint's overrides),
+/// as the VMM uses it. Parsed from [`SnapshotLoadBody`], Firecracker's full
+/// body, which the conversion checks (one memory source, no UFFD yet, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "SnapshotLoadBody", into = "SnapshotLoadBody")]
 pub struct SnapshotLoadParams {
     /// The state file.
     pub snapshot_path: PathBuf,
-    /// The (full, or merged) memory file.
+    /// The (full, or merged) memory file (`mem_backend` of type `File`, or
+    /// the deprecated `mem_file_path`).
     pub mem_file_path: PathBuf,
     /// Run the vCPUs once restored (else the VM stays paused).
-    #[serde(default)]
     pub resume_vm: bool,
-    /// Log dirty pages from now on, so the restored VM can take diff snapshots.
-    #[serde(default)]
+    /// Log dirty pages from now on, so the restored VM can take diff
+    /// snapshots (`track_dirty_pages`, or the deprecated
+    /// `enable_diff_snapshots`).
     pub enable_diff_snapshots: bool,
     /// Copy the memory file into fresh guest RAM instead of mapping it
     /// privately (lazy, copy-on-write).
-    #[serde(default)]
     pub copy_memory: bool,
     /// Drives to re-open from other paths (a clone gets its own disk).
+    pub drive_overrides: Vec<DriveOverride>,
+    /// Interfaces to attach to other taps (`network_overrides`, or flint's
+    /// older `net_overrides`).
+    pub net_overrides: Vec<NetOverride>,
+}
+
+/// How a snapshot's memory is loaded (Firecracker's `MemoryBackend`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackend {
+    /// A memory file, or a UFFD handler's socket.
+    pub backend_type: MemBackendType,
+    /// The memory file (`File`) or the handler's socket (`Uffd`).
+    pub backend_path: PathBuf,
+}
+
+/// Where a restored VM's memory comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemBackendType {
+    /// A memory file written by `snapshot/create`.
+    File,
+    /// A userfaultfd page-fault handler listening on a Unix socket; not
+    /// supported yet.
+    Uffd,
+}
+
+/// `snapshot/load.huge_pages` (Firecracker's field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotHugePages {
+    /// What the snapshot was taken with (the default).
+    Snapshot,
+    /// Ordinary pages.
+    None,
+    /// Transparent huge pages; not supported yet.
+    Transparent,
+    /// hugetlbfs 2 MiB pages; not supported yet.
+    #[serde(rename = "2M")]
+    Hugetlbfs2M,
+}
+
+/// Firecracker's `vsock_override` of `snapshot/load`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    /// The new host socket path.
+    pub uds_path: PathBuf,
+}
+
+/// The body of `PUT /snapshot/load` as sent: every field Firecracker
+/// accepts, plus flint's `copy_memory`, `drive_overrides` and
+/// `net_overrides`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoadBody {
+    /// The state file.
+    pub snapshot_path: PathBuf,
+    /// Deprecated in Firecracker: the memory file (forbidden with
+    /// `mem_backend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_file_path: Option<PathBuf>,
+    /// Where memory comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_backend: Option<MemBackend>,
+    /// Run the vCPUs once restored.
+    #[serde(default)]
+    pub resume_vm: bool,
+    /// Deprecated name of `track_dirty_pages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_diff_snapshots: Option<bool>,
+    /// Log dirty pages from now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_dirty_pages: Option<bool>,
+    /// Firecracker's tap overrides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_overrides: Vec<NetOverride>,
+    /// Firecracker's vsock socket override; not supported yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_override: Option<VsockOverride>,
+    /// Advance kvmclock by the wall-clock time since the snapshot; only
+    /// `false` (flint's kvmclock continues from the saved value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_realtime: Option<bool>,
+    /// Page size for the restored memory; `Snapshot` or `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<SnapshotHugePages>,
+    /// flint: copy the memory file instead of mapping it.
+    #[serde(default)]
+    pub copy_memory: bool,
+    /// flint: drives to re-open from other paths.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drive_overrides: Vec<DriveOverride>,
-    /// Interfaces to attach to other taps.
+    /// flint's older name for `network_overrides`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub net_overrides: Vec<NetOverride>,
+}
+
+impl TryFrom<SnapshotLoadBody> for SnapshotLoadParams {
+    type Error = String;
+
+    fn try_from(body: SnapshotLoadBody) -> Result<Self, String> {
+        let mem_file_path = match (body.mem_file_path, body.mem_backend) {
+            (Some(path), Some(backend))
+                if backend.backend_type == MemBackendType::File && backend.backend_path == path =>
+            {
+                path
+            }
+            (Some(_), Some(_)) => {
+                return Err("give either mem_backend or mem_file_path, not both".into())
+            }
+            (None, None) => return Err("missing mem_backend (or mem_file_path)".into()),
+            (Some(path), None) => path,
+            (None, Some(backend)) => match backend.backend_type {
+                MemBackendType::File => backend.backend_path,
+                MemBackendType::Uffd => {
+                    return Err(
+                        "mem_backend.backend_type: Uffd is not supported yet (use File)".into(),
+                    )
+                }
+            },
+        };
+        if body.vsock_override.is_some() {
+            return Err("vsock_override: not supported yet".into());
+        }
+        if body.clock_realtime == Some(true) {
+            return Err("clock_realtime: true is not supported (flint's kvmclock continues from the saved value; use false)".into());
+        }
+        match body.huge_pages {
+            None | Some(SnapshotHugePages::Snapshot) | Some(SnapshotHugePages::None) => {}
+            Some(other) => {
+                return Err(format!(
+                    "huge_pages: {other:?} is not supported yet (use Snapshot or None)"
+                ))
+            }
+        }
+        if let (Some(a), Some(b)) = (body.enable_diff_snapshots, body.track_dirty_pages) {
+            if a != b {
+                return Err("enable_diff_snapshots and track_dirty_pages disagree".into());
+            }
+        }
+        if !body.network_overrides.is_empty() && !body.net_overrides.is_empty() {
+            return Err("give either network_overrides or net_overrides, not both".into());
+        }
+        let mut net_overrides = body.network_overrides;
+        net_overrides.extend(body.net_overrides);
+        Ok(SnapshotLoadParams {
+            snapshot_path: body.snapshot_path,
+            mem_file_path,
+            resume_vm: body.resume_vm,
+            enable_diff_snapshots: body
+                .track_dirty_pages
+                .or(body.enable_diff_snapshots)
+                .unwrap_or(false),
+            copy_memory: body.copy_memory,
+            drive_overrides: body.drive_overrides,
+            net_overrides,
+        })
+    }
+}
+
+impl From<SnapshotLoadParams> for SnapshotLoadBody {
+    fn from(p: SnapshotLoadParams) -> Self {
+        SnapshotLoadBody {
+            snapshot_path: p.snapshot_path,
+            mem_backend: Some(MemBackend {
+                backend_type: MemBackendType::File,
+                backend_path: p.mem_file_path,
+            }),
+            resume_vm: p.resume_vm,
+            track_dirty_pages: Some(p.enable_diff_snapshots),
+            copy_memory: p.copy_memory,
+            drive_overrides: p.drive_overrides,
+            network_overrides: p.net_overrides,
+            ..Default::default()
+        }
+    }
 }
 
 /// Body of `PUT /migrate`.

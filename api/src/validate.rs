@@ -7,7 +7,9 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use crate::{ConfigError, RateLimiterConfig, TokenBucketConfig, VmConfig};
+use crate::{
+    ConfigError, DriveConfig, HugePages, IoEngine, RateLimiterConfig, TokenBucketConfig, VmConfig,
+};
 
 /// Most vCPUs a VM may have: bounded by the MP table / ACPI tables and IRQ
 /// routing flint sets up, and more than a microVM needs.
@@ -142,6 +144,16 @@ impl VmConfig {
 
     /// Checks the `serial` section alone.
     pub fn validate_serial(&self) -> Result<(), ConfigError> {
+        if self
+            .serial
+            .as_ref()
+            .is_some_and(|s| s.rate_limiter.is_some())
+        {
+            return Err(invalid(
+                "serial.rate_limiter",
+                "not supported yet (the serial output is not rate-limited)",
+            ));
+        }
         let Some(path) = self
             .serial
             .as_ref()
@@ -196,7 +208,8 @@ impl VmConfig {
                 format!("{} is out of range 1..={MAX_VCPUS}", machine.vcpu_count),
             ));
         }
-        check_mem(machine.mem_size_mib, host_mib)
+        check_mem(machine.mem_size_mib, host_mib)?;
+        check_huge_pages(machine.huge_pages, machine.mem_size_mib)
     }
 
     /// Checks the `drives` section (and that its devices fit).
@@ -223,6 +236,7 @@ impl VmConfig {
                 root = Some(i);
             }
             check_rate_limiter(&format!("{at}.rate_limiter"), &drive.rate_limiter)?;
+            check_drive_compat(&at, drive)?;
         }
         self.validate_device_count()
     }
@@ -274,6 +288,12 @@ impl VmConfig {
             }
             check_rate_limiter(&format!("{at}.rx_rate_limiter"), &net.rx_rate_limiter)?;
             check_rate_limiter(&format!("{at}.tx_rate_limiter"), &net.tx_rate_limiter)?;
+            if let Some(mtu) = net.mtu {
+                return Err(invalid(
+                    format!("{at}.mtu"),
+                    format!("{mtu}: advertising an MTU (VIRTIO_NET_F_MTU) is not supported yet (omit mtu)"),
+                ));
+            }
         }
         self.validate_device_count()
     }
@@ -552,4 +572,75 @@ impl crate::NetPatch {
         check_rate_limiter(&format!("{at}.rx_rate_limiter"), &self.rx_rate_limiter)?;
         check_rate_limiter(&format!("{at}.tx_rate_limiter"), &self.tx_rate_limiter)
     }
+}
+
+/// Checks `machine-config.huge_pages`: flint backs guest memory with
+/// ordinary pages only, so `2M` is refused, saying whether the host even
+/// has the pages, and `Transparent` is refused.
+fn check_huge_pages(huge_pages: HugePages, mem_size_mib: u64) -> Result<(), ConfigError> {
+    let field = "machine-config.huge_pages";
+    match huge_pages {
+        HugePages::None => Ok(()),
+        HugePages::Transparent => Err(invalid(
+            field,
+            "\"Transparent\" is not supported yet (use \"None\")",
+        )),
+        HugePages::Hugetlbfs2M => {
+            let free =
+                std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            let needed = mem_size_mib.div_ceil(2);
+            if free < needed {
+                Err(invalid(
+                    field,
+                    format!(
+                        "\"2M\": the host has {free} free 2 MiB huge pages, the guest needs {needed} (reserve them in /proc/sys/vm/nr_hugepages), or use \"None\""
+                    ),
+                ))
+            } else {
+                Err(invalid(
+                    field,
+                    "\"2M\": backing guest memory with hugetlbfs pages is not supported yet (use \"None\")",
+                ))
+            }
+        }
+    }
+}
+
+/// Checks a drive's Firecracker fields: `io_engine` `Async` and vhost-user
+/// `socket` are refused, `partuuid` needs `is_root_device`.
+fn check_drive_compat(at: &str, drive: &DriveConfig) -> Result<(), ConfigError> {
+    if drive.io_engine == Some(IoEngine::Async) {
+        return Err(invalid(
+            format!("{at}.io_engine"),
+            "\"Async\" is not supported (flint does synchronous I/O; use \"Sync\")",
+        ));
+    }
+    if drive.socket.is_some() {
+        return Err(invalid(
+            format!("{at}.socket"),
+            "vhost-user-block is not supported (give path_on_host instead)",
+        ));
+    }
+    if let Some(partuuid) = &drive.partuuid {
+        if !drive.is_root_device {
+            return Err(invalid(
+                format!("{at}.partuuid"),
+                "only meaningful on the root device (is_root_device: true)",
+            ));
+        }
+        if partuuid.is_empty()
+            || !partuuid
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(invalid(
+                format!("{at}.partuuid"),
+                format!("{partuuid:?} is not a partition UUID (hex digits and '-')"),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -38,6 +38,10 @@ fn add_drive(c: &mut VmConfig, dir: &Path, id: &str, root: bool) {
         is_root_device: root,
         is_read_only: true,
         rate_limiter: None,
+        partuuid: None,
+        cache_type: None,
+        io_engine: None,
+        socket: None,
     });
 }
 
@@ -48,6 +52,7 @@ fn add_nic(c: &mut VmConfig, id: &str, tap: &str, mac: Option<&str>) {
         guest_mac: mac.map(|m| m.parse().unwrap()),
         rx_rate_limiter: None,
         tx_rate_limiter: None,
+        mtu: None,
     });
 }
 
@@ -459,4 +464,43 @@ fn runtime_patches_are_checked_like_the_config() {
         field,
         "network-interfaces[eth0].rx_rate_limiter.bandwidth.one_time_burst"
     );
+}
+
+#[test]
+fn firecracker_fields_flint_cannot_honour_are_refused() {
+    let dir = host_files();
+    let mut c = good_config(dir.path());
+    c.machine_config.huge_pages = crate::HugePages::Transparent;
+    assert_refused(c.validate(), "machine-config.huge_pages", "not supported");
+    c.machine_config.huge_pages = crate::HugePages::Hugetlbfs2M;
+    assert_refused(c.validate(), "machine-config.huge_pages", "2M");
+    c.machine_config.huge_pages = crate::HugePages::None;
+    c.validate().unwrap();
+
+    add_drive(&mut c, dir.path(), "d", false);
+    let last = c.drives.len() - 1;
+    c.drives[last].io_engine = Some(crate::IoEngine::Async);
+    assert_refused(c.validate(), "io_engine", "Async");
+    c.drives[last].io_engine = Some(crate::IoEngine::Sync);
+    c.drives[last].socket = Some("/s".into());
+    assert_refused(c.validate(), "socket", "vhost-user");
+    c.drives[last].socket = None;
+    c.drives[last].partuuid = Some("abcd-01".into());
+    assert_refused(c.validate(), "partuuid", "root device");
+    c.drives[last].partuuid = None;
+    c.drives[last].cache_type = Some(crate::CacheType::Writeback);
+    c.validate().unwrap();
+
+    add_nic(&mut c, "eth9", "tap9", None);
+    let last = c.network_interfaces.len() - 1;
+    c.network_interfaces[last].mtu = Some(1500);
+    assert_refused(c.validate(), "mtu", "not supported");
+}
+
+/// Asserts `result` is an `Invalid` whose field contains `field` and whose
+/// message contains `text`.
+fn assert_refused(result: Result<(), ConfigError>, field: &str, text: &str) {
+    let (f, m) = field_of(result);
+    assert!(f.contains(field), "{f}: {m}");
+    assert!(m.contains(text), "{f}: {m}");
 }

@@ -58,6 +58,9 @@ struct Output {
 pub struct Logger {
     output: Mutex<Output>,
     virtio_queue: LogLimiter,
+    /// Only records whose target (module path) starts with this are
+    /// written (Firecracker's `module` filter); none writes all.
+    module: Mutex<Option<String>>,
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
@@ -130,6 +133,7 @@ impl Logger {
                 show_origin: false,
             }),
             virtio_queue: LogLimiter::new(),
+            module: Mutex::new(None),
         }
     }
 
@@ -176,6 +180,15 @@ impl Logger {
     }
 }
 
+/// Writes only records from modules whose path starts with `module` (none
+/// or an empty string: every module), as Firecracker's `module` filter.
+pub fn set_module(module: Option<String>) {
+    if let Some(logger) = LOGGER.get() {
+        *logger.module.lock().unwrap_or_else(|p| p.into_inner()) =
+            module.filter(|m| !m.is_empty());
+    }
+}
+
 impl Default for Logger {
     fn default() -> Self {
         Self::new()
@@ -184,7 +197,13 @@ impl Default for Logger {
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= log::max_level()
+        if metadata.level() > log::max_level() {
+            return false;
+        }
+        let module = self.module.lock().unwrap_or_else(|p| p.into_inner());
+        module
+            .as_deref()
+            .is_none_or(|m| metadata.target().starts_with(m))
     }
 
     fn log(&self, record: &Record) {

@@ -37,12 +37,35 @@ pub struct MetricsError {
 pub struct MetricsSink {
     file: Option<(String, FileOutput)>,
     api: Option<Box<dyn Fn() -> serde_json::Value + Send>>,
+    /// Extra top-level fields of every line (Firecracker's `emit_id` and
+    /// `properties`), so operators can tell whose metrics a line holds.
+    labels: serde_json::Map<String, serde_json::Value>,
 }
 
 impl MetricsSink {
     /// A sink without a file yet; `api` reports the API server's counters.
     pub fn new(api: Option<Box<dyn Fn() -> serde_json::Value + Send>>) -> Self {
-        Self { file: None, api }
+        Self {
+            file: None,
+            api,
+            labels: serde_json::Map::new(),
+        }
+    }
+
+    /// Adds `"id"` (when given) and `"properties"` (when given) to every
+    /// line from now on, replacing earlier ones.
+    pub fn set_labels(
+        &mut self,
+        id: Option<&str>,
+        properties: Option<&std::collections::BTreeMap<String, String>>,
+    ) {
+        self.labels.clear();
+        if let Some(id) = id {
+            self.labels.insert("id".into(), json!(id));
+        }
+        if let Some(properties) = properties {
+            self.labels.insert("properties".into(), json!(properties));
+        }
     }
 
     /// Whether a metrics file is configured.
@@ -75,7 +98,7 @@ impl MetricsSink {
                 "devices": vm.device_metrics(),
             })
         });
-        json!({
+        let mut line = json!({
             "utc_timestamp_ms": now_ms,
             "api": self.api.as_ref().map(|f| f()),
             "vm": vm_metrics,
@@ -85,7 +108,11 @@ impl MetricsSink {
                 "suppressed_guest_lines": devices::log_limit::suppressed_lines(),
             },
             "metrics": {"missed_flushes": MISSED_FLUSHES.load(Ordering::Relaxed)},
-        })
+        });
+        if let Some(object) = line.as_object_mut() {
+            object.extend(self.labels.clone());
+        }
+        line
     }
 
     /// Appends the current metrics to the file, if one is set. Never
@@ -148,5 +175,19 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let value: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert!(value["logger"]["suppressed_guest_lines"].is_u64());
+    }
+
+    #[test]
+    fn labels_are_top_level_fields_of_each_line() {
+        let mut sink = MetricsSink::new(None);
+        assert!(sink.snapshot(None).get("id").is_none());
+        let properties = [("team".to_string(), "a".to_string())].into();
+        sink.set_labels(Some("vm-1"), Some(&properties));
+        let line = sink.snapshot(None);
+        assert_eq!(line["id"], "vm-1");
+        assert_eq!(line["properties"]["team"], "a");
+        assert!(line["utc_timestamp_ms"].is_u64());
+        sink.set_labels(None, None);
+        assert!(sink.snapshot(None).get("id").is_none());
     }
 }

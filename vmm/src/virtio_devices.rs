@@ -102,7 +102,10 @@ pub fn attach_drives(
         dm.blocks.push((drive.drive_id.clone(), block));
         if drive.is_root_device {
             let mode = if drive.is_read_only { "ro" } else { "rw" };
-            root_args = Some(format!("root=/dev/vda {mode}"));
+            root_args = Some(match &drive.partuuid {
+                Some(partuuid) => format!("root=PARTUUID={partuuid} {mode}"),
+                None => format!("root=/dev/vda {mode}"),
+            });
         }
     }
     Ok(root_args)

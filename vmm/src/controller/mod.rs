@@ -64,6 +64,11 @@ pub struct VmmOptions {
     /// Confine the VMM and vCPU threads with seccomp filters (on by default;
     /// off only for debugging).
     pub seccomp: bool,
+    /// Initial MMDS contents (Firecracker's `--metadata` file, parsed), for
+    /// the MMDS to serve once it exists; not used yet.
+    pub mmds_metadata: Option<serde_json::Value>,
+    /// MMDS data store limit in bytes (`--mmds-size-limit`); not used yet.
+    pub mmds_size_limit: Option<usize>,
 }
 
 impl Default for VmmOptions {
@@ -76,6 +81,8 @@ impl Default for VmmOptions {
             instance_id: "flint".into(),
             api: None,
             seccomp: true,
+            mmds_metadata: None,
+            mmds_size_limit: None,
         }
     }
 }

@@ -52,6 +52,9 @@ impl Vmm {
                     if let Some(v) = patch.track_dirty_pages {
                         m.track_dirty_pages = v;
                     }
+                    if let Some(v) = patch.huge_pages {
+                        m.huge_pages = v;
+                    }
                 },
                 VmConfig::validate_machine_config,
             ),
@@ -211,7 +214,8 @@ impl Vmm {
                     Ok(()) => ApiResponse::Empty,
                     Err(e) => bad_request(format!("FlushMetrics: {e}")),
                 },
-                _ => bad_request("no metrics file configured (PUT /metrics first)"),
+                // As Firecracker: without a metrics file there is nothing to flush.
+                _ => ApiResponse::Empty,
             },
             R::PatchVm(state) => self.change_vm_state(state),
             R::CreateSnapshot(params) => match self.create_snapshot(&params) {
@@ -260,7 +264,12 @@ impl Vmm {
                     config.show_level,
                     config.show_log_origin,
                 ) {
-                    Ok(()) => ApiResponse::Empty,
+                    Ok(()) => {
+                        if config.module.is_some() {
+                            crate::logger::set_module(config.module);
+                        }
+                        ApiResponse::Empty
+                    }
                     Err(e) => bad_request(e.to_string()),
                 }
             }
@@ -271,6 +280,8 @@ impl Vmm {
                 if let Err(e) = sink.set_path(&config.metrics_path) {
                     return bad_request(e.to_string());
                 }
+                let id = config.emit_id.then_some(self.options.instance_id.as_str());
+                sink.set_labels(id, config.properties.as_ref());
                 let timer = self
                     .wakeups
                     .lock()
