@@ -247,7 +247,11 @@ pub(crate) enum Parsed {
 /// method → endpoint, body → checked request), without HTTP: the fuzz target
 /// feeds it arbitrary input. `Ok(None)` is `GET /version`, answered by the
 /// server itself.
-pub fn route_request(method: &str, path: &str, body: &[u8]) -> Result<Option<ApiRequest>, ApiError> {
+pub fn route_request(
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Option<ApiRequest>, ApiError> {
     let matched =
         match_path(path).ok_or_else(|| ApiError::not_found(format!("no such path: {path}")))?;
     let route = matched

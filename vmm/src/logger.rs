@@ -184,8 +184,7 @@ impl Logger {
 /// or an empty string: every module), as Firecracker's `module` filter.
 pub fn set_module(module: Option<String>) {
     if let Some(logger) = LOGGER.get() {
-        *logger.module.lock().unwrap_or_else(|p| p.into_inner()) =
-            module.filter(|m| !m.is_empty());
+        *logger.module.lock().unwrap_or_else(|p| p.into_inner()) = module.filter(|m| !m.is_empty());
     }
 }
 
