@@ -7,6 +7,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod persist;
 pub mod rate_limiter;
 pub mod trigger;
 pub mod virtio;

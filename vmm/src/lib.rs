@@ -9,6 +9,7 @@ pub mod boot;
 pub mod console;
 pub mod controller;
 pub mod device_manager;
+pub mod devices;
 pub mod logger;
 pub mod memory;
 pub mod metrics;
@@ -17,7 +18,6 @@ pub mod migration;
 pub mod quirks;
 pub mod seccomp;
 pub mod snapshot;
-pub mod virtio_devices;
 pub mod vstate;
 pub mod wakeups;
 

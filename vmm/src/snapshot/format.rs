@@ -67,6 +67,20 @@ pub enum FormatError {
     },
 }
 
+/// Encodes a state value (postcard; see the module docs).
+pub fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_allocvec(value)
+}
+
+/// Decodes a state value; trailing bytes are an error.
+pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
+    let (value, rest) = postcard::take_from_bytes(bytes)?;
+    if !rest.is_empty() {
+        return Err(postcard::Error::DeserializeUnexpectedEnd);
+    }
+    Ok(value)
+}
+
 fn io(path: &Path) -> impl Fn(std::io::Error) -> FormatError + '_ {
     move |source| FormatError::Io {
         path: path.to_owned(),

@@ -4,6 +4,7 @@
 //! Saved on the vCPU's own thread while it is paused (KVM wants vCPU ioctls
 //! from the thread that runs the vCPU), restored before the thread starts.
 
+use devices::persist::Persist;
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
     kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, Xsave, KVM_MAX_CPUID_ENTRIES,
@@ -11,21 +12,36 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 
+use super::vcpu::Vcpu;
+
 /// How many MSRs are read or written per KVM_GET/SET_MSRS call.
 const MSR_CHUNK: usize = 64;
 /// Size of the legacy `kvm_xsave` area.
 const LEGACY_XSAVE_SIZE: usize = 4096;
+/// The largest XSAVE area accepted from a state file (x86 areas are a few
+/// KiB; AMX makes them ~11 KiB).
+const MAX_XSAVE_SIZE: usize = 64 << 10;
+/// The most MSRs accepted from a state file (KVM lists a few hundred).
+const MAX_MSRS: usize = 4096;
 
 /// Why a vCPU's state could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
-#[error("vCPU state: {op} failed: {source}")]
-pub struct VcpuStateError {
-    op: &'static str,
-    source: kvm_ioctls::Error,
+pub enum VcpuStateError {
+    /// A KVM call failed.
+    #[error("vCPU state: {op} failed: {source}")]
+    Kvm {
+        /// The operation.
+        op: &'static str,
+        /// What KVM said.
+        source: kvm_ioctls::Error,
+    },
+    /// A saved state was refused before it reached KVM.
+    #[error("vCPU state refused: {0}")]
+    Invalid(String),
 }
 
 fn kvm(op: &'static str) -> impl Fn(kvm_ioctls::Error) -> VcpuStateError {
-    move |source| VcpuStateError { op, source }
+    move |source| VcpuStateError::Kvm { op, source }
 }
 
 /// The FPU/SSE/AVX state: the XSAVE area as 32-bit words (KVM_GET_XSAVE's
@@ -100,7 +116,7 @@ fn save_msrs(caps: &StateCaps, vcpu: &VcpuFd) -> Result<Vec<kvm_msr_entry>, Vcpu
                 ..Default::default()
             })
             .collect();
-        let mut msrs = Msrs::from_entries(&chunk).map_err(|_| VcpuStateError {
+        let mut msrs = Msrs::from_entries(&chunk).map_err(|_| VcpuStateError::Kvm {
             op: "building an MSR list",
             source: kvm_ioctls::Error::new(libc::EINVAL),
         })?;
@@ -164,13 +180,46 @@ impl VcpuState {
         })
     }
 
+    /// Checks a saved state against this host before any of it reaches KVM:
+    /// a CPUID table KVM can take, an XSAVE area at least as large as the
+    /// one this host's KVM reads (a smaller one would make KVM read past
+    /// its end), and sane list lengths. The LAPIC's size is fixed by its
+    /// type: a state of another size does not decode.
+    pub fn validate(&self, caps: &StateCaps) -> Result<(), VcpuStateError> {
+        let invalid = |why: String| Err(VcpuStateError::Invalid(why));
+        if self.cpuid.is_empty() {
+            return invalid("the CPUID table is empty".into());
+        }
+        if self.cpuid.len() > KVM_MAX_CPUID_ENTRIES {
+            return invalid(format!(
+                "{} CPUID entries (KVM takes at most {KVM_MAX_CPUID_ENTRIES})",
+                self.cpuid.len()
+            ));
+        }
+        let xsave_bytes = self.fpu.0.len().saturating_mul(4);
+        let host = caps.xsave2_size.max(LEGACY_XSAVE_SIZE);
+        if xsave_bytes < host {
+            return invalid(format!(
+                "XSAVE area of {xsave_bytes} bytes, this host's KVM needs {host}"
+            ));
+        }
+        if xsave_bytes > MAX_XSAVE_SIZE {
+            return invalid(format!("XSAVE area of {xsave_bytes} bytes"));
+        }
+        if self.msrs.len() > MAX_MSRS {
+            return invalid(format!("{} MSRs", self.msrs.len()));
+        }
+        Ok(())
+    }
+
     /// Writes the state into a freshly created vCPU. The order matters:
     /// CPUID first (KVM checks MSRs and XSAVE features against it), then
     /// registers and FPU, the LAPIC before the MSRs (the TSC-deadline MSR
     /// lives in the LAPIC), and the pending events last so nothing set
     /// afterwards clears them.
-    pub fn restore(&self, vcpu: &VcpuFd) -> Result<(), VcpuStateError> {
-        let cpuid = CpuId::from_entries(&self.cpuid).map_err(|_| VcpuStateError {
+    pub fn restore(&self, caps: &StateCaps, vcpu: &VcpuFd) -> Result<(), VcpuStateError> {
+        self.validate(caps)?;
+        let cpuid = CpuId::from_entries(&self.cpuid).map_err(|_| VcpuStateError::Kvm {
             op: "building the CPUID table",
             source: kvm_ioctls::Error::new(libc::EINVAL),
         })?;
@@ -196,13 +245,13 @@ impl VcpuState {
         }
         vcpu.set_lapic(&self.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
         for chunk in self.msrs.chunks(MSR_CHUNK) {
-            let msrs = Msrs::from_entries(chunk).map_err(|_| VcpuStateError {
+            let msrs = Msrs::from_entries(chunk).map_err(|_| VcpuStateError::Kvm {
                 op: "building an MSR list",
                 source: kvm_ioctls::Error::new(libc::EINVAL),
             })?;
             let written = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
             if written < chunk.len() {
-                return Err(VcpuStateError {
+                return Err(VcpuStateError::Kvm {
                     op: "KVM_SET_MSRS (an MSR was refused)",
                     source: kvm_ioctls::Error::new(libc::EINVAL),
                 });
@@ -216,10 +265,29 @@ impl VcpuState {
     }
 }
 
+/// A vCPU saves and restores through [`Persist`]: restoring writes a
+/// checked state into a freshly created, not yet started vCPU (KVM objects
+/// exist before their state can be set, so the constructor argument is the
+/// new vCPU itself).
+impl Persist<'_> for Vcpu {
+    type State = VcpuState;
+    type ConstructorArgs = Vcpu;
+    type Error = VcpuStateError;
+
+    fn save(&self) -> Result<VcpuState, VcpuStateError> {
+        self.save_state()
+    }
+
+    fn restore(vcpu: Vcpu, state: &VcpuState) -> Result<Vcpu, VcpuStateError> {
+        vcpu.restore_state(state)?;
+        Ok(vcpu)
+    }
+}
+
 fn save_fpu(size: usize, vcpu: &VcpuFd) -> Result<FpuState, VcpuStateError> {
     if size > LEGACY_XSAVE_SIZE {
         let extra = (size - LEGACY_XSAVE_SIZE).div_ceil(4);
-        let mut xsave = Xsave::new(extra).map_err(|_| VcpuStateError {
+        let mut xsave = Xsave::new(extra).map_err(|_| VcpuStateError::Kvm {
             op: "allocating the XSAVE2 area",
             source: kvm_ioctls::Error::new(libc::ENOMEM),
         })?;
@@ -246,7 +314,7 @@ fn restore_fpu(vcpu: &VcpuFd, fpu: &FpuState) -> Result<(), VcpuStateError> {
         }
         _ => {
             let (legacy, extra) = words.split_at(LEGACY_XSAVE_SIZE / 4);
-            let mut xsave = Xsave::from_entries(extra).map_err(|_| VcpuStateError {
+            let mut xsave = Xsave::from_entries(extra).map_err(|_| VcpuStateError::Kvm {
                 op: "building the XSAVE2 area",
                 source: kvm_ioctls::Error::new(libc::EINVAL),
             })?;

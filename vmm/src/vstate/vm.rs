@@ -12,6 +12,8 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
+use devices::persist::Persist;
+
 use crate::memory::GuestMemory;
 
 /// The KVM API version flint is written against (stable since Linux 2.6.22).
@@ -180,6 +182,24 @@ pub fn register_slots(vm: &VmFd, mem: &GuestMemory, track_dirty: bool) -> Result
             .map_err(|e| VmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
     Ok(())
+}
+
+/// The VM saves and restores through [`Persist`]: restoring writes the
+/// saved interrupt controllers, PIT and clock into a freshly created VM
+/// that already has its memory and irqchip (the constructor argument).
+impl Persist<'_> for Vm {
+    type State = VmState;
+    type ConstructorArgs = Vm;
+    type Error = VmError;
+
+    fn save(&self) -> Result<VmState, VmError> {
+        self.save_state()
+    }
+
+    fn restore(vm: Vm, state: &VmState) -> Result<Vm, VmError> {
+        vm.restore_state(state)?;
+        Ok(vm)
+    }
 }
 
 /// The VM-wide KVM state a snapshot needs.

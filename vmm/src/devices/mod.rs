@@ -1,0 +1,231 @@
+//! The virtio device kinds a VM can have, each registered once.
+//!
+//! A kind ([`DeviceKind`]) says in one place which config section its
+//! devices come from, how to build one (and rebuild it from saved state),
+//! what it is called in placement, snapshots and metrics (`"<kind> <id>"`,
+//! e.g. `drive rootfs`), and how a run-time `PATCH` reaches it. Everything
+//! else is generic: [`attach_all`] builds or restores every configured
+//! device and wires it through the [`DeviceManager`]; snapshots save each
+//! device through its [`Persist`] impl; metrics come from
+//! `VirtioDevice::counters`.
+//!
+//! # Adding a virtio device
+//!
+//! 1. In `devices/src/virtio/<name>/`: the device model, implementing
+//!    `VirtioDevice` (registers, queues, activation) and
+//!    `event_manager::MutEventSubscriber` (its queue work on the event
+//!    loop), and in `<name>/persist.rs` `Persist<'static>` with a plain
+//!    serializable `*State` struct holding the device's *whole* state
+//!    (negotiated features, queue positions, anything the guest can see),
+//!    checked in `restore` (e.g. acked features ⊆ offered features). Put its
+//!    ring positions back when it is re-activated after a restore (keep a
+//!    `devices::virtio::PendingRestore`, as block and net do). Report
+//!    counters through `VirtioDevice::counters` for the metrics file.
+//! 2. In `api/`: its config type and a `Vec` of them in `VmConfig` (with
+//!    validation), and a patch type if it can change at run time.
+//! 3. Here: a `<name>.rs` with a unit struct implementing [`DeviceKind`]
+//!    (section name, `configs`, `id`, `args`, `create`, and `update` if it
+//!    has a patch), and one line `attach::<name::Kind>(...)` in
+//!    [`attach_all`]. Snapshots, restore, placement, metrics and the
+//!    kernel command line then work without further changes. A run-time
+//!    update is a call to [`update`]`::<name::Kind>` from the controller's
+//!    `PATCH` route.
+//!
+//! Run-time updates find their device in the [`DeviceManager`]'s single
+//! list by kind and id, then get the typed device back with an `Any`
+//! downcast of the entry's handle (`Mutex<K::Device>`): the list stays one
+//! list of `dyn VirtioDevice`, the update code stays typed, and a wrong
+//! downcast (impossible while kind names are unique) is an error, not a
+//! panic.
+
+pub mod block;
+pub mod net;
+
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+
+use ::devices::persist::Persist;
+use ::devices::virtio::VirtioDevice;
+use api::VmConfig;
+use event_manager::MutEventSubscriber;
+
+use crate::device_manager::{DeviceError, DeviceManager, VirtioDeviceState, VirtioEntry};
+use crate::memory::GuestMemory;
+use crate::snapshot::format;
+use crate::vstate::vm::Vm;
+
+/// The constructor arguments of a kind's device.
+pub type ArgsOf<K> = <<K as DeviceKind>::Device as Persist<'static>>::ConstructorArgs;
+/// The saved state of a kind's device.
+pub type StateOf<K> = <<K as DeviceKind>::Device as Persist<'static>>::State;
+
+/// One kind of virtio device (see the module docs).
+pub trait DeviceKind: 'static {
+    /// The device model.
+    type Device: VirtioDevice + MutEventSubscriber + Persist<'static> + Send + 'static;
+    /// One entry of the kind's config section.
+    type Config;
+    /// The body of the kind's run-time `PATCH` (`()` if it has none).
+    type Patch;
+
+    /// The kind's name: the first word of its devices' names.
+    const KIND: &'static str;
+    /// The config section its devices come from (for error messages).
+    const SECTION: &'static str;
+
+    /// The kind's entries in `config`, in attach order.
+    fn configs(config: &VmConfig) -> Vec<&Self::Config>;
+    /// An entry's id (unique within the kind).
+    fn id(config: &Self::Config) -> &str;
+    /// What building the device needs (opens host resources).
+    fn args(config: &Self::Config) -> Result<ArgsOf<Self>, String>;
+    /// A new device, as the guest first sees it.
+    fn create(args: ArgsOf<Self>) -> Result<Self::Device, String>;
+    /// Kernel command-line words the entry needs (e.g. `root=`).
+    fn boot_args(_config: &Self::Config) -> Option<String> {
+        None
+    }
+
+    /// The id a patch is for.
+    fn patch_id(_patch: &Self::Patch) -> &str {
+        ""
+    }
+    /// Applies a patch to the running device; `Ok(true)` if its config
+    /// space changed (the guest is then told).
+    fn update(_device: &mut Self::Device, _patch: &Self::Patch) -> Result<bool, String> {
+        Err(format!(
+            "{} devices cannot be changed at run time",
+            Self::KIND
+        ))
+    }
+    /// Records an applied patch in the VM's configuration (so snapshots and
+    /// `GET /vm/config` show it).
+    fn update_config(_config: &mut VmConfig, _patch: &Self::Patch) {}
+}
+
+/// The name of a device of kind `K` with id `id`.
+pub fn device_name<K: DeviceKind>(id: &str) -> String {
+    format!("{} {id}", K::KIND)
+}
+
+/// Builds (or, with `saved`, restores) every configured virtio device and
+/// attaches it. **The registration list**: one line per device kind, in
+/// attach order (block first, so the root drive is `/dev/vda`). Returns
+/// the extra kernel command-line words the devices need.
+pub fn attach_all(
+    dm: &mut DeviceManager,
+    vm: &Vm,
+    mem: &GuestMemory,
+    config: &VmConfig,
+    saved: Option<&[VirtioDeviceState]>,
+) -> Result<Vec<String>, DeviceError> {
+    let mut words = Vec::new();
+    words.extend(attach::<block::BlockKind>(dm, vm, mem, config, saved)?);
+    words.extend(attach::<net::NetKind>(dm, vm, mem, config, saved)?);
+    Ok(words)
+}
+
+/// Builds or restores every device of kind `K` in `config`.
+pub fn attach<K: DeviceKind>(
+    dm: &mut DeviceManager,
+    vm: &Vm,
+    mem: &GuestMemory,
+    config: &VmConfig,
+    saved: Option<&[VirtioDeviceState]>,
+) -> Result<Vec<String>, DeviceError> {
+    let mut words = Vec::new();
+    for entry in K::configs(config) {
+        let id = K::id(entry);
+        let name = device_name::<K>(id);
+        let setup = |message: String| DeviceError::Setup {
+            section: K::SECTION,
+            id: id.to_string(),
+            message,
+        };
+        let args = K::args(entry).map_err(setup)?;
+        let (device, placement) = match saved {
+            None => (K::create(args).map_err(setup)?, None),
+            Some(saved) => {
+                let state = saved.iter().find(|s| s.name == name).ok_or_else(|| {
+                    DeviceError::State(name.clone(), "the snapshot has no state for it".into())
+                })?;
+                let device_state = decode_state::<K>(state)?;
+                let device = K::Device::restore(args, &device_state)
+                    .map_err(|e| DeviceError::State(name.clone(), e.to_string()))?;
+                (device, Some(state))
+            }
+        };
+        dm.attach_virtio(
+            vm,
+            mem,
+            &name,
+            K::KIND,
+            id,
+            device,
+            placement,
+            save_entry::<K>,
+        )?;
+        words.extend(K::boot_args(entry));
+    }
+    Ok(words)
+}
+
+fn decode_state<K: DeviceKind>(saved: &VirtioDeviceState) -> Result<StateOf<K>, DeviceError> {
+    let refuse = |why: String| DeviceError::State(saved.name.clone(), why);
+    if saved.kind != K::KIND {
+        return Err(refuse(format!(
+            "saved as a {:?} device, configured as {:?}",
+            saved.kind,
+            K::KIND
+        )));
+    }
+    let version = <K::Device as Persist<'static>>::STATE_VERSION;
+    if saved.version != version {
+        return Err(refuse(format!(
+            "state version {}, this flint reads version {version}",
+            saved.version
+        )));
+    }
+    format::from_bytes(&saved.state).map_err(|e| refuse(format!("decoding its state: {e}")))
+}
+
+/// Saves the device behind an entry's typed handle (one instance per kind,
+/// stored in the entry as a function pointer).
+pub type SaveFn = fn(&(dyn Any + Send + Sync)) -> Result<(u16, Vec<u8>), String>;
+
+fn save_entry<K: DeviceKind>(handle: &(dyn Any + Send + Sync)) -> Result<(u16, Vec<u8>), String> {
+    let device = handle
+        .downcast_ref::<Mutex<K::Device>>()
+        .ok_or_else(|| format!("not a {} device", K::KIND))?;
+    let state = lock(device).save().map_err(|e| e.to_string())?;
+    let bytes = format::to_bytes(&state).map_err(|e| e.to_string())?;
+    Ok((<K::Device as Persist<'static>>::STATE_VERSION, bytes))
+}
+
+/// Applies a run-time `PATCH` to the device of kind `K` it names, and
+/// records it in `config`.
+pub fn update<K: DeviceKind>(
+    entries: &[VirtioEntry],
+    config: &mut VmConfig,
+    patch: &K::Patch,
+) -> Result<(), String> {
+    let id = K::patch_id(patch);
+    let entry = entries
+        .iter()
+        .find(|e| e.kind == K::KIND && e.id == id)
+        .ok_or_else(|| format!("no {} {id:?}", K::KIND))?;
+    let device: Arc<dyn Any + Send + Sync> = entry.handle.clone();
+    let device = device
+        .downcast_ref::<Mutex<K::Device>>()
+        .ok_or_else(|| format!("{}: not a {} device", entry.name, K::KIND))?;
+    let config_changed = K::update(&mut lock(device), patch)?;
+    if config_changed {
+        lock(&entry.transport).notify_config_change();
+    }
+    K::update_config(config, patch);
+    Ok(())
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
