@@ -140,7 +140,16 @@ fn build_skeleton(
     vm.register_memory(&mem, config.machine_config.track_dirty_pages)?;
     vm.setup_irqchip()?;
     let vm = match restoring {
-        Some(state) => Vm::restore(vm, &state.vm)?,
+        Some(state) => {
+            // Every vCPU state is checked against this host before any
+            // saved state reaches KVM.
+            let caps = StateCaps::query(vm.kvm(), vm.fd()).map_err(MicroVmError::VcpuState)?;
+            for (id, vcpu) in state.vcpus.iter().enumerate() {
+                vcpu.validate(&caps)
+                    .map_err(|e| MicroVmError::Snapshot(format!("vCPU {id}: {e}")))?;
+            }
+            Vm::restore(vm, &state.vm)?
+        }
         None => vm,
     };
     let os = |what| move |e| MicroVmError::Os(what, e);
@@ -361,6 +370,7 @@ impl MicroVm {
             config: self.config.clone(),
             memory: MemoryLayout::of(&self.mem),
             memory_kind,
+            snapshot_id: crate::snapshot::memory::new_snapshot_id(),
             vm: self.vm.save()?,
             vcpus,
             devices: self.devices.save()?,

@@ -256,7 +256,7 @@ fn run_source(vm: &mut MicroVm, address: &Address) -> Result<MigrationReport, Mi
     let start = Instant::now();
     let mut stream = Stream::connect(address)?;
     let layout = MemoryLayout::of(vm.memory());
-    let hello = bincode::serialize(&(PROTOCOL_VERSION, &layout))
+    let hello = format::to_bytes(&(PROTOCOL_VERSION, &layout))
         .map_err(|e| MigrationError::State(e.to_string()))?;
     send(&mut stream, TAG_HELLO, &[&hello])?;
 
@@ -286,7 +286,7 @@ fn run_source(vm: &mut MicroVm, address: &Address) -> Result<MigrationReport, Mi
             let state = vm
                 .save_state(MemoryKind::Full)
                 .map_err(|e| MigrationError::State(e.to_string()))?;
-            let encoded = format::encode(&state, std::path::Path::new("migration"))
+            let encoded = crate::snapshot::encode_state(&state)
                 .map_err(|e| MigrationError::State(e.to_string()))?;
             report.state_bytes = encoded.len() as u64;
             send(&mut stream, TAG_STATE, &[&encoded])?;
@@ -380,18 +380,16 @@ pub fn accept_incoming(
         )));
     }
     let (version, layout): (u32, MemoryLayout) =
-        bincode::deserialize(&payload).map_err(|e| MigrationError::Protocol(e.to_string()))?;
+        format::from_bytes(&payload).map_err(|e| MigrationError::Protocol(e.to_string()))?;
     if version != PROTOCOL_VERSION {
         return Err(MigrationError::Protocol(format!(
             "protocol version {version}, this flint speaks {PROTOCOL_VERSION}"
         )));
     }
-    if layout.total() > crate::memory::MAX_GUEST_MEMORY {
-        return Err(MigrationError::Protocol(format!(
-            "{} bytes of guest memory is too much",
-            layout.total()
-        )));
-    }
+    let max = crate::snapshot::memory::host_ram().min(crate::memory::MAX_GUEST_MEMORY);
+    layout
+        .validate(max)
+        .map_err(|e| MigrationError::Protocol(e.to_string()))?;
     let mem = layout
         .create_memory()
         .map_err(|e| MigrationError::State(e.to_string()))?;
@@ -411,9 +409,11 @@ pub fn accept_incoming(
                     })?;
             }
             TAG_STATE => {
-                let decoded: MicroVmState =
-                    format::decode(&payload, std::path::Path::new("migration stream"))
-                        .map_err(|e| MigrationError::Protocol(e.to_string()))?;
+                let decoded: MicroVmState = crate::snapshot::decode_state(
+                    &payload,
+                    std::path::Path::new("migration stream"),
+                )
+                .map_err(|e| MigrationError::Protocol(e.to_string()))?;
                 if decoded.memory != layout {
                     return Err(MigrationError::Protocol(
                         "state and memory layouts differ".into(),

@@ -25,8 +25,8 @@
 //!    validation), and a patch type if it can change at run time.
 //! 3. Here: a `<name>.rs` with a unit struct implementing [`DeviceKind`]
 //!    (section name, `configs`, `id`, `args`, `create`, and `update` if it
-//!    has a patch), and one line `attach::<name::Kind>(...)` in
-//!    [`attach_all`]. Snapshots, restore, placement, metrics and the
+//!    has a patch), and one line `v.visit::<name::Kind>()?;` in
+//!    [`for_each_kind`]. Snapshots, restore, placement, metrics and the
 //!    kernel command line then work without further changes. A run-time
 //!    update is a call to [`update`]`::<name::Kind>` from the controller's
 //!    `PATCH` route.
@@ -108,10 +108,23 @@ pub fn device_name<K: DeviceKind>(id: &str) -> String {
     format!("{} {id}", K::KIND)
 }
 
+/// Something done once per registered device kind.
+pub trait KindVisitor {
+    /// Does it for kind `K`.
+    fn visit<K: DeviceKind>(&mut self) -> Result<(), DeviceError>;
+}
+
+/// **The registration list**: every device kind, in attach order (block
+/// first, so the root drive is `/dev/vda`). Adding a kind is one line here.
+pub fn for_each_kind(v: &mut impl KindVisitor) -> Result<(), DeviceError> {
+    v.visit::<block::BlockKind>()?;
+    v.visit::<net::NetKind>()?;
+    Ok(())
+}
+
 /// Builds (or, with `saved`, restores) every configured virtio device and
-/// attaches it. **The registration list**: one line per device kind, in
-/// attach order (block first, so the root drive is `/dev/vda`). Returns
-/// the extra kernel command-line words the devices need.
+/// attaches it. Returns the extra kernel command-line words the devices
+/// need.
 pub fn attach_all(
     dm: &mut DeviceManager,
     vm: &Vm,
@@ -119,10 +132,50 @@ pub fn attach_all(
     config: &VmConfig,
     saved: Option<&[VirtioDeviceState]>,
 ) -> Result<Vec<String>, DeviceError> {
-    let mut words = Vec::new();
-    words.extend(attach::<block::BlockKind>(dm, vm, mem, config, saved)?);
-    words.extend(attach::<net::NetKind>(dm, vm, mem, config, saved)?);
-    Ok(words)
+    struct Attach<'a> {
+        dm: &'a mut DeviceManager,
+        vm: &'a Vm,
+        mem: &'a GuestMemory,
+        config: &'a VmConfig,
+        saved: Option<&'a [VirtioDeviceState]>,
+        words: Vec<String>,
+    }
+    impl KindVisitor for Attach<'_> {
+        fn visit<K: DeviceKind>(&mut self) -> Result<(), DeviceError> {
+            let words = attach::<K>(self.dm, self.vm, self.mem, self.config, self.saved)?;
+            self.words.extend(words);
+            Ok(())
+        }
+    }
+    let mut attach = Attach {
+        dm,
+        vm,
+        mem,
+        config,
+        saved,
+        words: Vec::new(),
+    };
+    for_each_kind(&mut attach)?;
+    Ok(attach.words)
+}
+
+/// The names of every device `config` asks for (what a snapshot of it must
+/// hold a state for).
+pub fn configured_names(config: &VmConfig) -> Vec<String> {
+    struct Names<'a>(&'a VmConfig, Vec<String>);
+    impl KindVisitor for Names<'_> {
+        fn visit<K: DeviceKind>(&mut self) -> Result<(), DeviceError> {
+            let names = K::configs(self.0)
+                .into_iter()
+                .map(|c| device_name::<K>(K::id(c)));
+            self.1.extend(names);
+            Ok(())
+        }
+    }
+    let mut names = Names(config, Vec::new());
+    // Listing names cannot fail.
+    let _ = for_each_kind(&mut names);
+    names.1
 }
 
 /// Builds or restores every device of kind `K` in `config`.

@@ -55,10 +55,13 @@ pub struct VcpuState {
     /// The CPUID the vCPU was configured with.
     pub cpuid: Vec<kvm_cpuid_entry2>,
     /// Running, halted, waiting for SIPI...
+    #[serde(with = "exact_size")]
     pub mp_state: kvm_mp_state,
     /// General-purpose registers.
+    #[serde(with = "exact_size")]
     pub regs: kvm_regs,
     /// Segment, control and descriptor-table registers.
+    #[serde(with = "exact_size")]
     pub sregs: kvm_sregs,
     /// FPU and extended state.
     pub fpu: FpuState,
@@ -67,6 +70,7 @@ pub struct VcpuState {
     /// Debug registers, if KVM supports them.
     pub debugregs: Option<kvm_debugregs>,
     /// The local APIC (timers, pending interrupts, LVTs).
+    #[serde(with = "exact_size")]
     pub lapic: kvm_lapic_state,
     /// Every MSR KVM reports as saveable and could read.
     pub msrs: Vec<kvm_msr_entry>,
@@ -74,6 +78,65 @@ pub struct VcpuState {
     pub vcpu_events: Option<kvm_vcpu_events>,
     /// The TSC frequency the guest saw, in kHz.
     pub tsc_khz: Option<u32>,
+}
+
+/// (De)serializes a KVM struct as exactly its own size in bytes.
+///
+/// kvm-bindings' own `Deserialize` zero-fills a short byte string and drops
+/// the excess of a long one; a state file with a LAPIC (or registers) of
+/// the wrong size must be refused instead, naming the size.
+pub mod exact_size {
+    use serde::de::{Error, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Serializes `value` as kvm-bindings does (its bytes).
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        value.serialize(s)
+    }
+
+    /// Deserializes exactly `size_of::<T>()` bytes.
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        struct Bytes;
+        impl<'a> Visitor<'a> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'a>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut v = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    if v.len() > 1 << 16 {
+                        return Err(A::Error::custom("oversized KVM struct"));
+                    }
+                    v.push(b);
+                }
+                Ok(v)
+            }
+        }
+        let bytes = d.deserialize_bytes(Bytes)?;
+        let expected = std::mem::size_of::<T>();
+        if bytes.len() != expected {
+            return Err(D::Error::custom(format!(
+                "{} is {} bytes, expected {expected}",
+                std::any::type_name::<T>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("KVM struct"),
+                bytes.len()
+            )));
+        }
+        T::deserialize(serde::de::value::BytesDeserializer::<D::Error>::new(&bytes))
+    }
 }
 
 /// What this host's KVM can save, asked once per VM so a vCPU thread needs
@@ -326,6 +389,104 @@ fn restore_fpu(vcpu: &VcpuFd, fpu: &FpuState) -> Result<(), VcpuStateError> {
             // SAFETY: the area has the size it was saved with, which is the
             // size KVM_CAP_XSAVE2 reports on a compatible host.
             unsafe { vcpu.set_xsave2(&xsave) }.map_err(kvm("KVM_SET_XSAVE2"))
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::snapshot::format::{from_bytes, to_bytes};
+
+    /// A plausible saved vCPU (one CPUID leaf, a legacy XSAVE area).
+    pub(crate) fn sample() -> VcpuState {
+        VcpuState {
+            cpuid: vec![kvm_cpuid_entry2 {
+                function: 0,
+                eax: 0xd,
+                ..Default::default()
+            }],
+            mp_state: kvm_mp_state::default(),
+            regs: kvm_regs {
+                rip: 0x1000,
+                ..Default::default()
+            },
+            sregs: kvm_sregs::default(),
+            fpu: FpuState(vec![0; LEGACY_XSAVE_SIZE / 4]),
+            xcrs: None,
+            debugregs: None,
+            lapic: kvm_lapic_state::default(),
+            msrs: vec![kvm_msr_entry {
+                index: 0x10,
+                data: 42,
+                ..Default::default()
+            }],
+            vcpu_events: None,
+            tsc_khz: Some(2_000_000),
+        }
+    }
+
+    fn caps(xsave2_size: usize) -> StateCaps {
+        StateCaps {
+            xsave2_size,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_through_the_snapshot_encoding() {
+        let state = sample();
+        let back: VcpuState = from_bytes(&to_bytes(&state).unwrap()).unwrap();
+        assert_eq!(back.regs.rip, 0x1000);
+        assert_eq!(back.msrs[0].data, 42);
+        assert_eq!(back.fpu.0.len(), LEGACY_XSAVE_SIZE / 4);
+        assert_eq!(to_bytes(&back).unwrap(), to_bytes(&state).unwrap());
+        assert!(state.validate(&caps(0)).is_ok());
+    }
+
+    #[test]
+    fn states_this_host_cannot_take_are_refused_by_name() {
+        let refused = |state: &VcpuState, caps: &StateCaps| match state.validate(caps) {
+            Err(VcpuStateError::Invalid(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        };
+        let mut no_cpuid = sample();
+        no_cpuid.cpuid.clear();
+        assert!(refused(&no_cpuid, &caps(0)).contains("CPUID table is empty"));
+
+        let mut many = sample();
+        many.cpuid = vec![kvm_cpuid_entry2::default(); KVM_MAX_CPUID_ENTRIES + 1];
+        assert!(refused(&many, &caps(0)).contains("CPUID entries"));
+
+        // A legacy area on a host whose KVM wants a larger XSAVE2 area.
+        let why = refused(&sample(), &caps(8192));
+        assert!(
+            why.contains("XSAVE area of 4096 bytes") && why.contains("8192"),
+            "{why}"
+        );
+        let mut short = sample();
+        short.fpu.0.truncate(10);
+        assert!(refused(&short, &caps(0)).contains("XSAVE area of 40 bytes"));
+    }
+
+    #[test]
+    fn a_lapic_of_the_wrong_size_does_not_decode() {
+        #[derive(Serialize, Deserialize)]
+        struct Lapic {
+            #[serde(with = "exact_size")]
+            lapic: kvm_lapic_state,
+        }
+        let size = std::mem::size_of::<kvm_lapic_state>();
+        let mut lapic = kvm_lapic_state::default();
+        lapic.regs[0x20] = 7;
+        let back: Lapic = from_bytes(&to_bytes(&Lapic { lapic }).unwrap()).unwrap();
+        assert_eq!(back.lapic.regs[0x20], 7);
+        // postcard encodes a byte string and a sequence of bytes alike.
+        for len in [size - 1, size + 1, 0] {
+            assert!(
+                from_bytes::<Lapic>(&to_bytes(&vec![1u8; len]).unwrap()).is_err(),
+                "a {len}-byte LAPIC decoded"
+            );
         }
     }
 }

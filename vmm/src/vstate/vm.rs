@@ -15,6 +15,7 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use devices::persist::Persist;
 
 use crate::memory::GuestMemory;
+use crate::vstate::vcpu_state::exact_size;
 
 /// The KVM API version flint is written against (stable since Linux 2.6.22).
 const KVM_API_VERSION: i32 = 12;
@@ -206,14 +207,19 @@ impl Persist<'_> for Vm {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VmState {
     /// The master 8259.
+    #[serde(with = "exact_size")]
     pub pic_master: kvm_irqchip,
     /// The slave 8259.
+    #[serde(with = "exact_size")]
     pub pic_slave: kvm_irqchip,
     /// The IOAPIC (redirection table, pending bits).
+    #[serde(with = "exact_size")]
     pub ioapic: kvm_irqchip,
     /// The PIT's channels.
+    #[serde(with = "exact_size")]
     pub pit: kvm_pit_state2,
     /// kvmclock.
+    #[serde(with = "exact_size")]
     pub clock: kvm_clock_data,
 }
 
