@@ -446,3 +446,203 @@ impl<'a> Persist<'a> for DeviceManager {
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Saving and restoring the VM, a vCPU and the devices against the
+    //! host's KVM (no guest runs).
+
+    use std::io::Write;
+    use std::sync::atomic::AtomicI32;
+    use std::time::Instant;
+
+    use kvm_ioctls::Kvm;
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::memory::create_guest_memory;
+    use crate::snapshot::format::to_bytes;
+    use crate::vstate::vcpu::{ExitCounters, Vcpu, VcpuBuses, VcpuEventSender};
+    use crate::vstate::vcpu_state::StateCaps;
+
+    /// Whether KVM is usable; in CI its absence fails the test.
+    fn kvm_available() -> bool {
+        if Kvm::new().is_ok() {
+            return true;
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "/dev/kvm is not available in CI"
+        );
+        eprintln!("skipped: /dev/kvm not available");
+        false
+    }
+
+    fn vm_with(mem: &GuestMemory) -> Vm {
+        let vm = Vm::new().unwrap();
+        vm.register_memory(mem, false).unwrap();
+        vm.setup_irqchip().unwrap();
+        vm
+    }
+
+    fn legacy() -> LegacyIo {
+        LegacyIo {
+            console_out: Box::new(std::io::sink()),
+            console2_out: None,
+            reset_evt: EventFdTrigger::new().unwrap(),
+            exit_evt: EventFdTrigger::new().unwrap(),
+            exit_status: Arc::new(AtomicI32::new(-1)),
+        }
+    }
+
+    #[test]
+    fn vm_and_vcpu_round_trip_through_persist() {
+        if !kvm_available() {
+            return;
+        }
+        let mem = create_guest_memory(16).unwrap();
+        let vm = vm_with(&mem);
+        let saved_vm = vm.save().unwrap();
+        let buses = VcpuBuses {
+            pio: Arc::new(Bus::new()),
+            mmio: Arc::new(Bus::new()),
+            exits: Arc::new(ExitCounters::default()),
+        };
+        let events = || {
+            let (tx, _rx) = std::sync::mpsc::channel();
+            VcpuEventSender::new(tx, vmm_sys_util::eventfd::EventFd::new(0).unwrap())
+        };
+        let caps = Arc::new(StateCaps::query(vm.kvm(), vm.fd()).unwrap());
+        let vcpu = Vcpu::new(0, &vm, buses.clone(), events(), caps, Instant::now()).unwrap();
+        vcpu.configure(
+            vm.kvm(),
+            &mem,
+            Some(GuestAddress(0x100_0000)),
+            1,
+            arch::cpuid::CpuTemplate::None,
+        )
+        .unwrap();
+        let saved_vcpu = vcpu.save().unwrap();
+        assert!(!saved_vcpu.cpuid.is_empty());
+
+        let vm2 = Vm::restore(vm_with(&mem), &saved_vm).unwrap();
+        let again = vm2.save().unwrap();
+        assert_eq!(
+            to_bytes(&again.ioapic).unwrap(),
+            to_bytes(&saved_vm.ioapic).unwrap()
+        );
+        assert_eq!(
+            to_bytes(&again.pic_master).unwrap(),
+            to_bytes(&saved_vm.pic_master).unwrap()
+        );
+        assert!(
+            again.clock.clock >= saved_vm.clock.clock,
+            "the clock goes on"
+        );
+
+        let caps = Arc::new(StateCaps::query(vm2.kvm(), vm2.fd()).unwrap());
+        let fresh = Vcpu::new(0, &vm2, buses, events(), caps, Instant::now()).unwrap();
+        let restored = Vcpu::restore(fresh, &saved_vcpu).unwrap();
+        let back = restored.save().unwrap();
+        assert_eq!(back.regs.rip, saved_vcpu.regs.rip);
+        assert_eq!(
+            to_bytes(&back.sregs).unwrap(),
+            to_bytes(&saved_vcpu.sregs).unwrap()
+        );
+        assert_eq!(back.cpuid.len(), saved_vcpu.cpuid.len());
+        assert_eq!(back.fpu.0, saved_vcpu.fpu.0);
+
+        // A state this host cannot take never reaches KVM.
+        let mut bad = saved_vcpu.clone();
+        bad.cpuid.clear();
+        let caps = Arc::new(StateCaps::query(vm2.kvm(), vm2.fd()).unwrap());
+        let fresh = Vcpu::new(1, &vm2, restored_buses(), events(), caps, Instant::now()).unwrap();
+        let err = Vcpu::restore(fresh, &bad).err().unwrap().to_string();
+        assert!(err.contains("CPUID table is empty"), "{err}");
+    }
+
+    fn restored_buses() -> VcpuBuses {
+        VcpuBuses {
+            pio: Arc::new(Bus::new()),
+            mmio: Arc::new(Bus::new()),
+            exits: Arc::new(ExitCounters::default()),
+        }
+    }
+
+    #[test]
+    fn device_manager_round_trips_its_devices_at_their_places() {
+        if !kvm_available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut image = std::fs::File::create(dir.path().join("disk")).unwrap();
+        image.write_all(&vec![0u8; 64 << 10]).unwrap();
+        let config: VmConfig = serde_json::from_value(serde_json::json!({
+            "boot-source": {"kernel_image_path": "/vmlinux"},
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 16},
+            "drives": [
+                {"drive_id": "data", "path_on_host": dir.path().join("disk"), "is_root_device": false},
+                {"drive_id": "root", "path_on_host": dir.path().join("disk"), "is_root_device": true, "is_read_only": true},
+            ],
+        }))
+        .unwrap();
+        let mem = create_guest_memory(16).unwrap();
+        let vm = vm_with(&mem);
+        let dm = DeviceManager::create(DeviceManagerArgs {
+            vm: &vm,
+            mem: &mem,
+            config: &config,
+            legacy: legacy(),
+        })
+        .unwrap();
+        assert_eq!(dm.boot_args, vec!["root=/dev/vda ro".to_string()]);
+        let names: Vec<&str> = dm.virtio.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["drive root", "drive data"], "the root drive first");
+        let saved = dm.save().unwrap();
+        assert_eq!(saved.virtio.len(), 2);
+
+        let vm2 = vm_with(&mem);
+        let restored = DeviceManager::restore(
+            DeviceManagerArgs {
+                vm: &vm2,
+                mem: &mem,
+                config: &config,
+                legacy: legacy(),
+            },
+            &saved,
+        )
+        .unwrap();
+        assert_eq!(restored.save().unwrap(), saved, "same places, same states");
+        assert_eq!(restored.cmdline_devices, dm.cmdline_devices);
+
+        // A state for a device that is not configured, and a configured
+        // device without state, are refused by name.
+        let restore = |state: &DevicesState| {
+            let vm = vm_with(&mem);
+            DeviceManager::restore(
+                DeviceManagerArgs {
+                    vm: &vm,
+                    mem: &mem,
+                    config: &config,
+                    legacy: legacy(),
+                },
+                state,
+            )
+            .err()
+            .unwrap()
+            .to_string()
+        };
+        let mut extra = saved.clone();
+        let mut ghost = extra.virtio[0].clone();
+        ghost.name = "drive ghost".into();
+        ghost.base += 0x1000;
+        extra.virtio.push(ghost);
+        assert!(restore(&extra).contains("drive ghost"));
+        let mut missing = saved.clone();
+        missing.virtio.remove(1);
+        assert!(restore(&missing).contains("drive data"));
+        let mut wrong_kind = saved.clone();
+        wrong_kind.virtio[0].kind = "net".into();
+        assert!(restore(&wrong_kind).contains("saved as a \"net\" device"));
+    }
+}
