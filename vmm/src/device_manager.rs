@@ -92,7 +92,7 @@ pub struct LegacyIo {
 /// A virtio device as the VM has it wired.
 #[derive(Clone)]
 pub struct VirtioEntry {
-    /// "<kind> <id>", e.g. "drive rootfs": its name in snapshots and metrics.
+    /// `"<kind> <id>"`, e.g. "drive rootfs": its name in snapshots and metrics.
     pub name: String,
     /// Its kind ([`crate::devices::DeviceKind::KIND`]).
     pub kind: &'static str,
@@ -116,7 +116,7 @@ pub struct VirtioEntry {
 /// A virtio device in a snapshot: its place, its transport and its own state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VirtioDeviceState {
-    /// "<kind> <id>" (must match a configured device).
+    /// `"<kind> <id>"` (must match a configured device).
     pub name: String,
     /// Its kind.
     pub kind: String,

@@ -11,25 +11,36 @@
 //!
 //! # Adding a virtio device
 //!
-//! 1. In `devices/src/virtio/<name>/`: the device model, implementing
-//!    `VirtioDevice` (registers, queues, activation) and
-//!    `event_manager::MutEventSubscriber` (its queue work on the event
-//!    loop), and in `<name>/persist.rs` `Persist<'static>` with a plain
-//!    serializable `*State` struct holding the device's *whole* state
-//!    (negotiated features, queue positions, anything the guest can see),
-//!    checked in `restore` (e.g. acked features ⊆ offered features). Put its
-//!    ring positions back when it is re-activated after a restore (keep a
-//!    `devices::virtio::PendingRestore`, as block and net do). Report
-//!    counters through `VirtioDevice::counters` for the metrics file.
-//! 2. In `api/`: its config type and a `Vec` of them in `VmConfig` (with
-//!    validation), and a patch type if it can change at run time.
-//! 3. Here: a `<name>.rs` with a unit struct implementing [`DeviceKind`]
-//!    (section name, `configs`, `id`, `args`, `create`, and `update` if it
-//!    has a patch), and one line `v.visit::<name::Kind>()?;` in
-//!    [`for_each_kind`]. Snapshots, restore, placement, metrics and the
-//!    kernel command line then work without further changes. A run-time
-//!    update is a call to [`update`]`::<name::Kind>` from the controller's
-//!    `PATCH` route.
+//! 1. **Device model**, in `devices/src/virtio/<name>/` (plus `pub mod
+//!    <name>;` in `devices/src/virtio/mod.rs`): a struct implementing
+//!    `VirtioDevice` (type, features, queues, config space, activation) and
+//!    `event_manager::MutEventSubscriber` (its queue work on the event loop),
+//!    and, in `<name>/persist.rs`, `Persist<'static>` with a plain
+//!    serializable `<Name>State` holding the device's *whole* state (acked
+//!    features, queue positions, anything the guest can observe), checked in
+//!    `restore` (at least: acked features ⊆ offered features). A device with
+//!    queues keeps a `devices::virtio::PendingRestore` from `restore` and
+//!    applies it in its next `activate` (the transport re-activates a running
+//!    device right after restoring it), as block and net do. Metrics come
+//!    from `VirtioDevice::counters`, under the device's name.
+//! 2. **Config type**, in `api/`: its config struct, a field for it in
+//!    `VmConfig` (a `Vec`, or an `Option` for a single device), validation,
+//!    and a patch type if it can change at run time.
+//! 3. **Registration**, here: a `<name>.rs` (and `pub mod <name>;` above)
+//!    with a unit struct implementing [`DeviceKind`]: `KIND` (the first
+//!    word of its device names; also its snapshot section `device:<KIND>
+//!    <id>`), `SECTION` (its config section, for errors), `configs` (its
+//!    entries in `VmConfig`), `id`, `args` (config entry → the device's
+//!    `Persist` constructor arguments), `create`, and `patch_id`/`update`/
+//!    `update_config` if it has a patch; then one line
+//!    `v.visit::<<name>::<Name>Kind>()?;` in [`for_each_kind`]. Creation,
+//!    MMIO/IRQ placement, the kernel command line, snapshots and their
+//!    validation, restore and metrics then work with no other change. A
+//!    run-time `PATCH` route in the controller calls
+//!    `MicroVm::update_device::<<name>::<Name>Kind>(&patch)`.
+//!
+//! If the device's backend makes syscalls or ioctls the VMM thread's
+//! seccomp filter does not allow yet, add them in `vmm/src/seccomp.rs`.
 //!
 //! Run-time updates find their device in the [`DeviceManager`]'s single
 //! list by kind and id, then get the typed device back with an `Any`
