@@ -28,7 +28,8 @@ const TAG_STATE: u8 = 3;
 const TAG_DONE: u8 = 4;
 const TAG_ACK: u8 = 5;
 const TAG_ERROR: u8 = 6;
-const PROTOCOL_VERSION: u32 = 1;
+/// 2: the HELLO is postcard-encoded and the state is the sectioned state file.
+const PROTOCOL_VERSION: u32 = 2;
 /// Stop iterating when a round leaves at most this many dirty pages (1 MiB).
 const CONVERGED_PAGES: u64 = 256;
 /// Give up iterating (and pause anyway) after this many rounds.
