@@ -645,4 +645,60 @@ mod tests {
         wrong_kind.virtio[0].kind = "net".into();
         assert!(restore(&wrong_kind).contains("saved as a \"net\" device"));
     }
+
+    #[test]
+    fn run_time_updates_reach_their_device_by_kind_and_id() {
+        use crate::devices::block::BlockKind;
+        use crate::devices::net::NetKind;
+        if !kvm_available() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        std::fs::write(&old, vec![0u8; 8 << 10]).unwrap();
+        std::fs::write(&new, vec![0u8; 16 << 10]).unwrap();
+        let mut config: VmConfig = serde_json::from_value(serde_json::json!({
+            "boot-source": {"kernel_image_path": "/vmlinux"},
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 16},
+            "drives": [{"drive_id": "data", "path_on_host": old, "is_root_device": false}],
+        }))
+        .unwrap();
+        let mem = create_guest_memory(16).unwrap();
+        let vm = vm_with(&mem);
+        let dm = DeviceManager::create(DeviceManagerArgs {
+            vm: &vm,
+            mem: &mem,
+            config: &config.clone(),
+            legacy: legacy(),
+        })
+        .unwrap();
+        let patch: api::DrivePatch = serde_json::from_value(serde_json::json!({
+            "drive_id": "data",
+            "path_on_host": new,
+            "rate_limiter": {"ops": {"size": 10, "refill_time": 100}},
+        }))
+        .unwrap();
+        crate::devices::update::<BlockKind>(&dm.virtio, &mut config, &patch).unwrap();
+        let entry = &dm.virtio[0];
+        assert_eq!(
+            lock(&entry.transport).registers().config_generation,
+            1,
+            "guest told"
+        );
+        let mut capacity = [0u8; 8];
+        lock(&entry.device).read_config(0, &mut capacity);
+        assert_eq!(u64::from_le_bytes(capacity), 32, "16 KiB in sectors");
+        assert_eq!(config.drives[0].path_on_host, new);
+        assert!(config.drives[0].rate_limiter.is_some());
+
+        let missing: api::DrivePatch =
+            serde_json::from_value(serde_json::json!({"drive_id": "nope"})).unwrap();
+        let err = crate::devices::update::<BlockKind>(&dm.virtio, &mut config, &missing);
+        assert_eq!(err.unwrap_err(), "no drive \"nope\"");
+        // The drive is not a network interface of the same id.
+        let net: api::NetPatch =
+            serde_json::from_value(serde_json::json!({"iface_id": "data"})).unwrap();
+        let err = crate::devices::update::<NetKind>(&dm.virtio, &mut config, &net);
+        assert_eq!(err.unwrap_err(), "no net \"data\"");
+    }
 }
