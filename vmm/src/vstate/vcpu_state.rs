@@ -126,14 +126,17 @@ pub mod exact_size {
         let bytes = d.deserialize_bytes(Bytes)?;
         let expected = std::mem::size_of::<T>();
         if bytes.len() != expected {
-            return Err(D::Error::custom(format!(
+            let why = format!(
                 "{} is {} bytes, expected {expected}",
                 std::any::type_name::<T>()
                     .rsplit("::")
                     .next()
                     .unwrap_or("KVM struct"),
                 bytes.len()
-            )));
+            );
+            // postcard's error drops custom messages; the log keeps this one.
+            log::error!("snapshot state refused: {why}");
+            return Err(D::Error::custom(why));
         }
         T::deserialize(serde::de::value::BytesDeserializer::<D::Error>::new(&bytes))
     }
