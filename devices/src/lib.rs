@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod legacy;
 pub mod log_limit;
+pub mod persist;
 pub mod rate_limiter;
 pub mod trigger;
 pub mod virtio;

@@ -10,6 +10,7 @@ pub mod bounded_writer;
 pub mod console;
 pub mod controller;
 pub mod device_manager;
+pub mod devices;
 pub mod logger;
 pub mod memory;
 pub mod metrics;
@@ -18,7 +19,6 @@ pub mod migration;
 pub mod quirks;
 pub mod seccomp;
 pub mod snapshot;
-pub mod virtio_devices;
 pub mod vstate;
 pub mod wakeups;
 

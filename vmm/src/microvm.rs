@@ -12,22 +12,17 @@ use std::time::Instant;
 
 use api::VmConfig;
 use devices::legacy::serial::SerialOutput;
-use devices::legacy::Serial;
-use devices::virtio::block::Block;
-use devices::virtio::net::Net;
+use devices::persist::Persist;
 use devices::EventFdTrigger;
 use event_manager::{EventManager, SubscriberOps};
 
 use crate::boot::{self, BootError};
 use crate::console::ConsoleInput;
-use crate::device_manager::{
-    DeviceError, DeviceManager, DevicesState, LegacyIo, Subscriber, VirtioDeviceState, VirtioEntry,
-};
+use crate::device_manager::{DeviceError, DeviceManager, DeviceManagerArgs, LegacyIo, Subscriber};
+use crate::devices::DeviceKind;
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::quirks;
 use crate::snapshot::{MemoryKind, MemoryLayout, MicroVmState};
-use crate::virtio_devices::Placements;
-use crate::virtio_devices::{self, VirtioConfigError};
 use crate::vstate::vcpu::{
     ExitCounters, Vcpu, VcpuBuses, VcpuError, VcpuEventSender, VcpuHandle, VcpuTimeout,
 };
@@ -49,9 +44,6 @@ pub enum MicroVmError {
     /// A device could not be created.
     #[error(transparent)]
     Device(#[from] DeviceError),
-    /// A configured drive or network interface could not be created.
-    #[error(transparent)]
-    VirtioConfig(#[from] VirtioConfigError),
     /// A vCPU could not be created, configured or started.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -111,10 +103,7 @@ pub struct MicroVm {
     // and the memory they use.
     vcpus: Vec<VcpuHandle>,
     buses: VcpuBuses,
-    virtio: Vec<VirtioEntry>,
-    blocks: Vec<(String, Arc<Mutex<Block>>)>,
-    nets: Vec<(String, Arc<Mutex<Net>>)>,
-    serial: Arc<Mutex<Serial>>,
+    devices: DeviceManager,
     config: VmConfig,
     paused: bool,
     dirty_logging: bool,
@@ -139,18 +128,33 @@ struct Skeleton {
     vm: Vm,
     mem: GuestMemory,
     devices: DeviceManager,
-    root_args: Option<String>,
 }
 
+/// Creates the VM with its memory and irqchip, puts saved VM state back when
+/// restoring (before any device can raise an interrupt into the irqchip),
+/// then creates or restores the devices.
 fn build_skeleton(
     config: &VmConfig,
     mem: GuestMemory,
     ctx: &mut BuildContext,
-    restoring: Option<&DevicesState>,
+    restoring: Option<&MicroVmState>,
 ) -> Result<Skeleton, MicroVmError> {
     let vm = Vm::new()?;
     vm.register_memory(&mem, config.machine_config.track_dirty_pages)?;
     vm.setup_irqchip()?;
+    let vm = match restoring {
+        Some(state) => {
+            // Every vCPU state is checked against this host before any
+            // saved state reaches KVM.
+            let caps = StateCaps::query(vm.kvm(), vm.fd()).map_err(MicroVmError::VcpuState)?;
+            for (id, vcpu) in state.vcpus.iter().enumerate() {
+                vcpu.validate(&caps)
+                    .map_err(|e| MicroVmError::Snapshot(format!("vCPU {id}: {e}")))?;
+            }
+            Vm::restore(vm, &state.vm)?
+        }
+        None => vm,
+    };
     let os = |what| move |e| MicroVmError::Os(what, e);
     let legacy = LegacyIo {
         console_out: std::mem::replace(&mut ctx.console_out, Box::new(std::io::sink())),
@@ -159,30 +163,17 @@ fn build_skeleton(
         exit_evt: ctx.exit_status.0.try_clone().map_err(os("exit eventfd"))?,
         exit_status: ctx.exit_status.1.clone(),
     };
-    let mut devices = DeviceManager::new(&vm, legacy, restoring.map(|d| &d.serial))?;
-    let placements: Placements = restoring
-        .map(|d| {
-            d.virtio
-                .iter()
-                .map(|v| (v.name.clone(), (v.base, v.gsi)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let root_args =
-        virtio_devices::attach_drives(&mut devices, &vm, &mem, &config.drives, &placements)?;
-    virtio_devices::attach_nets(
-        &mut devices,
-        &vm,
-        &mem,
-        &config.network_interfaces,
-        &placements,
-    )?;
-    Ok(Skeleton {
-        vm,
-        mem,
-        devices,
-        root_args,
-    })
+    let args = DeviceManagerArgs {
+        vm: &vm,
+        mem: &mem,
+        config,
+        legacy,
+    };
+    let devices = match restoring {
+        Some(state) => DeviceManager::restore(args, &state.devices)?,
+        None => DeviceManager::create(args)?,
+    };
+    Ok(Skeleton { vm, mem, devices })
 }
 
 impl MicroVm {
@@ -194,7 +185,6 @@ impl MicroVm {
             vm,
             mem,
             mut devices,
-            root_args,
         } = build_skeleton(config, mem, &mut ctx, None)?;
 
         let source = &config.boot_source;
@@ -216,7 +206,7 @@ impl MicroVm {
             );
         }
         let mut words: Vec<&str> = devices.cmdline_devices.iter().map(String::as_str).collect();
-        words.extend(root_args.as_deref());
+        words.extend(devices.boot_args.iter().map(String::as_str));
         words.extend(extra);
         let cmdline = boot::build_cmdline(boot_args, &words)?;
         boot::configure_system(&mem, &cmdline, &kernel, initrd, machine.vcpu_count)?;
@@ -259,31 +249,13 @@ impl MicroVm {
             vm,
             mem,
             mut devices,
-            ..
-        } = build_skeleton(config, mem, &mut ctx, Some(&state.devices))?;
-        vm.restore_state(&state.vm)?;
-        for saved in &state.devices.virtio {
-            let entry = devices
-                .virtio
-                .iter()
-                .find(|e| e.name == saved.name)
-                .ok_or_else(|| {
-                    MicroVmError::Snapshot(format!(
-                        "no device {:?} in the configuration",
-                        saved.name
-                    ))
-                })?;
-            lock(&entry.transport)
-                .restore(&saved.transport)
-                .map_err(|e| MicroVmError::Snapshot(format!("{}: {e}", saved.name)))?;
-        }
+        } = build_skeleton(config, mem, &mut ctx, Some(&state))?;
         let buses = take_buses(&mut devices);
         let caps = Arc::new(StateCaps::query(vm.kvm(), vm.fd()).map_err(MicroVmError::VcpuState)?);
         let mut created = Vec::with_capacity(state.vcpus.len());
         for (id, saved) in state.vcpus.iter().enumerate() {
             let vcpu = new_vcpu(id as u8, &vm, &buses, &ctx, &caps)?;
-            vcpu.restore_state(saved).map_err(MicroVmError::VcpuState)?;
-            created.push(vcpu);
+            created.push(Vcpu::restore(vcpu, saved)?);
         }
         let microvm = Self::start(config, vm, mem, devices, buses, created, ctx, true)?;
         log::info!(
@@ -321,10 +293,7 @@ impl MicroVm {
         Ok(Self {
             vcpus,
             buses,
-            virtio: std::mem::take(&mut devices.virtio),
-            blocks: std::mem::take(&mut devices.blocks),
-            nets: std::mem::take(&mut devices.nets),
-            serial: devices.serial.clone(),
+            devices,
             config: config.clone(),
             paused,
             dirty_logging: config.machine_config.track_dirty_pages,
@@ -367,79 +336,11 @@ impl MicroVm {
         Ok(())
     }
 
-    /// Applies a run-time `PATCH /drives/{id}`: a new backing file (the guest
-    /// is told its disk changed) and/or new rate limits.
-    pub fn update_drive(&mut self, patch: &api::DrivePatch) -> Result<(), String> {
-        let block = self
-            .blocks
-            .iter()
-            .find(|(id, _)| *id == patch.drive_id)
-            .map(|(_, b)| b.clone())
-            .ok_or_else(|| format!("no drive {:?}", patch.drive_id))?;
-        if let Some(path) = &patch.path_on_host {
-            lock(&block)
-                .update_path(path.clone())
-                .map_err(|e| e.to_string())?;
-            let name = crate::virtio_devices::drive_name(&patch.drive_id);
-            if let Some(entry) = self.virtio.iter().find(|e| e.name == name) {
-                lock(&entry.transport).notify_config_change();
-            }
-        }
-        if patch.rate_limiter.is_some() {
-            let (bandwidth, ops) = crate::virtio_devices::limits(&patch.rate_limiter);
-            if !lock(&block).update_rate_limiter(bandwidth, ops) {
-                return Err("this drive has no rate limiter to update".into());
-            }
-        }
-        if let Some(drive) = self
-            .config
-            .drives
-            .iter_mut()
-            .find(|d| d.drive_id == patch.drive_id)
-        {
-            if let Some(path) = &patch.path_on_host {
-                drive.path_on_host = path.clone();
-            }
-            if patch.rate_limiter.is_some() {
-                drive.rate_limiter = patch.rate_limiter.clone();
-            }
-        }
-        Ok(())
-    }
-
-    /// Applies a run-time `PATCH /network-interfaces/{id}` (rate limits).
-    pub fn update_net(&mut self, patch: &api::NetPatch) -> Result<(), String> {
-        let net = self
-            .nets
-            .iter()
-            .find(|(id, _)| *id == patch.iface_id)
-            .map(|(_, n)| n.clone())
-            .ok_or_else(|| format!("no network interface {:?}", patch.iface_id))?;
-        let rx = patch
-            .rx_rate_limiter
-            .is_some()
-            .then(|| crate::virtio_devices::limits(&patch.rx_rate_limiter));
-        let tx = patch
-            .tx_rate_limiter
-            .is_some()
-            .then(|| crate::virtio_devices::limits(&patch.tx_rate_limiter));
-        if !lock(&net).update_rate_limiters(rx, tx) {
-            return Err("this interface has no rate limiter to update".into());
-        }
-        if let Some(iface) = self
-            .config
-            .network_interfaces
-            .iter_mut()
-            .find(|n| n.iface_id == patch.iface_id)
-        {
-            if patch.rx_rate_limiter.is_some() {
-                iface.rx_rate_limiter = patch.rx_rate_limiter.clone();
-            }
-            if patch.tx_rate_limiter.is_some() {
-                iface.tx_rate_limiter = patch.tx_rate_limiter.clone();
-            }
-        }
-        Ok(())
+    /// Applies a run-time update (`PATCH /drives`, `PATCH
+    /// /network-interfaces`) to the device of kind `K` it names, and records
+    /// it in the VM's configuration.
+    pub fn update_device<K: DeviceKind>(&mut self, patch: &K::Patch) -> Result<(), String> {
+        crate::devices::update::<K>(&self.devices.virtio, &mut self.config, patch)
     }
 
     /// Whether KVM logs dirty pages (diff snapshots, migration).
@@ -464,27 +365,14 @@ impl MicroVm {
         for vcpu in &self.vcpus {
             vcpus.push(vcpu.save_state().map_err(MicroVmError::Snapshot)?);
         }
-        let vm = self.vm.save_state()?;
-        let virtio = self
-            .virtio
-            .iter()
-            .map(|e| VirtioDeviceState {
-                name: e.name.clone(),
-                base: e.base,
-                gsi: e.gsi,
-                transport: lock(&e.transport).save(),
-            })
-            .collect();
         Ok(MicroVmState {
             config: self.config.clone(),
             memory: MemoryLayout::of(&self.mem),
             memory_kind,
-            vm,
+            snapshot_id: crate::snapshot::memory::new_snapshot_id(),
+            vm: self.vm.save()?,
             vcpus,
-            devices: DevicesState {
-                serial: lock(&self.serial).state(),
-                virtio,
-            },
+            devices: self.devices.save()?,
         })
     }
 
@@ -506,7 +394,8 @@ impl MicroVm {
 
     /// Each virtio device's counters, by device name.
     pub fn device_metrics(&self) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
-        self.virtio
+        self.devices
+            .virtio
             .iter()
             .map(|e| {
                 (

@@ -28,7 +28,8 @@ const TAG_STATE: u8 = 3;
 const TAG_DONE: u8 = 4;
 const TAG_ACK: u8 = 5;
 const TAG_ERROR: u8 = 6;
-const PROTOCOL_VERSION: u32 = 1;
+/// 2: the HELLO is postcard-encoded and the state is the sectioned state file.
+const PROTOCOL_VERSION: u32 = 2;
 /// Stop iterating when a round leaves at most this many dirty pages (1 MiB).
 const CONVERGED_PAGES: u64 = 256;
 /// Give up iterating (and pause anyway) after this many rounds.
@@ -259,7 +260,7 @@ fn run_source(vm: &mut MicroVm, address: &Address) -> Result<MigrationReport, Mi
     let start = Instant::now();
     let mut stream = Stream::connect(address)?;
     let layout = MemoryLayout::of(vm.memory());
-    let hello = bincode::serialize(&(PROTOCOL_VERSION, &layout))
+    let hello = format::to_bytes(&(PROTOCOL_VERSION, &layout))
         .map_err(|e| MigrationError::State(e.to_string()))?;
     send(&mut stream, TAG_HELLO, &[&hello])?;
 
@@ -289,7 +290,7 @@ fn run_source(vm: &mut MicroVm, address: &Address) -> Result<MigrationReport, Mi
             let state = vm
                 .save_state(MemoryKind::Full)
                 .map_err(|e| MigrationError::State(e.to_string()))?;
-            let encoded = format::encode(&state, std::path::Path::new("migration"))
+            let encoded = crate::snapshot::encode_state(&state)
                 .map_err(|e| MigrationError::State(e.to_string()))?;
             report.state_bytes = encoded.len() as u64;
             send(&mut stream, TAG_STATE, &[&encoded])?;
@@ -410,18 +411,16 @@ pub fn accept_incoming(
         )));
     }
     let (version, layout): (u32, MemoryLayout) =
-        bincode::deserialize(&payload).map_err(|e| MigrationError::Protocol(e.to_string()))?;
+        format::from_bytes(&payload).map_err(|e| MigrationError::Protocol(e.to_string()))?;
     if version != PROTOCOL_VERSION {
         return Err(MigrationError::Protocol(format!(
             "protocol version {version}, this flint speaks {PROTOCOL_VERSION}"
         )));
     }
-    if layout.total() > crate::memory::MAX_GUEST_MEMORY {
-        return Err(MigrationError::Protocol(format!(
-            "{} bytes of guest memory is too much",
-            layout.total()
-        )));
-    }
+    let max = crate::snapshot::memory::host_ram().min(crate::memory::MAX_GUEST_MEMORY);
+    layout
+        .validate(max)
+        .map_err(|e| MigrationError::Protocol(e.to_string()))?;
     let mem = layout
         .create_memory()
         .map_err(|e| MigrationError::State(e.to_string()))?;
@@ -441,9 +440,11 @@ pub fn accept_incoming(
                     })?;
             }
             TAG_STATE => {
-                let decoded: MicroVmState =
-                    format::decode(&payload, std::path::Path::new("migration stream"))
-                        .map_err(|e| MigrationError::Protocol(e.to_string()))?;
+                let decoded: MicroVmState = crate::snapshot::decode_state(
+                    &payload,
+                    std::path::Path::new("migration stream"),
+                )
+                .map_err(|e| MigrationError::Protocol(e.to_string()))?;
                 if decoded.memory != layout {
                     return Err(MigrationError::Protocol(
                         "state and memory layouts differ".into(),

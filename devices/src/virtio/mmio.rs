@@ -103,23 +103,6 @@ fn set_high(value: &mut u64, high: u32) {
     *value = (*value & 0xffff_ffff) | (u64::from(high) << 32);
 }
 
-/// A transport and its device's ring positions, as a snapshot saves them.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MmioTransportState {
-    /// The transport registers.
-    pub regs: MmioRegisters,
-    /// Each queue's registers.
-    pub queues: Vec<QueueRegisters>,
-    /// InterruptStatus.
-    pub interrupt_status: u32,
-    /// Whether the device was running.
-    pub activated: bool,
-    /// `(next_avail, next_used)` of each running queue.
-    pub positions: Vec<(u16, u16)>,
-    /// The device's rate limiters' levels.
-    pub rate_limiters: Vec<crate::rate_limiter::RateLimiterState>,
-}
-
 /// A virtio device behind its MMIO register window.
 pub struct MmioTransport {
     device: Arc<Mutex<dyn VirtioDevice>>,
@@ -322,23 +305,15 @@ impl MmioTransport {
         true
     }
 
+    /// Hands the queues to the device (a restored device puts them at its
+    /// saved positions itself).
     fn activate(&mut self) -> Result<(), super::ActivateError> {
-        self.activate_at(&[])
-    }
-
-    /// Hands the queues to the device, starting each at the given ring
-    /// positions (a restored device continues where it stopped).
-    fn activate_at(&mut self, positions: &[(u16, u16)]) -> Result<(), super::ActivateError> {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, regs) in self.queues.iter().enumerate() {
-            let mut queue = regs.to_queue(&self.mem).map_err(|why| {
+            let queue = regs.to_queue(&self.mem).map_err(|why| {
                 crate::guest_warn!("virtio-mmio: queue {i}: {why}");
                 super::ActivateError::BadQueue(i)
             })?;
-            if let Some(&(next_avail, next_used)) = positions.get(i) {
-                queue.set_next_avail(next_avail);
-                queue.set_next_used(next_used);
-            }
             queues.push(queue);
         }
         let activation = Activation {
@@ -374,60 +349,6 @@ impl MmioTransport {
         if let Err(e) = self.interrupt.trigger(IrqKind::Config) {
             crate::guest_error!("virtio-mmio: raising the config-change interrupt: {e}");
         }
-    }
-
-    /// The transport's state for a snapshot (the device must be quiescent:
-    /// vCPUs paused, its queue work done).
-    pub fn save(&self) -> MmioTransportState {
-        let mut device = lock(&self.device);
-        device.prepare_snapshot();
-        MmioTransportState {
-            regs: self.regs.clone(),
-            queues: self.queues.clone(),
-            interrupt_status: self.interrupt.status(),
-            activated: self.activated,
-            positions: if self.activated {
-                device.queue_positions()
-            } else {
-                Vec::new()
-            },
-            rate_limiters: device.rate_limiter_states(),
-        }
-    }
-
-    /// Puts a saved state back into a fresh transport of the same device kind;
-    /// a device that was running is activated at its saved ring positions and
-    /// a pending interrupt is raised again.
-    pub fn restore(&mut self, state: &MmioTransportState) -> Result<(), super::ActivateError> {
-        if state.queues.len() != self.queues.len()
-            || state
-                .queues
-                .iter()
-                .zip(&self.queues)
-                .any(|(saved, ours)| saved.max_size != ours.max_size)
-        {
-            return Err(super::ActivateError::Backend(
-                "the saved queues do not match this device".into(),
-            ));
-        }
-        self.regs = state.regs.clone();
-        self.queues = state.queues.clone();
-        lock(&self.device).restore_rate_limiter_states(&state.rate_limiters);
-        if state.activated {
-            self.activate_at(&state.positions)?;
-            self.activated = true;
-        }
-        if state.interrupt_status != 0 {
-            self.interrupt.ack(u32::MAX);
-            for kind in [IrqKind::Vring, IrqKind::Config] {
-                if state.interrupt_status & kind as u32 != 0 {
-                    if let Err(e) = self.interrupt.trigger(kind) {
-                        crate::guest_error!("virtio-mmio: re-raising a restored interrupt: {e}");
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The queues' registers (for inspection and snapshots).
@@ -476,6 +397,9 @@ impl BusDevice for MmioTransport {
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+mod persist;
+pub use persist::{MmioTransportArgs, MmioTransportState, TransportStateError};
 
 #[cfg(test)]
 mod tests;

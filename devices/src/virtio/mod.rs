@@ -122,6 +122,11 @@ pub struct Activation {
 }
 
 /// A virtio device model behind a transport.
+///
+/// Saving and restoring a device is not part of this trait: each device
+/// model implements [`crate::persist::Persist`] with its own state type
+/// (queue positions, negotiated features, rate limiter levels...), and the
+/// transport saves only its own registers.
 pub trait VirtioDevice: Send {
     /// The virtio device type ([`TYPE_BLOCK`], [`TYPE_NET`]).
     fn device_type(&self) -> u32;
@@ -145,24 +150,49 @@ pub trait VirtioDevice: Send {
     fn needs_reset(&self) -> bool {
         false
     }
-    /// Each activated queue's `(next_avail, next_used)` ring positions, in
-    /// queue order (empty before activation), for snapshots.
-    fn queue_positions(&self) -> Vec<(u16, u16)> {
-        Vec::new()
-    }
-    /// The device's rate limiters' levels, for snapshots.
-    fn rate_limiter_states(&self) -> Vec<crate::rate_limiter::RateLimiterState> {
-        Vec::new()
-    }
-    /// Puts saved rate limiter levels back (same order as saved).
-    fn restore_rate_limiter_states(&mut self, _states: &[crate::rate_limiter::RateLimiterState]) {}
-    /// Gets ready for a snapshot: gives back to the rings anything taken
-    /// from them but not yet used, so the positions describe the guest's view.
-    fn prepare_snapshot(&mut self) {}
     /// Cumulative counters (bytes, requests, errors) for the metrics file.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+}
+
+/// Where a queue's driver and device are in its rings: what a device saves
+/// per running queue, so a restored device continues where it stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueuePosition {
+    /// The next available-ring entry the device will take.
+    pub next_avail: u16,
+    /// The next used-ring entry the device will fill.
+    pub next_used: u16,
+}
+
+impl QueuePosition {
+    /// The position of `queue`.
+    pub fn of(queue: &Queue) -> Self {
+        use virtio_queue::QueueT;
+        Self {
+            next_avail: queue.next_avail(),
+            next_used: queue.next_used(),
+        }
+    }
+
+    /// Moves `queue` to this position.
+    pub fn apply(&self, queue: &mut Queue) {
+        use virtio_queue::QueueT;
+        queue.set_next_avail(self.next_avail);
+        queue.set_next_used(self.next_used);
+    }
+}
+
+/// What a restored device keeps until the transport re-activates it: the
+/// activation then puts its queues at the saved positions and re-flags a
+/// device that was waiting for a reset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingRestore {
+    /// One position per queue.
+    pub positions: Vec<QueuePosition>,
+    /// Whether the device had stopped on a broken ring.
+    pub needs_reset: bool,
 }
 
 /// Copies `config[offset..]` into `data`, zero-filling what lies past the end.

@@ -136,7 +136,7 @@ impl Vmm {
                     if patch.path_on_host.as_ref().is_some_and(|p| !p.is_file()) {
                         return bad_request(format!("drives[{}].path_on_host: not a file", patch.drive_id));
                     }
-                    return match vm.update_drive(&patch) {
+                    return match vm.update_device::<crate::devices::block::BlockKind>(&patch) {
                         Ok(()) => {
                             self.pending = PendingConfig::from_config(vm.config().clone());
                             ApiResponse::Empty
@@ -169,7 +169,7 @@ impl Vmm {
                     )));
                 }
                 if let Some(vm) = self.vm.as_mut() {
-                    return match vm.update_net(&patch) {
+                    return match vm.update_device::<crate::devices::net::NetKind>(&patch) {
                         Ok(()) => {
                             self.pending = PendingConfig::from_config(vm.config().clone());
                             ApiResponse::Empty

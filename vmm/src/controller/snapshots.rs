@@ -11,6 +11,22 @@ use crate::snapshot::format;
 use crate::snapshot::memory::{dump, load_copy, map_private, take_dirty_pages, Pages};
 use crate::snapshot::{MemoryKind, MicroVmState};
 
+/// Whether two paths name the same file: the same inode when both exist,
+/// else the same spelling once `.` components are dropped. (Only `stat` is
+/// used: the VMM thread's seccomp filter has no `readlink`/`getcwd`.)
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return ma.dev() == mb.dev() && ma.ino() == mb.ino();
+    }
+    let plain = |p: &std::path::Path| -> std::path::PathBuf {
+        p.components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect()
+    };
+    plain(a) == plain(b)
+}
+
 impl Vmm {
     pub(super) fn create_snapshot(&mut self, params: &SnapshotCreateParams) -> Result<(), String> {
         let Some(vm) = self.vm.as_mut() else {
@@ -18,6 +34,12 @@ impl Vmm {
         };
         if !vm.is_paused() {
             return Err("pause the VM first (PATCH /vm {\"state\": \"Paused\"})".into());
+        }
+        if same_file(&params.snapshot_path, &params.mem_file_path) {
+            return Err(format!(
+                "snapshot_path and mem_file_path are the same file ({})",
+                params.snapshot_path.display()
+            ));
         }
         let started = Instant::now();
         let kind = match params.snapshot_type {
@@ -28,7 +50,14 @@ impl Vmm {
             SnapshotType::Diff => MemoryKind::Diff,
         };
         let state = vm.save_state(kind).map_err(|e| e.to_string())?;
-        let tmp = format::temp_path(&params.mem_file_path);
+        let state_bytes = crate::snapshot::encode_state(&state).map_err(|e| e.to_string())?;
+        // Both files go to temporary names and are synced first; then the
+        // memory file and last the state file are renamed into place. A
+        // failure before the renames leaves the previous pair untouched; a
+        // failure between them leaves a pair whose ids differ, which
+        // loading refuses rather than mixing.
+        let mem_tmp = format::temp_path(&params.mem_file_path);
+        let id = state.snapshot_id;
         let written = if vm.dirty_logging() {
             // Either way the dirty log restarts here: the next diff is
             // relative to this snapshot.
@@ -37,13 +66,25 @@ impl Vmm {
                 MemoryKind::Full => Pages::All,
                 MemoryKind::Diff => Pages::Dirty(&dirty),
             };
-            dump(vm.memory(), &tmp, pages)
+            dump(vm.memory(), &mem_tmp, pages, id)
         } else {
-            dump(vm.memory(), &tmp, Pages::All)
+            dump(vm.memory(), &mem_tmp, Pages::All, id)
         }
         .map_err(|e| e.to_string())?;
-        format::commit(&tmp, &params.mem_file_path).map_err(|e| e.to_string())?;
-        format::save(&params.snapshot_path, &state).map_err(|e| e.to_string())?;
+        let state_tmp = match format::write_temp(&params.snapshot_path, &state_bytes) {
+            Ok(tmp) => tmp,
+            Err(e) => {
+                let _ = std::fs::remove_file(&mem_tmp);
+                return Err(e.to_string());
+            }
+        };
+        let committed = format::commit(&mem_tmp, &params.mem_file_path)
+            .and_then(|()| format::commit(&state_tmp, &params.snapshot_path));
+        if let Err(e) = committed {
+            let _ = std::fs::remove_file(&mem_tmp);
+            let _ = std::fs::remove_file(&state_tmp);
+            return Err(e.to_string());
+        }
         log::info!(
             "{:?} snapshot written in {} ms: state {}, memory {} ({:.1} MiB of data)",
             kind,
@@ -63,7 +104,7 @@ impl Vmm {
         }
         let started = Instant::now();
         let mut state: MicroVmState =
-            format::load(&params.snapshot_path).map_err(|e| e.to_string())?;
+            crate::snapshot::load_state(&params.snapshot_path).map_err(|e| e.to_string())?;
         apply_overrides(&mut state.config, params)?;
         let config = &state.config;
         config.validate_drives().map_err(|e| e.to_string())?;
@@ -71,13 +112,14 @@ impl Vmm {
         if state.memory.total() > crate::memory::MAX_GUEST_MEMORY {
             return Err("the snapshot's guest memory is implausibly large".into());
         }
+        state.validate(crate::snapshot::memory::host_ram())?;
         if params.enable_diff_snapshots {
             state.config.machine_config.track_dirty_pages = true;
         }
         let mem = if params.copy_memory {
-            load_copy(&params.mem_file_path, &state.memory)
+            load_copy(&params.mem_file_path, &state.memory, state.snapshot_id)
         } else {
-            map_private(&params.mem_file_path, &state.memory)
+            map_private(&params.mem_file_path, &state.memory, state.snapshot_id)
         }
         .map_err(|e| e.to_string())?;
         let config = state.config.clone();
@@ -183,4 +225,26 @@ fn apply_overrides(config: &mut VmConfig, params: &SnapshotLoadParams) -> Result
         net.host_dev_name = o.host_dev_name.clone();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_file;
+
+    #[test]
+    fn state_and_memory_paths_naming_one_file_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        assert!(
+            same_file(&a, &dir.path().join(".").join("a")),
+            "not yet created"
+        );
+        assert!(!same_file(&a, &dir.path().join("b")));
+        std::fs::write(&a, b"x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        assert!(same_file(&a, &link), "through a symlink");
+        std::fs::hard_link(&a, dir.path().join("hard")).unwrap();
+        assert!(same_file(&dir.path().join("hard"), &a), "a hard link");
+    }
 }

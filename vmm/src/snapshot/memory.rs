@@ -2,14 +2,19 @@
 //! its base, and mapping a memory file back as guest RAM.
 //!
 //! The memory file holds the guest's regions back to back (their guest
-//! addresses are in the state file). A full dump skips all-zero pages,
-//! leaving holes, so files are as sparse as the guest. A diff dump has the
-//! same size but only the pages dirtied since the previous snapshot are
-//! written; the rest are holes, which is what [`merge_diff`] relies on.
+//! addresses are in the state file), then a [`TRAILER_LEN`]-byte trailer
+//! binding it to its layout and its state file: magic `FLINTMEM`, the
+//! layout's digest, the RAM size, and the snapshot's random id. The state
+//! file records the memory file's length, the same digest and the same id,
+//! so a state file is only ever restored with the memory file written with
+//! it (or, for a diff, merged from it). A full dump skips all-zero pages, leaving holes, so files are
+//! as sparse as the guest. A diff dump has the same size but only the pages
+//! dirtied since the previous snapshot are written; the rest are holes,
+//! which is what [`merge_diff`] relies on.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use kvm_ioctls::VmFd;
@@ -25,6 +30,13 @@ use crate::memory::GuestMemory;
 
 /// Guest page size for dirty tracking and dumps.
 pub const PAGE_SIZE: usize = 4096;
+/// Size of the trailer after the RAM in a memory file.
+pub const TRAILER_LEN: u64 = 32;
+/// The trailer's magic.
+const TRAILER_MAGIC: [u8; 8] = *b"FLINTMEM";
+/// The most regions a layout may have (flint makes one or two).
+const MAX_REGIONS: usize = 64;
+const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_ECMA_182);
 
 /// Why guest memory could not be dumped or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +62,15 @@ pub enum MemoryFileError {
     /// Guest memory could not be read, written or mapped.
     #[error("guest memory: {0}")]
     Guest(String),
+    /// Not a regular file (a device, FIFO, directory...).
+    #[error("memory file {0}: not a regular file")]
+    NotRegular(PathBuf),
+    /// The file's trailer does not match the state file's layout.
+    #[error("memory file {0} does not belong to this state file (its memory layout differs)")]
+    WrongLayout(PathBuf),
+    /// The layout itself is impossible.
+    #[error("memory layout: {0}")]
+    BadLayout(String),
     /// KVM would not hand over its dirty log.
     #[error("KVM_GET_DIRTY_LOG for slot {slot}: {source}")]
     DirtyLog {
@@ -88,10 +109,105 @@ impl MemoryLayout {
         GuestMemory::from_ranges(&ranges).map_err(|e| MemoryFileError::Guest(e.to_string()))
     }
 
-    /// Total bytes of RAM (and of the memory file).
+    /// Total bytes of RAM (saturating: [`Self::validate`] refuses overflow).
     pub fn total(&self) -> u64 {
-        self.regions.iter().map(|r| r.1).sum()
+        self.regions
+            .iter()
+            .fold(0u64, |sum, r| sum.saturating_add(r.1))
     }
+
+    /// The memory file's length: the RAM and the trailer.
+    pub fn file_len(&self) -> u64 {
+        self.total().saturating_add(TRAILER_LEN)
+    }
+
+    /// A digest (CRC-64) of the layout, recorded in the state file and in
+    /// the memory file's trailer. It tells files of different VMs apart; it
+    /// is not a defence against someone who can write both files.
+    pub fn digest(&self) -> u64 {
+        let mut digest = CRC64.digest();
+        for &(gpa, size) in &self.regions {
+            digest.update(&gpa.to_le_bytes());
+            digest.update(&size.to_le_bytes());
+        }
+        digest.finalize()
+    }
+
+    /// Checks a layout read from a file before anything is allocated or
+    /// mapped for it: 1 to 64 page-aligned, non-empty regions, none running
+    /// past 2^64, none overlapping, all together no more than `max_total`
+    /// bytes (the host's RAM).
+    pub fn validate(&self, max_total: u64) -> Result<(), MemoryFileError> {
+        let bad = |why: String| Err(MemoryFileError::BadLayout(why));
+        if self.regions.is_empty() || self.regions.len() > MAX_REGIONS {
+            return bad(format!("{} regions", self.regions.len()));
+        }
+        let page = PAGE_SIZE as u64;
+        let mut total = 0u64;
+        let mut ends: Vec<(u64, u64)> = Vec::with_capacity(self.regions.len());
+        for &(gpa, size) in &self.regions {
+            if size == 0 || gpa % page != 0 || size % page != 0 {
+                return bad(format!(
+                    "region {gpa:#x}+{size:#x} is empty or not page-aligned"
+                ));
+            }
+            let Some(end) = gpa.checked_add(size) else {
+                return bad(format!("region {gpa:#x}+{size:#x} runs past 2^64"));
+            };
+            if let Some(&(a, b)) = ends.iter().find(|&&(a, b)| gpa < b && a < end) {
+                return bad(format!("region {gpa:#x}..{end:#x} overlaps {a:#x}..{b:#x}"));
+            }
+            ends.push((gpa, end));
+            total = match total.checked_add(size) {
+                Some(t) => t,
+                None => return bad("total size overflows".into()),
+            };
+        }
+        if total > max_total {
+            return bad(format!(
+                "{total} bytes of RAM, more than this host's {max_total}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The memory file's trailer for this layout and snapshot `id`.
+    fn trailer(&self, id: u64) -> [u8; TRAILER_LEN as usize] {
+        let mut t = [0u8; TRAILER_LEN as usize];
+        t[..8].copy_from_slice(&TRAILER_MAGIC);
+        t[8..16].copy_from_slice(&self.digest().to_le_bytes());
+        t[16..24].copy_from_slice(&self.total().to_le_bytes());
+        t[24..].copy_from_slice(&id.to_le_bytes());
+        t
+    }
+}
+
+/// A fresh random id binding a state file to its memory file.
+pub fn new_snapshot_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's random source.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// The host's physical RAM in bytes (no guest may claim more), from
+/// `/proc/meminfo` (plain file reads, which the VMM thread's seccomp filter
+/// allows; `sysinfo(2)` it does not). Unknown: no limit.
+pub fn host_ram() -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/meminfo") else {
+        return u64::MAX;
+    };
+    text.lines()
+        .find_map(|line| {
+            let kib = line.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?;
+            kib.trim().parse::<u64>().ok()
+        })
+        .map_or(u64::MAX, |kib| kib.saturating_mul(1024))
 }
 
 /// Which pages a dump writes.
@@ -115,11 +231,14 @@ fn bit(bitmap: &[u64], page: usize) -> bool {
         .is_some_and(|word| word & (1 << (page % 64)) != 0)
 }
 
-/// Writes guest memory to `path` (replacing it), returning the bytes written.
-pub fn dump(mem: &GuestMemory, path: &Path, pages: Pages) -> Result<u64, MemoryFileError> {
+/// Writes guest memory to `path` (replacing it) with the trailer for
+/// snapshot `id`, returning the bytes of RAM written.
+pub fn dump(mem: &GuestMemory, path: &Path, pages: Pages, id: u64) -> Result<u64, MemoryFileError> {
     let layout = MemoryLayout::of(mem);
     let file = File::create(path).map_err(io(path))?;
-    file.set_len(layout.total()).map_err(io(path))?;
+    file.set_len(layout.file_len()).map_err(io(path))?;
+    file.write_all_at(&layout.trailer(id), layout.total())
+        .map_err(io(path))?;
     let mut page = vec![0u8; PAGE_SIZE];
     let mut written = 0u64;
     let mut file_offset = 0u64;
@@ -207,14 +326,42 @@ pub fn count_pages(bitmaps: &[Vec<u64>]) -> u64 {
         .sum()
 }
 
-fn check_size(file: &File, path: &Path, layout: &MemoryLayout) -> Result<(), MemoryFileError> {
+/// Opens a memory file without blocking and refuses anything but a regular
+/// file (a FIFO or device could block or stream forever).
+fn open_regular(path: &Path, write: bool) -> Result<File, MemoryFileError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io(path))?;
+    if !file.metadata().map_err(io(path))?.file_type().is_file() {
+        return Err(MemoryFileError::NotRegular(path.to_owned()));
+    }
+    Ok(file)
+}
+
+/// Checks the file is exactly as long as `layout` needs and that its
+/// trailer names the same layout and snapshot `id`.
+fn check_file(
+    file: &File,
+    path: &Path,
+    layout: &MemoryLayout,
+    id: u64,
+) -> Result<(), MemoryFileError> {
     let found = file.metadata().map_err(io(path))?.len();
-    if found != layout.total() {
+    if found != layout.file_len() {
         return Err(MemoryFileError::SizeMismatch {
             path: path.to_owned(),
             found,
-            expected: layout.total(),
+            expected: layout.file_len(),
         });
+    }
+    let mut trailer = [0u8; TRAILER_LEN as usize];
+    file.read_exact_at(&mut trailer, layout.total())
+        .map_err(io(path))?;
+    if trailer != layout.trailer(id) {
+        return Err(MemoryFileError::WrongLayout(path.to_owned()));
     }
     Ok(())
 }
@@ -228,9 +375,13 @@ fn bitmap_for(size: u64) -> AtomicBitmap {
 
 /// Maps the memory file as guest RAM, `MAP_PRIVATE`: pages are read lazily on
 /// first touch and guest writes never reach the file.
-pub fn map_private(path: &Path, layout: &MemoryLayout) -> Result<GuestMemory, MemoryFileError> {
-    let file = File::open(path).map_err(io(path))?;
-    check_size(&file, path, layout)?;
+pub fn map_private(
+    path: &Path,
+    layout: &MemoryLayout,
+    id: u64,
+) -> Result<GuestMemory, MemoryFileError> {
+    let file = open_regular(path, false)?;
+    check_file(&file, path, layout, id)?;
     let file = std::sync::Arc::new(file);
     let mut regions = Vec::with_capacity(layout.regions.len());
     let mut offset = 0u64;
@@ -251,9 +402,13 @@ pub fn map_private(path: &Path, layout: &MemoryLayout) -> Result<GuestMemory, Me
 
 /// Creates anonymous guest RAM for `layout` and copies the memory file in
 /// (no dependency on the file afterwards).
-pub fn load_copy(path: &Path, layout: &MemoryLayout) -> Result<GuestMemory, MemoryFileError> {
-    let file = File::open(path).map_err(io(path))?;
-    check_size(&file, path, layout)?;
+pub fn load_copy(
+    path: &Path,
+    layout: &MemoryLayout,
+    id: u64,
+) -> Result<GuestMemory, MemoryFileError> {
+    let file = open_regular(path, false)?;
+    check_file(&file, path, layout, id)?;
     let mem = layout.create_memory()?;
     let mut offset = 0u64;
     let mut chunk = vec![0u8; 1 << 20];
@@ -275,14 +430,12 @@ pub fn load_copy(path: &Path, layout: &MemoryLayout) -> Result<GuestMemory, Memo
 }
 
 /// Applies a diff memory file onto its base, in place: every data extent of
-/// the (sparse) diff overwrites the same range of the base. Returns the bytes
-/// copied.
+/// the (sparse) diff overwrites the same range of the base, the trailer
+/// included, so the result belongs to the diff's state file. Both must be
+/// regular files of the same layout. Returns the bytes copied.
 pub fn merge_diff(base: &Path, diff: &Path) -> Result<u64, MemoryFileError> {
-    let diff_file = File::open(diff).map_err(io(diff))?;
-    let base_file = OpenOptions::new()
-        .write(true)
-        .open(base)
-        .map_err(io(base))?;
+    let diff_file = open_regular(diff, false)?;
+    let base_file = open_regular(base, true)?;
     let size = diff_file.metadata().map_err(io(diff))?.len();
     let base_size = base_file.metadata().map_err(io(base))?.len();
     if size != base_size {
@@ -291,6 +444,25 @@ pub fn merge_diff(base: &Path, diff: &Path) -> Result<u64, MemoryFileError> {
             found: size,
             expected: base_size,
         });
+    }
+    let trailer_at =
+        size.checked_sub(TRAILER_LEN)
+            .ok_or_else(|| MemoryFileError::SizeMismatch {
+                path: diff.to_owned(),
+                found: size,
+                expected: TRAILER_LEN,
+            })?;
+    let mut trailers = [[0u8; TRAILER_LEN as usize]; 2];
+    diff_file
+        .read_exact_at(&mut trailers[0], trailer_at)
+        .map_err(io(diff))?;
+    base_file
+        .read_exact_at(&mut trailers[1], trailer_at)
+        .map_err(io(base))?;
+    // Same magic, layout and size; the diff's snapshot id (copied with its
+    // data) is what the merged file then carries.
+    if trailers[0][..24] != trailers[1][..24] || trailers[0][..8] != TRAILER_MAGIC {
+        return Err(MemoryFileError::WrongLayout(diff.to_owned()));
     }
     let mut copied = 0u64;
     let mut pos = 0u64;
@@ -348,12 +520,12 @@ mod tests {
         mem.write_obj(0x1234_u64, GuestAddress(0xff_f000)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mem");
-        let written = dump(&mem, &path, Pages::All).unwrap();
+        let written = dump(&mem, &path, Pages::All, 7).unwrap();
         assert_eq!(written, 2 * PAGE_SIZE as u64, "only the two non-zero pages");
         let layout = MemoryLayout::of(&mem);
         for restored in [
-            map_private(&path, &layout).unwrap(),
-            load_copy(&path, &layout).unwrap(),
+            map_private(&path, &layout, 7).unwrap(),
+            load_copy(&path, &layout, 7).unwrap(),
         ] {
             assert_eq!(
                 restored.read_obj::<u64>(GuestAddress(0x1000)).unwrap(),
@@ -365,10 +537,10 @@ mod tests {
             );
         }
         // MAP_PRIVATE: writes to the restored guest do not reach the file.
-        let private = map_private(&path, &layout).unwrap();
+        let private = map_private(&path, &layout, 7).unwrap();
         private.write_obj(7u64, GuestAddress(0x1000)).unwrap();
         assert_eq!(
-            map_private(&path, &layout)
+            map_private(&path, &layout, 7)
                 .unwrap()
                 .read_obj::<u64>(GuestAddress(0x1000))
                 .unwrap(),
@@ -383,18 +555,22 @@ mod tests {
         mem.write_obj(2u64, GuestAddress(0x3000)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (base, diff) = (dir.path().join("base"), dir.path().join("diff"));
-        dump(&mem, &base, Pages::All).unwrap();
+        dump(&mem, &base, Pages::All, 1).unwrap();
         // Change one page and zero another; mark them dirty by hand.
         mem.write_obj(3u64, GuestAddress(0x2000)).unwrap();
         mem.write_obj(0u64, GuestAddress(0x3000)).unwrap();
         let mut bitmap = vec![0u64; (16 << 20) / PAGE_SIZE / 64];
         bitmap[0] = (1 << 2) | (1 << 3);
         assert_eq!(
-            dump(&mem, &diff, Pages::Dirty(&[bitmap])).unwrap(),
+            dump(&mem, &diff, Pages::Dirty(&[bitmap]), 2).unwrap(),
             2 * PAGE_SIZE as u64
         );
-        assert_eq!(merge_diff(&base, &diff).unwrap(), 2 * PAGE_SIZE as u64);
-        let merged = load_copy(&base, &MemoryLayout::of(&mem)).unwrap();
+        // Two pages and the trailer.
+        assert_eq!(
+            merge_diff(&base, &diff).unwrap(),
+            2 * PAGE_SIZE as u64 + TRAILER_LEN
+        );
+        let merged = load_copy(&base, &MemoryLayout::of(&mem), 2).unwrap();
         assert_eq!(merged.read_obj::<u64>(GuestAddress(0x2000)).unwrap(), 3);
         assert_eq!(merged.read_obj::<u64>(GuestAddress(0x3000)).unwrap(), 0);
     }
@@ -408,11 +584,11 @@ mod tests {
             regions: vec![(0, 1 << 20)],
         };
         assert!(matches!(
-            map_private(&path, &layout),
+            map_private(&path, &layout, 0),
             Err(MemoryFileError::SizeMismatch { .. })
         ));
         assert!(matches!(
-            load_copy(&path, &layout),
+            load_copy(&path, &layout, 0),
             Err(MemoryFileError::SizeMismatch { .. })
         ));
         let other = dir.path().join("other");
@@ -421,6 +597,65 @@ mod tests {
             merge_diff(&path, &other),
             Err(MemoryFileError::SizeMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn a_memory_file_of_another_snapshot_or_layout_is_refused() {
+        let mem = create_guest_memory(4).unwrap();
+        let layout = MemoryLayout::of(&mem);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mem");
+        dump(&mem, &path, Pages::All, 41).unwrap();
+        assert!(load_copy(&path, &layout, 41).is_ok());
+        // Written with another state file.
+        for result in [
+            load_copy(&path, &layout, 42).map(drop),
+            map_private(&path, &layout, 42).map(drop),
+        ] {
+            assert!(matches!(result, Err(MemoryFileError::WrongLayout(_))));
+        }
+        // Same length, other layout (the regions elsewhere).
+        let moved = MemoryLayout {
+            regions: vec![(1 << 30, layout.total())],
+        };
+        assert!(matches!(
+            load_copy(&path, &moved, 41),
+            Err(MemoryFileError::WrongLayout(_))
+        ));
+        // A plain RAM image without a trailer has the wrong length.
+        std::fs::write(&path, vec![0u8; layout.total() as usize]).unwrap();
+        assert!(matches!(
+            load_copy(&path, &layout, 41),
+            Err(MemoryFileError::SizeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn devices_and_fifos_as_memory_files_are_refused_without_hanging() {
+        let layout = MemoryLayout {
+            regions: vec![(0, 1 << 20)],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for path in [Path::new("/dev/zero"), &fifo] {
+            assert!(matches!(
+                load_copy(path, &layout, 0),
+                Err(MemoryFileError::NotRegular(_))
+            ));
+            assert!(matches!(
+                map_private(path, &layout, 0),
+                Err(MemoryFileError::NotRegular(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn host_ram_is_known_here() {
+        let ram = host_ram();
+        assert!(ram > 64 << 20 && ram < u64::MAX, "{ram}");
     }
 
     #[test]

@@ -327,9 +327,16 @@ impl Vcpu {
         })
     }
 
-    /// Puts a saved state into this (new, not started) vCPU.
+    /// Puts a saved state into this (new, not started) vCPU, after checking
+    /// it against this host.
     pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuStateError> {
-        state.restore(&self.fd)
+        state.restore(&self.caps, &self.fd)
+    }
+
+    /// Reads this (not started) vCPU's state (a running vCPU saves itself
+    /// on its thread: [`VcpuHandle::save_state`]).
+    pub fn save_state(&self) -> Result<VcpuState, VcpuStateError> {
+        VcpuState::save(&self.caps, &self.fd)
     }
 
     /// Sets CPUID, MSRs, FPU and LAPIC; for the boot vCPU (`boot_entry` given)

@@ -12,7 +12,10 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
+use devices::persist::Persist;
+
 use crate::memory::GuestMemory;
+use crate::vstate::vcpu_state::exact_size;
 
 /// The KVM API version flint is written against (stable since Linux 2.6.22).
 const KVM_API_VERSION: i32 = 12;
@@ -182,18 +185,41 @@ pub fn register_slots(vm: &VmFd, mem: &GuestMemory, track_dirty: bool) -> Result
     Ok(())
 }
 
+/// The VM saves and restores through [`Persist`]: restoring writes the
+/// saved interrupt controllers, PIT and clock into a freshly created VM
+/// that already has its memory and irqchip (the constructor argument).
+impl Persist<'_> for Vm {
+    type State = VmState;
+    type ConstructorArgs = Vm;
+    type Error = VmError;
+
+    fn save(&self) -> Result<VmState, VmError> {
+        self.save_state()
+    }
+
+    fn restore(vm: Vm, state: &VmState) -> Result<Vm, VmError> {
+        vm.restore_state(state)?;
+        Ok(vm)
+    }
+}
+
 /// The VM-wide KVM state a snapshot needs.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VmState {
     /// The master 8259.
+    #[serde(with = "exact_size")]
     pub pic_master: kvm_irqchip,
     /// The slave 8259.
+    #[serde(with = "exact_size")]
     pub pic_slave: kvm_irqchip,
     /// The IOAPIC (redirection table, pending bits).
+    #[serde(with = "exact_size")]
     pub ioapic: kvm_irqchip,
     /// The PIT's channels.
+    #[serde(with = "exact_size")]
     pub pit: kvm_pit_state2,
     /// kvmclock.
+    #[serde(with = "exact_size")]
     pub clock: kvm_clock_data,
 }
 

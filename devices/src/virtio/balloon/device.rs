@@ -94,20 +94,6 @@ impl VirtioDevice for Balloon {
         self.state.needs_reset
     }
 
-    fn queue_positions(&self) -> Vec<(u16, u16)> {
-        self.active
-            .iter()
-            .flat_map(|a| a.queues.iter())
-            .map(|q| (q.next_avail(), q.next_used()))
-            .collect()
-    }
-
-    fn prepare_snapshot(&mut self) {
-        // The held statistics buffer goes back to the guest (it refills it);
-        // a restored device has nothing of the guest's in hand.
-        self.return_stats_buffer();
-    }
-
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = &self.state.counters;
         vec![

@@ -55,7 +55,7 @@ impl VirtioDevice for Block {
             acked_features,
         } = activation;
         let count = queues.len();
-        let Ok([queue]) = <[_; 1]>::try_from(queues) else {
+        let Ok([mut queue]) = <[_; 1]>::try_from(queues) else {
             log::warn!(
                 "drive {}: activated with {count} queues, expected 1",
                 self.state.drive_id
@@ -64,6 +64,12 @@ impl VirtioDevice for Block {
         };
         self.state.acked_features = acked_features;
         self.state.needs_reset = false;
+        if let Some(restored) = self.restored.take() {
+            if let Some(position) = restored.positions.first() {
+                position.apply(&mut queue);
+            }
+            self.state.needs_reset = restored.needs_reset;
+        }
         self.active = Some(Active {
             mem,
             queue,
@@ -77,25 +83,9 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
-    fn rate_limiter_states(&self) -> Vec<crate::rate_limiter::RateLimiterState> {
-        self.rate_limiter.iter().map(RateLimiter::state).collect()
-    }
-
-    fn restore_rate_limiter_states(&mut self, states: &[crate::rate_limiter::RateLimiterState]) {
-        if let (Some(limiter), Some(state)) = (self.rate_limiter.as_mut(), states.first()) {
-            limiter.restore_state(state);
-        }
-    }
-
-    fn queue_positions(&self) -> Vec<(u16, u16)> {
-        self.active
-            .iter()
-            .map(|a| (a.queue.next_avail(), a.queue.next_used()))
-            .collect()
-    }
-
     fn reset(&mut self) {
         self.active = None;
+        self.restored = None;
         self.state.acked_features = 0;
         self.state.needs_reset = false;
     }

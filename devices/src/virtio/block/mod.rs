@@ -23,6 +23,7 @@ mod config;
 mod device;
 mod event_handler;
 mod io;
+mod persist;
 mod request;
 
 #[cfg(test)]
@@ -39,10 +40,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::config::{avail_features, ConfigSpace, SECTOR_SHIFT};
 use self::request::{Segment, MAX_SEGMENTS};
-use super::{GuestMemory, IrqTrigger};
+use super::{GuestMemory, IrqTrigger, PendingRestore};
 use crate::rate_limiter::RateLimiter;
 
 pub use self::config::{QUEUE_SIZE, SECTOR_SIZE};
+pub use self::persist::{BlockPersistError, BlockSnapshotState};
 
 /// How the VMM describes one drive (built from the VM's configuration).
 pub struct BlockConfig {
@@ -136,6 +138,8 @@ pub struct Block {
     queue_evts: [EventFd; 1],
     rate_limiter: Option<RateLimiter>,
     active: Option<Active>,
+    /// Saved ring positions the next activation starts at (a restore).
+    restored: Option<PendingRestore>,
     /// Scratch list of a request's data buffers, allocated once
     /// ([`MAX_SEGMENTS`] entries) and reused for every request.
     segments: Vec<Segment>,
@@ -220,6 +224,7 @@ impl Block {
             queue_evts: [evt],
             rate_limiter,
             active: None,
+            restored: None,
             segments: Vec::with_capacity(MAX_SEGMENTS),
             counters: Counters::default(),
         })

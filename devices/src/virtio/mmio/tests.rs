@@ -7,6 +7,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
+use crate::persist::Persist;
 use crate::virtio::{ActivateError, TYPE_BLOCK};
 
 struct Recorder {
@@ -43,13 +44,6 @@ impl VirtioDevice for Recorder {
             .map(|q| (q.next_avail(), q.next_used()))
             .collect();
         Ok(())
-    }
-    fn queue_positions(&self) -> Vec<(u16, u16)> {
-        // Pretend the device got through 5 requests.
-        self.positions
-            .iter()
-            .map(|&(a, u)| (a.wrapping_add(5), u.wrapping_add(5)))
-            .collect()
     }
     fn reset(&mut self) {
         self.resets += 1;
@@ -276,28 +270,39 @@ fn config_space_reads_and_interrupt_ack() {
     assert_eq!(r(&mut t, 0x60), 2);
 }
 
+fn restore(
+    saved: &MmioTransportState,
+) -> (
+    Result<MmioTransport, TransportStateError>,
+    Arc<Mutex<Recorder>>,
+) {
+    let (t, dev) = setup();
+    let args = MmioTransportArgs {
+        device: dev.clone(),
+        mem: t.mem.clone(),
+        interrupt: Arc::new(IrqTrigger::new().unwrap()),
+    };
+    (MmioTransport::restore(args, saved), dev)
+}
+
 #[test]
-fn save_and_restore_continue_at_the_saved_ring_positions() {
+fn save_and_restore_reactivate_a_running_device() {
     let (mut t, _) = setup();
     negotiate(&mut t, VIRTIO_F_VERSION_1 | 0b1);
     setup_queue(&mut t, 16, 0x1000, 0x2000, 0x3000);
     w(&mut t, 0x70, ALL_OK);
     t.interrupt().trigger(IrqKind::Vring).unwrap();
-    let saved = t.save();
+    let saved = t.save().unwrap();
     assert!(saved.activated);
-    assert_eq!(saved.positions, vec![(5, 5)]);
     assert_eq!(saved.interrupt_status, 1);
 
-    let (mut fresh, dev) = setup();
-    fresh.restore(&saved).unwrap();
+    let (fresh, dev) = restore(&saved);
+    let mut fresh = fresh.unwrap();
+    assert_eq!(fresh.save().unwrap(), saved, "round trip");
     assert_eq!(r(&mut fresh, 0x70), ALL_OK);
     let d = dev.lock().unwrap();
     assert_eq!(d.activations, vec![VIRTIO_F_VERSION_1 | 0b1]);
-    assert_eq!(
-        d.positions,
-        vec![(5, 5)],
-        "the device starts where it stopped"
-    );
+    assert_eq!(d.positions, vec![(0, 0)]);
     drop(d);
     assert_eq!(
         r(&mut fresh, 0x60),
@@ -305,12 +310,33 @@ fn save_and_restore_continue_at_the_saved_ring_positions() {
         "the pending interrupt is raised again"
     );
     assert!(fresh.interrupt().eventfd().read().is_ok());
+}
 
-    // A state for another device shape is refused.
-    let mut wrong = saved.clone();
-    wrong.queues.push(wrong.queues[0].clone());
-    let (mut other, _) = setup();
-    assert!(other.restore(&wrong).is_err());
+#[test]
+fn restore_refuses_states_this_device_could_not_have() {
+    let (mut t, _) = setup();
+    negotiate(&mut t, VIRTIO_F_VERSION_1 | 0b1);
+    setup_queue(&mut t, 16, 0x1000, 0x2000, 0x3000);
+    w(&mut t, 0x70, ALL_OK);
+    let saved = t.save().unwrap();
+
+    let mut more_queues = saved.clone();
+    more_queues.queues.push(more_queues.queues[0].clone());
+    let mut unoffered = saved.clone();
+    unoffered.regs.acked_features |= 1 << 40;
+    let mut not_running = saved.clone();
+    not_running.regs.device_status = status::ACKNOWLEDGE;
+    let mut bad_irq = saved.clone();
+    bad_irq.interrupt_status = 0x80;
+    for (state, expected) in [
+        (more_queues, "queues"),
+        (unoffered, "acked features"),
+        (not_running, "running device"),
+        (bad_irq, "interrupt status"),
+    ] {
+        let err = restore(&state).0.err().expect(expected).to_string();
+        assert!(err.contains(expected), "{err}");
+    }
 }
 
 #[test]

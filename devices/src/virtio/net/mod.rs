@@ -13,6 +13,7 @@
 
 mod chain;
 mod event_handler;
+mod persist;
 mod rx;
 pub mod tap;
 mod tx;
@@ -22,7 +23,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_net;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
@@ -30,6 +31,7 @@ use super::{
     TYPE_NET, VIRTIO_F_VERSION_1,
 };
 use crate::rate_limiter::{RateLimiter, TokenKind};
+pub use persist::{NetConstructorArgs, NetPersistError, NetSnapshotState};
 pub use tap::{Tap, TapError};
 
 /// Size of the virtio-net header in front of every frame (virtio 1.x layout,
@@ -162,6 +164,8 @@ pub struct Net {
     backend: Box<dyn NetBackend>,
     queue_evts: Vec<EventFd>,
     active: Option<Active>,
+    /// Saved ring positions the next activation starts at (a restore).
+    restored: Option<crate::virtio::PendingRestore>,
     rx: rx::RxState,
     tx_buf: Vec<u8>,
     rx_limiter: Option<RateLimiter>,
@@ -238,6 +242,7 @@ impl Net {
             backend,
             queue_evts,
             active: None,
+            restored: None,
             rx: rx::RxState::new(),
             tx_buf: vec![0; MAX_FRAME_LEN],
             rx_limiter: config.rx_rate_limiter,
@@ -382,6 +387,17 @@ impl VirtioDevice for Net {
         });
         self.state.activated = true;
         self.state.needs_reset = false;
+        if let Some(restored) = self.restored.take() {
+            if let Some(active) = self.active.as_mut() {
+                for (queue, position) in [&mut active.rx, &mut active.tx]
+                    .into_iter()
+                    .zip(&restored.positions)
+                {
+                    position.apply(queue);
+                }
+            }
+            self.state.needs_reset = restored.needs_reset;
+        }
         // Have the event loop look at both queues and the tap once: frames
         // may have queued up in the tap before the driver was ready.
         for evt in &self.queue_evts {
@@ -394,43 +410,6 @@ impl VirtioDevice for Net {
 
     fn needs_reset(&self) -> bool {
         Net::needs_reset(self)
-    }
-
-    fn rate_limiter_states(&self) -> Vec<crate::rate_limiter::RateLimiterState> {
-        [&self.rx_limiter, &self.tx_limiter]
-            .into_iter()
-            .map(|l| l.as_ref().map(RateLimiter::state).unwrap_or_default())
-            .collect()
-    }
-
-    fn restore_rate_limiter_states(&mut self, states: &[crate::rate_limiter::RateLimiterState]) {
-        for (limiter, state) in [&mut self.rx_limiter, &mut self.tx_limiter]
-            .into_iter()
-            .zip(states)
-        {
-            if let Some(limiter) = limiter.as_mut() {
-                limiter.restore_state(state);
-            }
-        }
-    }
-
-    fn queue_positions(&self) -> Vec<(u16, u16)> {
-        self.active
-            .iter()
-            .flat_map(|a| [&a.rx, &a.tx])
-            .map(|q| (q.next_avail(), q.next_used()))
-            .collect()
-    }
-
-    fn prepare_snapshot(&mut self) {
-        // RX chains held for a frame that has not arrived yet were popped in
-        // ring order and never used: put them back by rewinding.
-        if let Some(active) = self.active.as_mut() {
-            let held = self.rx.held_count() as u16;
-            let next = active.rx.next_avail().wrapping_sub(held);
-            active.rx.set_next_avail(next);
-            self.rx.clear_held();
-        }
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -448,6 +427,7 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.active = None;
+        self.restored = None;
         self.rx = rx::RxState::new();
         self.state.acked_features = 0;
         self.state.activated = false;

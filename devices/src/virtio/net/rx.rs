@@ -41,11 +41,6 @@ impl RxState {
         self.held.len()
     }
 
-    /// Forgets the held chains (after giving them back to the ring).
-    pub(crate) fn clear_held(&mut self) {
-        self.held.clear();
-    }
-
     pub(super) fn new() -> Self {
         Self {
             frame: vec![0; MAX_FRAME_LEN],

@@ -102,23 +102,6 @@ impl VirtioDevice for Rng {
         self.state.needs_reset
     }
 
-    fn queue_positions(&self) -> Vec<(u16, u16)> {
-        self.active
-            .iter()
-            .map(|a| (a.queue.next_avail(), a.queue.next_used()))
-            .collect()
-    }
-
-    fn rate_limiter_states(&self) -> Vec<crate::rate_limiter::RateLimiterState> {
-        self.rate_limiter.iter().map(RateLimiter::state).collect()
-    }
-
-    fn restore_rate_limiter_states(&mut self, states: &[crate::rate_limiter::RateLimiterState]) {
-        if let (Some(limiter), Some(state)) = (self.rate_limiter.as_mut(), states.first()) {
-            limiter.restore_state(state);
-        }
-    }
-
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = &self.state.counters;
         vec![

@@ -344,14 +344,6 @@ impl VirtioDevice for Vsock {
         self.needs_reset
     }
 
-    fn queue_positions(&self) -> Vec<(u16, u16)> {
-        self.active
-            .iter()
-            .flat_map(|a| [&a.rx, &a.tx, &a.evq])
-            .map(|q| (q.next_avail(), q.next_used()))
-            .collect()
-    }
-
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = &self.muxer.counters;
         vec![

@@ -84,7 +84,7 @@ fn a_second_buffer_frees_the_first() {
     let q = t.q(QueueKind::Stats);
     assert_eq!(t.g.used(q), vec![(first, 0)]);
     assert_eq!(t.b.latest_stats().unwrap().swap_in, Some(2));
-    t.b.prepare_snapshot();
+    t.b.return_stats_buffer();
     assert_eq!(t.g.used(q), vec![(second, 0)], "a snapshot holds nothing");
 }
 

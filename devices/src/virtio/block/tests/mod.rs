@@ -3,6 +3,7 @@
 
 mod events;
 mod hostile;
+mod persist;
 mod requests;
 mod transport;
 mod update;

@@ -2,6 +2,7 @@
 //! a (possibly hostile) driver would.
 
 mod device;
+mod persist;
 mod rx;
 mod tap;
 mod tx;
@@ -19,7 +20,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
-use crate::virtio::{Activation, GuestMemory, IrqTrigger, VirtioDevice};
+use crate::virtio::{Activation, GuestMemory, IrqTrigger, QueuePosition, VirtioDevice};
 
 /// What crossed the fake tap.
 #[derive(Default)]
