@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::{
-    docker_save, docker_save_raw, gzip, layer, oci_layout, oci_layout_raw, sha256, sparse_layer, E,
+    docker_save, docker_save_raw, gzip, layer, oci_layout, oci_layout_raw, prepare_args, sha256,
+    sparse_layer, E,
 };
 use container::image::{self, Defaults, Tarball};
 use container::unpack::{self, Tree};
@@ -58,19 +59,6 @@ fn debugfs_stat(image: &Path, path: &[u8]) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Args for `prepare` with a stand-in kernel (nothing boots).
-fn prepare_args(dir: &Path) -> ContainerRunArgs {
-    let kernel = dir.join("vmlinux");
-    fs::write(&kernel, b"not booted").unwrap();
-    ContainerRunArgs {
-        kernel: Some(kernel),
-        cache_dir: Some(dir.join("cache")),
-        mem: 128,
-        vcpus: 1,
-        ..ContainerRunArgs::default()
-    }
 }
 
 fn image_args(dir: &Path, name: &str, data: &[u8]) -> ContainerRunArgs {

@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use common::{docker_save, gzip, layer, oci_layout, sha256, E};
+use common::{docker_save, gzip, layer, oci_layout, prepare_args, sha256, E};
 use container::image::{self, Defaults, Format, Tarball};
 use container::unpack::{self, Tree};
 use container::{rootfs, settings, ContainerError, ContainerRunArgs};
@@ -722,19 +722,6 @@ fn the_command_line_parses() {
         "an image or rootfs is required"
     );
     assert!(Cli::try_parse_from(["run", "--image", "a", "--rootfs", "b"]).is_err());
-}
-
-/// Args for `prepare` with a stand-in kernel (nothing boots).
-fn prepare_args(dir: &Path) -> ContainerRunArgs {
-    let kernel = dir.join("vmlinux");
-    fs::write(&kernel, b"not booted").unwrap();
-    ContainerRunArgs {
-        kernel: Some(kernel),
-        cache_dir: Some(dir.join("cache")),
-        mem: 128,
-        vcpus: 1,
-        ..ContainerRunArgs::default()
-    }
 }
 
 fn prepare(args: &ContainerRunArgs) -> (container::Prepared, String) {

@@ -302,3 +302,17 @@ pub fn sparse_layer(name: &str, real_size: u64) -> Vec<u8> {
     b.append(&h, &[7u8; 512][..]).unwrap();
     b.into_inner().unwrap()
 }
+
+/// Args for `prepare` with a stand-in kernel (nothing boots; the file only
+/// has to look like an ELF kernel to pass the config checks).
+pub fn prepare_args(dir: &std::path::Path) -> container::ContainerRunArgs {
+    let kernel = dir.join("vmlinux");
+    std::fs::write(&kernel, b"\x7fELF stand-in, never booted").unwrap();
+    container::ContainerRunArgs {
+        kernel: Some(kernel),
+        cache_dir: Some(dir.join("cache")),
+        mem: 128,
+        vcpus: 1,
+        ..container::ContainerRunArgs::default()
+    }
+}
