@@ -10,6 +10,8 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use virtio_queue::{QueueOwnedT, QueueT};
+
+use crate::virtio::chain::{pop, rearm, Budget};
 use vm_memory::Bytes;
 
 use super::chain::{self, Segment};
@@ -19,19 +21,29 @@ use crate::rate_limiter::TokenKind;
 
 impl Net {
     /// Sends the guest's queued frames until the ring is empty, the rate
-    /// limiter blocks, or the device breaks.
+    /// limiter blocks, the device breaks, or [`CHAINS_PER_TURN`] chains
+    /// were taken (then the TX eventfd is re-armed for the next turn).
+    ///
+    /// [`CHAINS_PER_TURN`]: crate::virtio::chain::CHAINS_PER_TURN
     pub(super) fn process_tx(&mut self) {
         let mut used = false;
         let mut segments: Vec<Segment> = Vec::new();
+        let mut budget = Budget::per_turn();
         while !self.state.needs_reset {
             if self.tx_limiter.as_ref().is_some_and(|rl| rl.is_blocked()) {
                 break;
             }
+            if !budget.take() {
+                let what = format_args!("net {}", self.iface_id);
+                rearm(&self.queue_evts[super::TX_INDEX], &what);
+                break;
+            }
+            let acked = self.state.acked_features;
             let Some(active) = self.active.as_mut() else {
                 return;
             };
-            let next = match active.tx.iter(&active.mem) {
-                Ok(mut iter) => iter.next(),
+            let next = match pop(&mut active.tx, &active.mem, acked) {
+                Ok(next) => next,
                 Err(e) => {
                     self.mark_broken(&format!("TX queue: {e}"));
                     break;

@@ -2,6 +2,8 @@
 //! muxer packets into RX buffers, the TRANSPORT_RESET event.
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
+
+use crate::virtio::chain::{pop, Budget};
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -83,11 +85,12 @@ impl Vsock {
             if self.needs_reset {
                 break;
             }
+            let acked = self.acked_features;
             let Some(active) = self.active.as_mut() else {
                 return;
             };
-            let next = match active.tx.iter(&active.mem) {
-                Ok(mut iter) => iter.next(),
+            let next = match pop(&mut active.tx, &active.mem, acked) {
+                Ok(next) => next,
                 Err(e) => {
                     self.mark_broken(&format!("TX queue: {e}"));
                     break;
@@ -138,11 +141,12 @@ impl Vsock {
                 self.kick(RX_INDEX);
                 break;
             }
+            let acked = self.acked_features;
             let Some(active) = self.active.as_mut() else {
                 return;
             };
-            let next = match active.rx.iter(&active.mem) {
-                Ok(mut iter) => iter.next(),
+            let next = match pop(&mut active.rx, &active.mem, acked) {
+                Ok(next) => next,
                 Err(e) => {
                     self.mark_broken(&format!("RX queue: {e}"));
                     break;
@@ -219,12 +223,18 @@ impl Vsock {
     /// event buffer.
     pub(super) fn process_event_queue(&mut self) {
         let mut used = false;
+        let mut budget = Budget::per_turn();
         while self.reset_event_pending && !self.needs_reset {
+            if !budget.take() {
+                self.kick(EVQ_INDEX);
+                break;
+            }
+            let acked = self.acked_features;
             let Some(active) = self.active.as_mut() else {
                 return;
             };
-            let next = match active.evq.iter(&active.mem) {
-                Ok(mut iter) => iter.next(),
+            let next = match pop(&mut active.evq, &active.mem, acked) {
+                Ok(next) => next,
                 Err(e) => {
                     self.mark_broken(&format!("event queue: {e}"));
                     break;
