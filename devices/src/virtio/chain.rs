@@ -16,6 +16,8 @@
 //! ([`rearm`]) so the event loop serves signals, the API and the other
 //! devices before the next batch.
 
+use std::sync::atomic::Ordering;
+
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -250,6 +252,22 @@ impl Budget {
 pub fn rearm(evt: &EventFd, what: &dyn std::fmt::Display) {
     if let Err(e) = evt.write(1) {
         log::error!("{what}: re-arming the queue eventfd: {e}");
+    }
+}
+
+/// [`rearm`]s `evt` if `queue` still has chains available, or if its
+/// available index cannot be read (the next turn reports that).
+pub fn rearm_if_pending(
+    queue: &Queue,
+    mem: &GuestMemory,
+    evt: &EventFd,
+    what: &dyn std::fmt::Display,
+) {
+    let pending = queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map_or(true, |idx| idx.0 != queue.next_avail());
+    if pending {
+        rearm(evt, what);
     }
 }
 

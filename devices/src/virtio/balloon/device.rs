@@ -151,7 +151,7 @@ impl Balloon {
                 // More may be waiting: come back after the event loop has
                 // served everyone else.
                 if let Some(evt) = queue_evts.get(index) {
-                    chain::rearm(evt, &"balloon");
+                    chain::rearm_if_pending(queue, mem, evt, &"balloon");
                 }
                 break;
             }

@@ -157,7 +157,8 @@ impl Block {
             if !budget.take() {
                 // More may be waiting: let the event loop serve everyone
                 // else, then come back for the next batch.
-                chain::rearm(&queue_evts[0], &format_args!("drive {drive_id}"));
+                let what = format_args!("drive {drive_id}");
+                chain::rearm_if_pending(queue, mem, &queue_evts[0], &what);
                 break;
             }
             let chain = match chain::pop(queue, mem, state.acked_features) {

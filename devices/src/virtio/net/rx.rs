@@ -9,12 +9,11 @@
 use std::io;
 
 use virtio_queue::QueueT;
-
-use crate::virtio::chain::{pop, rearm, Budget};
 use vm_memory::Bytes;
 
 use super::chain::{self, Segment};
 use super::{charge, Net, ETH_HLEN, MAX_FRAME_LEN, VNET_HDR_LEN};
+use crate::virtio::chain::{pop, rearm, Budget};
 
 /// Offset of `num_buffers` in the vnet header.
 const NUM_BUFFERS_OFFSET: usize = 10;

@@ -10,14 +10,13 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use virtio_queue::{QueueOwnedT, QueueT};
-
-use crate::virtio::chain::{pop, rearm, Budget};
 use vm_memory::Bytes;
 
 use super::chain::{self, Segment};
 use super::rx::log_bad_chain;
 use super::{charge, IrqKind, Net, ETH_HLEN, MAX_FRAME_LEN, RX_INDEX, VNET_HDR_LEN};
 use crate::rate_limiter::TokenKind;
+use crate::virtio::chain::{pop, rearm_if_pending, Budget};
 
 impl Net {
     /// Sends the guest's queued frames until the ring is empty, the rate
@@ -33,15 +32,16 @@ impl Net {
             if self.tx_limiter.as_ref().is_some_and(|rl| rl.is_blocked()) {
                 break;
             }
-            if !budget.take() {
-                let what = format_args!("net {}", self.iface_id);
-                rearm(&self.queue_evts[super::TX_INDEX], &what);
-                break;
-            }
             let acked = self.state.acked_features;
             let Some(active) = self.active.as_mut() else {
                 return;
             };
+            if !budget.take() {
+                let what = format_args!("net {}", self.iface_id);
+                let evt = &self.queue_evts[super::TX_INDEX];
+                rearm_if_pending(&active.tx, &active.mem, evt, &what);
+                break;
+            }
             let next = match pop(&mut active.tx, &active.mem, acked) {
                 Ok(next) => next,
                 Err(e) => {

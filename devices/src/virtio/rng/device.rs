@@ -155,7 +155,7 @@ impl Rng {
             if !budget.take() {
                 // More may be waiting: come back after the event loop has
                 // served everyone else.
-                chain::rearm(&queue_evts[0], &"entropy device");
+                chain::rearm_if_pending(queue, mem, &queue_evts[0], &"entropy device");
                 break;
             }
             let chain = match chain::pop(queue, mem, state.acked_features) {

@@ -2,14 +2,13 @@
 //! muxer packets into RX buffers, the TRANSPORT_RESET event.
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-
-use crate::virtio::chain::{pop, Budget};
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::log_limited;
 use super::packet::{self, check_header, HDR_LEN, MAX_PAYLOAD};
 use super::{Active, Vsock, EVQ_INDEX, QUEUE_SIZES, RX_INDEX, RX_PER_TURN, TX_INDEX, TX_PER_TURN};
+use crate::virtio::chain::{pop, Budget};
 use crate::virtio::{
     read_config_bytes, ActivateError, Activation, IrqKind, VirtioDevice, VIRTIO_F_VERSION_1,
 };
