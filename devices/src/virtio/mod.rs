@@ -9,6 +9,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod chain;
 pub mod mmio;
 pub mod net;
 pub mod rng;

@@ -1,11 +1,12 @@
 //! The transport-facing side ([`VirtioDevice`]) and queue processing.
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::config::{QueueKind, QueueLayout};
 use super::handlers::{count_error, hint, inflate, report_free, take_stats};
 use super::{Active, Balloon, TYPE_BALLOON};
+use crate::virtio::chain::{self, Budget};
 use crate::virtio::{
     read_config_bytes, ActivateError, Activation, GuestMemory, IrqKind, IrqTrigger, VirtioDevice,
 };
@@ -109,15 +110,22 @@ impl VirtioDevice for Balloon {
 }
 
 impl Balloon {
-    /// Handles every buffer the driver made available on queue `index`,
-    /// then interrupts the guest if it wants to hear about them. Returns
+    /// Handles the buffers the driver made available on queue `index`, at
+    /// most [`chain::CHAINS_PER_TURN`] of them (then re-arms the queue
+    /// eventfd for the next event-loop turn), and interrupts the guest if
+    /// it wants to hear about them. Returns
     /// how many buffers were completed (a statistics buffer is held, not
     /// completed). A corrupted ring stops the device until reset.
     ///
     /// Called from the event handler; public so tests and benches can drive
     /// the device synchronously.
     pub fn process_queue(&mut self, index: usize) -> usize {
-        let Self { state, active, .. } = self;
+        let Self {
+            state,
+            active,
+            queue_evts,
+            ..
+        } = self;
         let Some(Active {
             mem,
             queues,
@@ -137,12 +145,19 @@ impl Balloon {
         let mut completed = 0;
         let mut corrupted = None;
         let mut config_changed = false;
+        let mut budget = Budget::per_turn();
         loop {
-            let chain = match queue.iter(&*mem) {
-                Ok(mut avail) => match avail.next() {
-                    Some(chain) => chain,
-                    None => break,
-                },
+            if !budget.take() {
+                // More may be waiting: come back after the event loop has
+                // served everyone else.
+                if let Some(evt) = queue_evts.get(index) {
+                    chain::rearm_if_pending(queue, mem, evt, &"balloon");
+                }
+                break;
+            }
+            let chain = match chain::pop(queue, mem, state.acked_features) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
                 Err(e) => {
                     corrupted = Some(format!("available ring: {e}"));
                     break;

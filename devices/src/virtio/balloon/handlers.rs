@@ -2,15 +2,16 @@
 //! PFN arrays (inflate, deflate), free ranges (reports, hints), command
 //! ids (hinting) and statistics. Everything is checked before use.
 
-use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::config::{QueueKind, VIRTIO_BALLOON_CMD_ID_DONE, VIRTIO_BALLOON_CMD_ID_STOP};
 use super::pages::{self, MAX_PFN_BYTES};
 use super::{stats, BalloonState};
+use crate::virtio::chain::{self, Walk};
 use crate::virtio::GuestMemory;
 
-pub(super) type Chain<'a> = DescriptorChain<&'a GuestMemory>;
+/// One chain, walked with bounded work (indirect tables refused).
+pub(super) type Chain<'a> = Walk<'a>;
 
 /// Why a buffer (or part of one) was refused.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,9 @@ pub(super) enum ChainError {
     /// PFNs outside guest memory (the others were handled).
     #[error("{0} PFNs outside guest memory skipped")]
     BadPfns(u64),
+    /// The chain itself is malformed (indirect, looping, too long).
+    #[error(transparent)]
+    Walk(#[from] chain::ChainError),
     /// Dropping pages failed.
     #[error(transparent)]
     Discard(#[from] pages::DiscardError),
@@ -49,7 +53,8 @@ pub(super) fn inflate(
 ) -> Result<u16, ChainError> {
     let head = chain.head_index();
     let mut total = 0u64;
-    for d in chain.clone() {
+    let mut check = chain.clone();
+    for d in &mut check {
         if d.is_write_only() {
             return Err(ChainError::Direction);
         }
@@ -66,6 +71,9 @@ pub(super) fn inflate(
                 len: d.len(),
             });
         }
+    }
+    if let Some(e) = check.error() {
+        return Err(e.clone().into());
     }
     let mut failure = None;
     let walk = pages::walk_pfns(mem, chain.map(|d| (d.addr().0, d.len())), |addr, len| {
@@ -98,8 +106,9 @@ pub(super) fn report_free(
     mem: &GuestMemory,
 ) -> Result<u16, ChainError> {
     let head = chain.head_index();
+    let mut chain = chain;
     let mut first_error = None;
-    for d in chain {
+    for d in &mut chain {
         let result = if !d.is_write_only() {
             Err(ChainError::Direction)
         } else {
@@ -111,6 +120,9 @@ pub(super) fn report_free(
                 first_error.get_or_insert(e);
             }
         }
+    }
+    if let Some(e) = chain.error() {
+        first_error.get_or_insert(e.clone().into());
     }
     first_error.map_or(Ok(head), Err)
 }
@@ -127,8 +139,9 @@ pub(super) fn hint(
     config_changed: &mut bool,
 ) -> Result<u16, ChainError> {
     let head = chain.head_index();
+    let mut chain = chain;
     let mut first_error = None;
-    for d in chain {
+    for d in &mut chain {
         if !d.is_write_only() {
             let mut id = [0u8; 4];
             if d.len() != 4 || mem.read_slice(&mut id, d.addr()).is_err() {
@@ -161,6 +174,9 @@ pub(super) fn hint(
                 first_error.get_or_insert(e);
             }
         }
+    }
+    if let Some(e) = chain.error() {
+        first_error.get_or_insert(e.clone().into());
     }
     first_error.map_or(Ok(head), Err)
 }

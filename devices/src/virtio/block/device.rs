@@ -12,6 +12,7 @@ use super::io::{self, Disk};
 use super::request::{self, Request, RequestType};
 use super::{Active, Block, Counters};
 use crate::rate_limiter::{RateLimiter, TokenKind};
+use crate::virtio::chain::{self, Budget};
 use crate::virtio::{ActivateError, Activation, IrqKind, VirtioDevice, TYPE_BLOCK};
 
 const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
@@ -109,10 +110,13 @@ impl VirtioDevice for Block {
 }
 
 impl Block {
-    /// Runs every request the driver has made available, then interrupts the
-    /// guest if it wants to hear about them. Returns how many requests were
-    /// completed. Stops early when the rate limiter runs dry (the rest wait
-    /// for its timer) or the queue turns out to be corrupted.
+    /// Runs the requests the driver has made available, at most
+    /// [`chain::CHAINS_PER_TURN`] of them (then re-arms the queue eventfd so
+    /// the event loop comes back for the rest after serving everyone else),
+    /// and interrupts the guest if it wants to hear about them. Returns how
+    /// many requests were completed. Stops early when the rate limiter runs
+    /// dry (the rest wait for its timer) or the queue turns out to be
+    /// corrupted.
     ///
     /// Called from the event handler; public so a bench or test can drive
     /// the device synchronously.
@@ -124,6 +128,7 @@ impl Block {
             active,
             segments,
             counters,
+            queue_evts,
             ..
         } = self;
         let Some(Active {
@@ -147,12 +152,18 @@ impl Block {
         };
         let mut completed = 0;
         let mut corrupted = None;
+        let mut budget = Budget::per_turn();
         loop {
-            let chain = match queue.iter(&*mem) {
-                Ok(mut avail) => match avail.next() {
-                    Some(chain) => chain,
-                    None => break,
-                },
+            if !budget.take() {
+                // More may be waiting: let the event loop serve everyone
+                // else, then come back for the next batch.
+                let what = format_args!("drive {drive_id}");
+                chain::rearm_if_pending(queue, mem, &queue_evts[0], &what);
+                break;
+            }
+            let chain = match chain::pop(queue, mem, state.acked_features) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
                 Err(e) => {
                     corrupted = Some(format!("available ring: {e}"));
                     break;

@@ -10,24 +10,22 @@
 //! Nothing here touches the image. Guest memory is only read (the header),
 //! through vm-memory; data buffers are checked later, before any I/O.
 
-use std::ops::Deref;
-
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::config::QUEUE_SIZE;
+use crate::virtio::chain::Walk;
 use crate::virtio::GuestMemory;
 
 /// Length of `struct virtio_blk_outhdr`.
 const HEADER_LEN: usize = 16;
-/// Most data buffers one request may have. A direct chain cannot have more
-/// than the queue size; an indirect one (not offered, but a driver may
-/// still send one) is cut off here so the scratch list never grows.
+/// Most data buffers one request may have: a chain is never walked past
+/// the queue size (indirect tables are refused), so the scratch list never
+/// grows past it.
 pub(super) const MAX_SEGMENTS: usize = QUEUE_SIZE as usize;
 
 /// One data buffer in guest memory (not yet checked against it).
@@ -230,14 +228,11 @@ impl Walker<'_> {
 
 /// Parses `chain`, leaving its data buffers in `segments` (cleared first;
 /// it never grows past [`MAX_SEGMENTS`]).
-pub(super) fn parse<M>(
-    chain: DescriptorChain<M>,
+pub(super) fn parse(
+    chain: Walk<'_>,
     mem: &GuestMemory,
     segments: &mut Vec<Segment>,
-) -> Result<Request, ChainError>
-where
-    M: Deref<Target = GuestMemory>,
-{
+) -> Result<Request, ChainError> {
     segments.clear();
     let mut walker = Walker {
         mem,
@@ -258,9 +253,9 @@ where
         }
     }
     let status = last.ok_or(ChainError::Malformed)?;
-    // The chain iterator stops early (without telling) on a loop, a next
-    // index outside the table or 2^32 bytes: the last descriptor then still
-    // says there is more.
+    // The walk stops early on an indirect descriptor (not offered), a loop
+    // or a chain longer than the queue, a next index outside the table or
+    // 2^32 bytes: the last descriptor then still says there is more.
     if status.has_next() {
         return Err(ChainError::Malformed);
     }

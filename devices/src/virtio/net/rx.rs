@@ -8,11 +8,12 @@
 
 use std::io;
 
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::Bytes;
 
 use super::chain::{self, Segment};
 use super::{charge, Net, ETH_HLEN, MAX_FRAME_LEN, VNET_HDR_LEN};
+use crate::virtio::chain::{pop, rearm, Budget};
 
 /// Offset of `num_buffers` in the vnet header.
 const NUM_BUFFERS_OFFSET: usize = 10;
@@ -61,14 +62,25 @@ enum Outcome {
 
 impl Net {
     /// Moves frames from the tap to the guest until either runs dry, the rate
-    /// limiter blocks, or the device breaks.
+    /// limiter blocks, the device breaks, or [`CHAINS_PER_TURN`] frames were
+    /// handled (then the RX eventfd is re-armed for the next turn).
+    ///
+    /// [`CHAINS_PER_TURN`]: crate::virtio::chain::CHAINS_PER_TURN
     pub(super) fn process_rx(&mut self) {
         if self.active.is_none() {
             self.drain_tap();
             return;
         }
         let mut used = false;
+        let mut budget = Budget::per_turn();
         while !self.state.needs_reset {
+            if !budget.take() {
+                // The tap is edge-triggered: what it still holds would
+                // never wake us again, so come back through the RX queue.
+                let what = format_args!("net {}", self.iface_id);
+                rearm(&self.queue_evts[super::RX_INDEX], &what);
+                break;
+            }
             let (len, charged) = match self.rx.pending {
                 Some(p) => p,
                 None => match self.read_tap() {
@@ -144,6 +156,7 @@ impl Net {
     /// `Err` means the ring itself is broken.
     fn deliver(&mut self, len: usize, used: &mut bool) -> Result<Outcome, String> {
         let mrg = self.acked(virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF);
+        let acked = self.state.acked_features;
         let Some(active) = self.active.as_mut() else {
             return Ok(Outcome::NoBuffers);
         };
@@ -158,11 +171,7 @@ impl Net {
             if self.rx.held.len() >= max_chains {
                 return Ok(Outcome::TooBig);
             }
-            let next = active
-                .rx
-                .iter(&active.mem)
-                .map_err(|e| e.to_string())?
-                .next();
+            let next = pop(&mut active.rx, &active.mem, acked).map_err(|e| e.to_string())?;
             let Some(chain) = next else {
                 return Ok(Outcome::NoBuffers);
             };

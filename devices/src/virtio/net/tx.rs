@@ -16,22 +16,34 @@ use super::chain::{self, Segment};
 use super::rx::log_bad_chain;
 use super::{charge, IrqKind, Net, ETH_HLEN, MAX_FRAME_LEN, RX_INDEX, VNET_HDR_LEN};
 use crate::rate_limiter::TokenKind;
+use crate::virtio::chain::{pop, rearm_if_pending, Budget};
 
 impl Net {
     /// Sends the guest's queued frames until the ring is empty, the rate
-    /// limiter blocks, or the device breaks.
+    /// limiter blocks, the device breaks, or [`CHAINS_PER_TURN`] chains
+    /// were taken (then the TX eventfd is re-armed for the next turn).
+    ///
+    /// [`CHAINS_PER_TURN`]: crate::virtio::chain::CHAINS_PER_TURN
     pub(super) fn process_tx(&mut self) {
         let mut used = false;
         let mut segments: Vec<Segment> = Vec::new();
+        let mut budget = Budget::per_turn();
         while !self.state.needs_reset {
             if self.tx_limiter.as_ref().is_some_and(|rl| rl.is_blocked()) {
                 break;
             }
+            let acked = self.state.acked_features;
             let Some(active) = self.active.as_mut() else {
                 return;
             };
-            let next = match active.tx.iter(&active.mem) {
-                Ok(mut iter) => iter.next(),
+            if !budget.take() {
+                let what = format_args!("net {}", self.iface_id);
+                let evt = &self.queue_evts[super::TX_INDEX];
+                rearm_if_pending(&active.tx, &active.mem, evt, &what);
+                break;
+            }
+            let next = match pop(&mut active.tx, &active.mem, acked) {
+                Ok(next) => next,
                 Err(e) => {
                     self.mark_broken(&format!("TX queue: {e}"));
                     break;

@@ -2,12 +2,13 @@
 
 use std::io;
 
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{Active, Rng, RngCounters, MAX_REQUEST_BYTES, QUEUE_SIZE, TYPE_RNG};
 use crate::rate_limiter::{RateLimiter, TokenKind};
+use crate::virtio::chain::{self, Budget, ChainError, Walk};
 use crate::virtio::{ActivateError, Activation, GuestMemory, IrqKind, VirtioDevice};
 
 const QUEUE_SIZES: [u16; 1] = [QUEUE_SIZE];
@@ -35,6 +36,9 @@ pub(super) enum RequestError {
     /// Writing guest memory failed after the checks passed.
     #[error("writing guest memory: {0}")]
     Memory(String),
+    /// The chain itself is malformed (indirect, looping, too long).
+    #[error(transparent)]
+    Chain(#[from] ChainError),
 }
 
 impl VirtioDevice for Rng {
@@ -114,8 +118,10 @@ impl VirtioDevice for Rng {
 }
 
 impl Rng {
-    /// Serves every buffer the driver has made available, then interrupts
-    /// the guest if it wants to hear about them. Returns how many were
+    /// Serves the buffers the driver has made available, at most
+    /// [`chain::CHAINS_PER_TURN`] of them (then re-arms the queue eventfd
+    /// for the next event-loop turn), and interrupts the guest if it wants
+    /// to hear about them. Returns how many were
     /// completed. Stops early when the rate limiter runs dry (its timer
     /// resumes) or the ring turns out to be corrupted (device stopped).
     ///
@@ -127,6 +133,7 @@ impl Rng {
             rate_limiter,
             active,
             scratch,
+            queue_evts,
             ..
         } = self;
         let Some(Active {
@@ -143,12 +150,17 @@ impl Rng {
         let counters = &mut state.counters;
         let mut completed = 0;
         let mut corrupted = None;
+        let mut budget = Budget::per_turn();
         loop {
-            let chain = match queue.iter(&*mem) {
-                Ok(mut avail) => match avail.next() {
-                    Some(chain) => chain,
-                    None => break,
-                },
+            if !budget.take() {
+                // More may be waiting: come back after the event loop has
+                // served everyone else.
+                chain::rearm_if_pending(queue, mem, &queue_evts[0], &"entropy device");
+                break;
+            }
+            let chain = match chain::pop(queue, mem, state.acked_features) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
                 Err(e) => {
                     corrupted = Some(format!("available ring: {e}"));
                     break;
@@ -202,12 +214,10 @@ impl Rng {
 
 /// Checks every buffer of the chain (writable, inside guest memory) and
 /// returns how many bytes the request gets (capped at [`MAX_REQUEST_BYTES`]).
-fn request_len(
-    chain: &DescriptorChain<&GuestMemory>,
-    mem: &GuestMemory,
-) -> Result<usize, RequestError> {
+fn request_len(chain: &Walk<'_>, mem: &GuestMemory) -> Result<usize, RequestError> {
     let mut total = 0usize;
-    for desc in chain.clone() {
+    let mut walk = chain.clone();
+    for desc in &mut walk {
         if !desc.is_write_only() {
             return Err(RequestError::ReadOnly(chain.head_index()));
         }
@@ -220,6 +230,9 @@ fn request_len(
         }
         total = total.saturating_add(len as usize);
     }
+    if let Some(e) = walk.error() {
+        return Err(e.clone().into());
+    }
     match total.min(MAX_REQUEST_BYTES) {
         0 => Err(RequestError::Empty),
         n => Ok(n),
@@ -228,11 +241,7 @@ fn request_len(
 
 /// Fills `buf` with host randomness and writes it across the chain's buffers
 /// (already checked by [`request_len`]). Returns the bytes written.
-fn fill(
-    chain: DescriptorChain<&GuestMemory>,
-    mem: &GuestMemory,
-    buf: &mut [u8],
-) -> Result<usize, RequestError> {
+fn fill(chain: Walk<'_>, mem: &GuestMemory, buf: &mut [u8]) -> Result<usize, RequestError> {
     getrandom(buf).map_err(RequestError::Entropy)?;
     let mut done = 0;
     for desc in chain {

@@ -8,6 +8,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::muxer::log_limited;
 use super::packet::{self, check_header, HDR_LEN, MAX_PAYLOAD};
 use super::{Active, Vsock, EVQ_INDEX, QUEUE_SIZES, RX_INDEX, RX_PER_TURN, TX_INDEX, TX_PER_TURN};
+use crate::virtio::chain::{pop, Budget};
 use crate::virtio::{
     read_config_bytes, ActivateError, Activation, IrqKind, VirtioDevice, VIRTIO_F_VERSION_1,
 };
@@ -83,11 +84,12 @@ impl Vsock {
             if self.needs_reset {
                 break;
             }
+            let acked = self.acked_features;
             let Some(active) = self.active.as_mut() else {
                 return;
             };
-            let next = match active.tx.iter(&active.mem) {
-                Ok(mut iter) => iter.next(),
+            let next = match pop(&mut active.tx, &active.mem, acked) {
+                Ok(next) => next,
                 Err(e) => {
                     self.mark_broken(&format!("TX queue: {e}"));
                     break;
@@ -138,11 +140,12 @@ impl Vsock {
                 self.kick(RX_INDEX);
                 break;
             }
+            let acked = self.acked_features;
             let Some(active) = self.active.as_mut() else {
                 return;
             };
-            let next = match active.rx.iter(&active.mem) {
-                Ok(mut iter) => iter.next(),
+            let next = match pop(&mut active.rx, &active.mem, acked) {
+                Ok(next) => next,
                 Err(e) => {
                     self.mark_broken(&format!("RX queue: {e}"));
                     break;
@@ -219,12 +222,18 @@ impl Vsock {
     /// event buffer.
     pub(super) fn process_event_queue(&mut self) {
         let mut used = false;
+        let mut budget = Budget::per_turn();
         while self.reset_event_pending && !self.needs_reset {
+            if !budget.take() {
+                self.kick(EVQ_INDEX);
+                break;
+            }
+            let acked = self.acked_features;
             let Some(active) = self.active.as_mut() else {
                 return;
             };
-            let next = match active.evq.iter(&active.mem) {
-                Ok(mut iter) => iter.next(),
+            let next = match pop(&mut active.evq, &active.mem, acked) {
+                Ok(next) => next,
                 Err(e) => {
                     self.mark_broken(&format!("event queue: {e}"));
                     break;

@@ -67,9 +67,9 @@ const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 /// is reset (Firecracker uses 2 s for both).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// TX chains handled per wakeup before yielding to the event loop.
-const TX_PER_TURN: usize = 64;
+const TX_PER_TURN: usize = crate::virtio::chain::CHAINS_PER_TURN;
 /// RX packets delivered per wakeup before yielding to the event loop.
-const RX_PER_TURN: usize = 64;
+const RX_PER_TURN: usize = crate::virtio::chain::CHAINS_PER_TURN;
 
 /// How the VMM describes the vsock device (from the VM configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]

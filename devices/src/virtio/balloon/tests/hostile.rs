@@ -151,3 +151,49 @@ fn notifications_for_unknown_queues_are_ignored() {
     assert_eq!(t.b.process_queue(usize::MAX), 0);
     t.b.handle_queue_event(7);
 }
+
+#[test]
+fn an_indirect_pfn_array_is_refused_unfollowed() {
+    let mut t = T::new(all_options(), MIB);
+    let mem = t.g.mem;
+    touch(mem, LOW, MIB);
+    // The table (never offered) would inflate the first page.
+    let pfns = pfn(LOW).to_le_bytes();
+    let buf = t.g.alloc(4);
+    t.g.fill(buf, &pfns);
+    let table = t.g.alloc(16);
+    let entry = virtio_queue::desc::RawDescriptor::from(
+        virtio_queue::desc::split::Descriptor::new(buf, 4, 0, 0),
+    );
+    mem.write_obj(entry, vm_memory::GuestAddress(table))
+        .unwrap();
+    let q = t.q(QueueKind::Inflate);
+    let indirect = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+    t.g.store_desc(q, 0, table, 16, indirect, 0);
+    t.g.make_available(q, 0);
+    assert_eq!(t.b.process_queue(q), 1);
+    assert_eq!(t.g.used(q), vec![(0, 0)]);
+    assert_eq!(t.counter("errors"), 1);
+    assert_eq!(t.counter("inflated_pages"), 0);
+    assert_eq!(resident(mem, LOW, MIB), 256, "nothing was discarded");
+}
+
+#[test]
+fn a_full_ring_is_served_in_bounded_batches() {
+    use crate::virtio::chain::CHAINS_PER_TURN;
+    let mut t = T::new(all_options(), MIB);
+    let q = t.q(QueueKind::Deflate);
+    let buf = t.g.alloc(4);
+    t.g.fill(buf, &pfn(LOW).to_le_bytes());
+    let head = t.g.chain(q, &[super::guest::r(buf, 4)]);
+    for _ in 1..256 {
+        t.g.make_available(q, head);
+    }
+    for turn in 0..256 / CHAINS_PER_TURN {
+        assert_eq!(t.b.process_queue(q), CHAINS_PER_TURN, "turn {turn}");
+        let rearmed = t.b.queue_events()[q].read().is_ok();
+        assert_eq!(rearmed, turn + 1 < 256 / CHAINS_PER_TURN, "turn {turn}");
+    }
+    assert_eq!(t.g.used(q).len(), 256);
+    assert_eq!(t.b.process_queue(q), 0);
+}

@@ -1,6 +1,7 @@
 //! virtio-blk driven the way a (possibly hostile) guest driver would: chains
 //! built by hand in mock guest memory, a temporary file as the image.
 
+mod budget;
 mod events;
 mod hostile;
 mod persist;

@@ -180,3 +180,32 @@ fn rate_limited_tx_waits_for_the_timer_and_keeps_the_chain() {
     assert_eq!(wire.lock().unwrap().from_guest.len(), 2);
     assert_eq!(used(&txq), vec![(0, 0), (1, 0)]);
 }
+
+#[test]
+fn a_frame_in_an_indirect_table_is_refused_unfollowed() {
+    let mem = mem();
+    let (rxq, txq) = queues(&mem);
+    let (mut net, wire, _irq) = active_net(&mem, &rxq, &txq, 0);
+    let f = frame(0, 0, 50);
+    mem.write_slice(&f, GuestAddress(BUF)).unwrap();
+    // A good one-descriptor table, but VIRTIO_F_INDIRECT_DESC is not offered.
+    let table = BUF + 0x1000;
+    let entry = SplitDescriptor::new(BUF, f.len() as u32, 0, 0);
+    mem.write_obj(RawDescriptor::from(entry), GuestAddress(table))
+        .unwrap();
+    let indirect = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+    let head = [RawDescriptor::from(SplitDescriptor::new(
+        table, 16, indirect, 0,
+    ))];
+    txq.add_desc_chains(&head, 0).unwrap();
+    add_chain(&txq, 1, &[(BUF, f.len() as u32, false)]);
+    net.process_tx();
+    assert_eq!(
+        wire.lock().unwrap().from_guest,
+        vec![f],
+        "only the direct one"
+    );
+    assert_eq!(used(&txq), vec![(0, 0), (1, 0)]);
+    assert_eq!(net.net_counters().bad_chains, 1);
+    assert!(!net.needs_reset());
+}

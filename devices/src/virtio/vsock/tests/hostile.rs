@@ -204,3 +204,31 @@ fn corrupt_avail_index_needs_reset() {
     assert!(t.dev.needs_reset());
     assert!(t.irq.status() & IrqKind::Config as u32 != 0);
 }
+
+#[test]
+fn a_packet_in_an_indirect_table_is_dropped_unfollowed() {
+    let mut t = T::new();
+    t.g.post_rx(1, RX_BUF);
+    // A well-formed packet behind a one-entry indirect table: it would get
+    // an RST back if the table were followed (not offered, so it is not).
+    let (addr, len) = put(&mut t, &pkt(Op::Rw, 1, 2, 0), &[]);
+    let table = t.g.alloc(16);
+    let entry = virtio_queue::desc::split::Descriptor::new(addr, len, 0, 0);
+    t.g.mem
+        .write_obj(
+            virtio_queue::desc::RawDescriptor::from(entry),
+            GuestAddress(table),
+        )
+        .unwrap();
+    let indirect = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+    let head = t.g.chain(1, &[(table, 16, false)]);
+    t.g.store_desc(1, head, table, 16, indirect, 0);
+    t.dev.handle_tx_queue();
+    assert_eq!(t.g.take_used(1), vec![(head, 0)]);
+    assert_eq!(t.dev.vsock_counters().errors, 1);
+    assert!(
+        t.g.take_rx().is_empty(),
+        "no answer: the packet was never read"
+    );
+    assert!(!t.dev.needs_reset());
+}
