@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{guest_file, Flint, BOOT_LOCK, BOOT_TIMEOUT};
+use common::{cannot_run, guest_file, is_root, Flint, BOOT_LOCK, BOOT_TIMEOUT};
 
 const NOBODY: u32 = 65534;
 
@@ -43,9 +43,8 @@ fn cgroup_of(pid: u32, controller: &str) -> Option<String> {
 
 #[test]
 fn jailed_flint_boots_the_guest_confined() {
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: the jailer needs root");
-        return;
+    if !is_root() {
+        return cannot_run("the jailer needs root");
     }
     let _one_vcpu = BOOT_LOCK.read().unwrap_or_else(|p| p.into_inner());
     let base = tempfile::tempdir().unwrap();

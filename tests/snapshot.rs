@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{guest_file, wait_for_socket, Flint, NetNs, BOOT_LOCK, BOOT_TIMEOUT};
+use common::{cannot_run, guest_file, wait_for_socket, Flint, NetNs, BOOT_LOCK, BOOT_TIMEOUT};
 
 const COUNTER: &str = r#"i=0; while true; do i=$((i+1)); echo TICK $i; sleep 1; done"#;
 
@@ -155,7 +155,7 @@ fn snapshot_restore_cycle(vcpus: u8, with_disk: bool) {
         None
     };
     if with_disk && ns.is_none() {
-        println!("network part skipped: cannot create a network namespace (not root?)");
+        cannot_run("the network part needs a network namespace (root)");
     }
     let dir = tempfile::tempdir().unwrap();
     let config = counter_config_net(dir.path(), vcpus, with_disk, ns.is_some());

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{guest_file, run, Flint, NetNs, BOOT_LOCK, BOOT_TIMEOUT};
+use common::{cannot_run, guest_file, is_root, run, Flint, NetNs, BOOT_LOCK, BOOT_TIMEOUT};
 
 fn sha256(path: &Path) -> String {
     run(Command::new("sha256sum").arg(path))
@@ -118,15 +118,13 @@ print(n, h.hexdigest(), flush=True)\n";
 
 #[test]
 fn virtio_net_ping_and_tcp_transfer_through_a_tap() {
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: needs root for network namespaces and taps");
-        return;
+    if !is_root() {
+        return cannot_run("needs root for network namespaces and taps");
     }
     let _one_vcpu = BOOT_LOCK.read().unwrap_or_else(|p| p.into_inner());
     let tap = "flinttap0";
     let Some(ns) = NetNs::new(tap, "172.30.0.1") else {
-        println!("skipped: cannot create a network namespace here");
-        return;
+        return cannot_run("cannot create a network namespace here");
     };
     let dir = tempfile::tempdir().unwrap();
     let root = rootfs_copy(dir.path());
