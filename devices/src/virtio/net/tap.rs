@@ -28,6 +28,12 @@ pub enum TapError {
     /// Opening the TUN control device failed otherwise.
     #[error("opening {TUN_PATH}: {0}")]
     OpenTun(#[source] io::Error),
+    /// No interface of that name exists (flint attaches to taps the host
+    /// made; it never creates one).
+    #[error(
+        "{0}: no such network interface; create the tap first (ip tuntap add dev {0} mode tap)"
+    )]
+    Missing(String),
     /// Another process (or VM) has the interface open.
     #[error("{name} is busy: it is already attached to another process ({source})")]
     Busy {
@@ -88,10 +94,18 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl Tap {
-    /// Attaches to the tap `name`, creating it (non-persistent) if absent.
+    /// Attaches to the existing tap `name`. A missing interface is an
+    /// error rather than a new tap: a typo must not give the guest a
+    /// network nobody configured, and the host's operator owns its links.
     pub fn open(name: &str) -> Result<Self, TapError> {
         if !valid_name(name) {
             return Err(TapError::BadName(name.to_string()));
+        }
+        let c_name =
+            std::ffi::CString::new(name).map_err(|_| TapError::BadName(name.to_string()))?;
+        // SAFETY: `c_name` is a valid NUL-terminated string for the call.
+        if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
+            return Err(TapError::Missing(name.to_string()));
         }
         let file = OpenOptions::new()
             .read(true)
