@@ -650,6 +650,15 @@ mod tests {
                 Err(MemoryFileError::NotRegular(_))
             ));
         }
+        // `flint snapshot merge` with a FIFO on either side: refused at once.
+        let regular = dir.path().join("base");
+        std::fs::write(&regular, [0u8; 4096]).unwrap();
+        for (base, diff) in [(&fifo, &regular), (&regular, &fifo)] {
+            assert!(matches!(
+                merge_diff(base, diff),
+                Err(MemoryFileError::NotRegular(_))
+            ));
+        }
     }
 
     #[test]
