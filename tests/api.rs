@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{guest_file, wait_for_socket, Flint, BOOT_LOCK, BOOT_TIMEOUT};
+use common::{
+    cannot_run, guest_file, is_root, run, wait_for_socket, Flint, BOOT_LOCK, BOOT_TIMEOUT,
+};
 
 fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     api_server::client::request(sock, method, path, body)
@@ -273,16 +275,24 @@ fn api_refuses_a_live_socket_and_survives_bad_requests() {
 
 #[test]
 fn failed_flush_and_unchecked_updates_are_refused() {
+    if !is_root() {
+        return cannot_run("a full file system for the metrics file needs root (tmpfs mount)");
+    }
     let dir = tempfile::tempdir().unwrap();
     let (_vm, sock) = start_api_flint(dir.path());
-    // Writing the metrics fails (the device is full): an error, not a 204.
-    let metrics = r#"{"metrics_path": "/dev/full"}"#;
-    let (status, body) = call(&sock, "PUT", "/metrics", Some(metrics));
+    // Writing the metrics fails (a regular file on a full file system): an
+    // error, not a 204. (Devices and FIFOs are written best-effort by a
+    // writer thread, drops counted in the metrics; a regular file's write
+    // is direct, so its failure is the answer.)
+    let full = FullFs::new(&dir.path().join("full"));
+    let metrics_path = full.0.join("metrics.json");
+    let metrics = format!(r#"{{"metrics_path": "{}"}}"#, metrics_path.display());
+    let (status, body) = call(&sock, "PUT", "/metrics", Some(&metrics));
     assert_eq!(status, 204, "{body}");
     let flush = r#"{"action_type": "FlushMetrics"}"#;
     let (status, body) = call(&sock, "PUT", "/actions", Some(flush));
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("/dev/full"), "{body}");
+    assert!(body.contains("metrics.json"), "{body}");
     // A drive update gets the config's checks whatever the VM's state.
     let patch = r#"{"drive_id": "d", "rate_limiter": {"ops": {"size": 10, "refill_time": 0}}}"#;
     let (status, body) = call(&sock, "PATCH", "/drives/d", Some(patch));
@@ -310,4 +320,27 @@ fn failed_flush_and_unchecked_updates_are_refused() {
     let (status, body) = call(&sock, "GET", "/balloon/statistics", None);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("not available yet"), "{body}");
+}
+
+/// A tiny tmpfs filled to the last block, unmounted on drop.
+struct FullFs(PathBuf);
+
+impl FullFs {
+    fn new(path: &Path) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let target = path.to_str().unwrap();
+        run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=16k", "tmpfs", target]));
+        let fs = Self(path.to_owned());
+        // Fill it: writes end with ENOSPC once every block is taken.
+        let mut filler = std::fs::File::create(path.join("filler")).unwrap();
+        let block = [0u8; 4096];
+        while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+        fs
+    }
+}
+
+impl Drop for FullFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
