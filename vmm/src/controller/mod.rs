@@ -108,10 +108,21 @@ pub enum Start {
     Boot(VmConfig),
     /// Restore a snapshot right away.
     Restore(SnapshotLoadParams),
-    /// Wait for a live migration on this address (`unix:PATH`, `tcp:HOST:PORT`).
-    MigrateListen(String),
+    /// Wait for a live migration from a source holding the key.
+    MigrateListen(MigrateListen),
     /// Wait for the API to configure and start the VM.
     Api,
+}
+
+/// What `flint run --migrate-listen` waits for and allows.
+pub struct MigrateListen {
+    /// `unix:PATH` or `tcp:IP:PORT`.
+    pub address: String,
+    /// The pre-shared key the source must prove it holds (read before
+    /// seccomp is on).
+    pub key: crate::migration::MigrationKey,
+    /// The limits and host paths the incoming VM gets.
+    pub policy: crate::migration::IncomingPolicy,
 }
 
 /// The configuration being assembled before boot (and kept after it, for
@@ -267,8 +278,8 @@ impl Vmm {
             Start::Restore(params) => self
                 .load_snapshot(&params)
                 .map_err(MicroVmError::Snapshot)?,
-            Start::MigrateListen(address) => {
-                if let Some(signal) = self.migrate_in(&address)? {
+            Start::MigrateListen(listen) => {
+                if let Some(signal) = self.migrate_in(&listen)? {
                     return Ok(RunEnd::Signal(signal));
                 }
             }

@@ -158,10 +158,12 @@ impl Vmm {
     }
 
     /// Receives a migrating VM and runs it; `Some(signal)` if a signal ended
-    /// the wait first.
+    /// the wait first. The VM is restored paused and only resumed once the
+    /// source has committed (see `migration::handoff`); on any failure
+    /// before that it is discarded.
     pub(super) fn migrate_in(
         &mut self,
-        address: &str,
+        listen: &super::MigrateListen,
     ) -> Result<Option<&'static str>, MicroVmError> {
         let wakeups = self.wakeups.clone();
         let mut received = None;
@@ -172,27 +174,87 @@ impl Vmm {
                 .poll_signals();
             received.is_some()
         };
-        let incoming = crate::migration::accept_incoming(address, &mut cancelled);
-        let (mem, state, mut stream) = match incoming {
+        let incoming = crate::migration::accept_incoming(
+            &listen.address,
+            &listen.key,
+            &listen.policy,
+            &mut cancelled,
+        );
+        let crate::migration::Incoming {
+            mem,
+            state,
+            mut channel,
+        } = match incoming {
             Ok(incoming) => incoming,
             Err(crate::migration::MigrationError::Cancelled) => return Ok(received),
             Err(e) => return Err(MicroVmError::Snapshot(format!("incoming migration: {e}"))),
         };
         let config = state.config.clone();
-        let result = self
-            .restore(state, mem)
-            .and_then(|()| match self.vm.as_mut() {
-                Some(vm) => vm.resume(),
-                None => Ok(()),
+        let restored = self.restore(state, mem).map_err(|e| e.to_string());
+        let vm = &mut self.vm;
+        let finished =
+            crate::migration::finish_incoming(&mut channel, restored, &mut || match vm.as_mut() {
+                Some(vm) => vm.resume().map_err(|e| e.to_string()),
+                None => Err("no VM was restored".into()),
             });
-        crate::migration::acknowledge(
-            &mut stream,
-            result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
-        );
-        result?;
+        if let Err(e) = finished {
+            // Not committed (or lost): this flint must not run the guest.
+            if let Some(mut vm) = self.vm.take() {
+                vm.stop();
+            }
+            return Err(MicroVmError::Snapshot(format!(
+                "incoming migration, restored VM discarded: {e}"
+            )));
+        }
         self.pending = PendingConfig::from_config(config);
         log::info!("incoming migration complete: the VM runs here");
         Ok(None)
+    }
+}
+
+impl Vmm {
+    /// Serves `PUT /migrate`: sends the VM away. Success, or a failure after
+    /// COMMIT, ends this flint (the guest is, or may be, at the
+    /// destination); any earlier failure leaves the VM running here.
+    pub(super) fn migrate_out(&mut self, params: &api::MigrateParams) -> api::ApiResponse {
+        let bad = |message: String| super::requests::bad_request(message);
+        let Some(vm) = self.vm.as_mut() else {
+            return bad("the VM is not started".into());
+        };
+        let key = match crate::migration::MigrationKey::from_file(&params.key_path) {
+            Ok(key) => key,
+            Err(e) => return bad(e.to_string()),
+        };
+        match crate::migration::migrate_out(vm, &params.destination, &key) {
+            Ok(report) => {
+                log::info!(
+                    "migration to {} complete: {} rounds, {:.1} MiB of memory and {} KiB of state sent, total {} ms, downtime {} ms",
+                    params.destination,
+                    report.rounds,
+                    report.bytes as f64 / (1 << 20) as f64,
+                    report.state_bytes / 1024,
+                    report.total.as_millis(),
+                    report.downtime.as_millis()
+                );
+                self.end_requested = Some(super::Outcome::Migrated);
+                api::ApiResponse::Empty
+            }
+            Err(e @ crate::migration::MigrationError::AfterCommit(_)) => {
+                log::error!("migration to {}: {e}", params.destination);
+                self.end_requested = Some(super::Outcome::Fatal {
+                    vcpu: 0,
+                    reason: format!("migration to {}: {e}", params.destination),
+                });
+                bad(format!("migration: {e}"))
+            }
+            Err(e) => {
+                log::error!(
+                    "migration to {} failed, the VM stays here: {e}",
+                    params.destination
+                );
+                bad(format!("migration failed (the VM keeps running here): {e}"))
+            }
+        }
     }
 }
 
