@@ -33,6 +33,8 @@ use crate::microvm::{BuildContext, MicroVm, MicroVmError};
 use crate::vstate::vcpu::VcpuEventSender;
 use crate::wakeups::{Outcome, WakeupSources, Wakeups};
 
+mod control;
+mod offload;
 mod requests;
 mod snapshots;
 
@@ -202,6 +204,14 @@ struct Vmm {
     api_requests: Option<Receiver<ApiMessage>>,
     end_requested: Option<Outcome>,
     confined: bool,
+    /// The control thread (snapshot writing, migration streaming).
+    control: Option<control::Control>,
+    /// What the control thread is doing for this VM, if anything; requests
+    /// that would disturb it are refused meanwhile.
+    control_busy: Option<&'static str>,
+    /// For an outgoing migration: whether the VM was paused and dirty
+    /// logging on before it started (what a failure restores).
+    migration_undo: (bool, bool),
 }
 
 impl Vmm {
@@ -222,6 +232,14 @@ impl Vmm {
                 EventFd::new(EFD_NONBLOCK).map_err(os("API eventfd"))?,
                 None,
             ),
+        };
+        let control_wake = api_wake.try_clone().map_err(os("API eventfd"))?;
+        let control = match control::Control::spawn(control_wake, options.seccomp) {
+            Ok(control) => Some(control),
+            Err(e) => {
+                log::warn!("no control thread ({e}): snapshots and migration are unavailable");
+                None
+            }
         };
         let wakeups = Wakeups::new(WakeupSources {
             reset_evt: reset_evt
@@ -258,6 +276,9 @@ impl Vmm {
             api_requests,
             end_requested: None,
             confined: false,
+            control,
+            control_busy: None,
+            migration_undo: (false, false),
         })
     }
 
@@ -306,6 +327,7 @@ impl Vmm {
                 break outcome;
             }
             if api_pending {
+                self.serve_control();
                 self.serve_api();
                 if let Err(e) = self.confine_if_running() {
                     break Outcome::Fatal {
@@ -383,6 +405,9 @@ impl Vmm {
             return;
         };
         while let Ok(message) = requests.try_recv() {
+            let Some(message) = self.hand_to_control(message) else {
+                continue;
+            };
             let response = self.handle(message.request);
             // The client may have given up (timeout); nothing to do then.
             let _ = message.reply.send(response);

@@ -218,15 +218,12 @@ impl Vmm {
                 _ => ApiResponse::Empty,
             },
             R::PatchVm(state) => self.change_vm_state(state),
-            R::CreateSnapshot(params) => match self.create_snapshot(&params) {
-                Ok(()) => ApiResponse::Empty,
-                Err(e) => bad_request(e),
-            },
+            // Served through the control thread before this (offload.rs).
+            R::CreateSnapshot(_) | R::Migrate(_) => bad_request("internal: not served here"),
             R::LoadSnapshot(params) => match self.load_snapshot(&params) {
                 Ok(()) => ApiResponse::Empty,
                 Err(e) => bad_request(e),
             },
-            R::Migrate(params) => self.migrate_out(&params),
             R::PutLogger(config) => {
                 let level = match config.level {
                     Some(level) => match crate::logger::parse_level(&format!("{level:?}")) {

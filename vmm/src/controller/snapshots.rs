@@ -1,20 +1,20 @@
-//! Snapshots from the control loop: creating them from a paused VM,
-//! loading them into a fresh flint, and receiving a live migration.
+//! Snapshots from the control loop: loading them into a fresh flint and
+//! receiving a live migration (creating them and migrating away go through
+//! the control thread: see `offload`).
 
 use std::time::Instant;
 
-use api::{SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmConfig};
+use api::{SnapshotLoadParams, VmConfig};
 
 use super::{PendingConfig, Vmm};
 use crate::microvm::{MicroVm, MicroVmError, RestoreSource};
-use crate::snapshot::format;
-use crate::snapshot::memory::{dump, load_copy, map_private, take_dirty_pages, Pages};
-use crate::snapshot::{MemoryKind, MicroVmState};
+use crate::snapshot::memory::{load_copy, map_private};
+use crate::snapshot::MicroVmState;
 
 /// Whether two paths name the same file: the same inode when both exist,
 /// else the same spelling once `.` components are dropped. (Only `stat` is
 /// used: the VMM thread's seccomp filter has no `readlink`/`getcwd`.)
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+pub(super) fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     if let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) {
         return ma.dev() == mb.dev() && ma.ino() == mb.ino();
@@ -28,74 +28,6 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
 }
 
 impl Vmm {
-    pub(super) fn create_snapshot(&mut self, params: &SnapshotCreateParams) -> Result<(), String> {
-        let Some(vm) = self.vm.as_mut() else {
-            return Err("the VM is not started".into());
-        };
-        if !vm.is_paused() {
-            return Err("pause the VM first (PATCH /vm {\"state\": \"Paused\"})".into());
-        }
-        if same_file(&params.snapshot_path, &params.mem_file_path) {
-            return Err(format!(
-                "snapshot_path and mem_file_path are the same file ({})",
-                params.snapshot_path.display()
-            ));
-        }
-        let started = Instant::now();
-        let kind = match params.snapshot_type {
-            SnapshotType::Full => MemoryKind::Full,
-            SnapshotType::Diff if !vm.dirty_logging() => {
-                return Err("diff snapshots need dirty page tracking: boot with machine-config.track_dirty_pages or load with enable_diff_snapshots".into())
-            }
-            SnapshotType::Diff => MemoryKind::Diff,
-        };
-        let state = vm.save_state(kind).map_err(|e| e.to_string())?;
-        let state_bytes = crate::snapshot::encode_state(&state).map_err(|e| e.to_string())?;
-        // Both files go to temporary names and are synced first; then the
-        // memory file and last the state file are renamed into place. A
-        // failure before the renames leaves the previous pair untouched; a
-        // failure between them leaves a pair whose ids differ, which
-        // loading refuses rather than mixing.
-        let mem_tmp = format::temp_path(&params.mem_file_path);
-        let id = state.snapshot_id;
-        let written = if vm.dirty_logging() {
-            // Either way the dirty log restarts here: the next diff is
-            // relative to this snapshot.
-            let dirty = take_dirty_pages(vm.vm().fd(), vm.memory()).map_err(|e| e.to_string())?;
-            let pages = match kind {
-                MemoryKind::Full => Pages::All,
-                MemoryKind::Diff => Pages::Dirty(&dirty),
-            };
-            dump(vm.memory(), &mem_tmp, pages, id)
-        } else {
-            dump(vm.memory(), &mem_tmp, Pages::All, id)
-        }
-        .map_err(|e| e.to_string())?;
-        let state_tmp = match format::write_temp(&params.snapshot_path, &state_bytes) {
-            Ok(tmp) => tmp,
-            Err(e) => {
-                let _ = std::fs::remove_file(&mem_tmp);
-                return Err(e.to_string());
-            }
-        };
-        let committed = format::commit(&mem_tmp, &params.mem_file_path)
-            .and_then(|()| format::commit(&state_tmp, &params.snapshot_path));
-        if let Err(e) = committed {
-            let _ = std::fs::remove_file(&mem_tmp);
-            let _ = std::fs::remove_file(&state_tmp);
-            return Err(e.to_string());
-        }
-        log::info!(
-            "{:?} snapshot written in {} ms: state {}, memory {} ({:.1} MiB of data)",
-            kind,
-            started.elapsed().as_millis(),
-            params.snapshot_path.display(),
-            params.mem_file_path.display(),
-            written as f64 / (1 << 20) as f64
-        );
-        Ok(())
-    }
-
     pub(super) fn load_snapshot(&mut self, params: &SnapshotLoadParams) -> Result<(), String> {
         if self.vm.is_some() {
             return Err(
@@ -209,52 +141,6 @@ impl Vmm {
         self.pending = PendingConfig::from_config(config);
         log::info!("incoming migration complete: the VM runs here");
         Ok(None)
-    }
-}
-
-impl Vmm {
-    /// Serves `PUT /migrate`: sends the VM away. Success, or a failure after
-    /// COMMIT, ends this flint (the guest is, or may be, at the
-    /// destination); any earlier failure leaves the VM running here.
-    pub(super) fn migrate_out(&mut self, params: &api::MigrateParams) -> api::ApiResponse {
-        let bad = |message: String| super::requests::bad_request(message);
-        let Some(vm) = self.vm.as_mut() else {
-            return bad("the VM is not started".into());
-        };
-        let key = match crate::migration::MigrationKey::from_file(&params.key_path) {
-            Ok(key) => key,
-            Err(e) => return bad(e.to_string()),
-        };
-        match crate::migration::migrate_out(vm, &params.destination, &key) {
-            Ok(report) => {
-                log::info!(
-                    "migration to {} complete: {} rounds, {:.1} MiB of memory and {} KiB of state sent, total {} ms, downtime {} ms",
-                    params.destination,
-                    report.rounds,
-                    report.bytes as f64 / (1 << 20) as f64,
-                    report.state_bytes / 1024,
-                    report.total.as_millis(),
-                    report.downtime.as_millis()
-                );
-                self.end_requested = Some(super::Outcome::Migrated);
-                api::ApiResponse::Empty
-            }
-            Err(e @ crate::migration::MigrationError::AfterCommit(_)) => {
-                log::error!("migration to {}: {e}", params.destination);
-                self.end_requested = Some(super::Outcome::Fatal {
-                    vcpu: 0,
-                    reason: format!("migration to {}: {e}", params.destination),
-                });
-                bad(format!("migration: {e}"))
-            }
-            Err(e) => {
-                log::error!(
-                    "migration to {} failed, the VM stays here: {e}",
-                    params.destination
-                );
-                bad(format!("migration failed (the VM keeps running here): {e}"))
-            }
-        }
     }
 }
 

@@ -33,9 +33,8 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::memory::GuestMemory;
-use crate::microvm::MicroVm;
-use crate::snapshot::memory::{count_pages, take_dirty_pages, PAGE_SIZE};
-use crate::snapshot::{format, MemoryKind, MemoryLayout, MicroVmState};
+use crate::snapshot::memory::{count_pages, PAGE_SIZE};
+use crate::snapshot::{format, MemoryLayout, MicroVmState};
 
 const TAG_HELLO: u8 = 1;
 const TAG_PAGES: u8 = 2;
@@ -241,44 +240,40 @@ fn send_pages(
     Ok(sent)
 }
 
-/// Migrates `vm` to `destination`, authenticating with `key`. On success
-/// the guest runs there and this VM stays paused for good (the caller ends
-/// the process). On [`MigrationError::AfterCommit`] the VM also stays
-/// paused for good (the caller ends the process with that error). On any
-/// other failure the VM is resumed if it was running.
-pub fn migrate_out(
-    vm: &mut MicroVm,
-    destination: &str,
-    key: &MigrationKey,
-) -> Result<MigrationReport, MigrationError> {
-    let address = Address::parse(destination)?;
-    let was_paused = vm.is_paused();
-    let logging_before = vm.dirty_logging();
-    let result = run_source(vm, &address, key, handoff::Fault::from_env());
-    match &result {
-        Ok(_) | Err(MigrationError::AfterCommit(_)) => {}
-        Err(_) => {
-            if !was_paused && vm.is_paused() {
-                if let Err(e) = vm.resume() {
-                    log::error!("migration failed and the VM could not be resumed: {e}");
-                }
-            }
-            if !logging_before {
-                if let Err(e) = vm.set_dirty_logging(false) {
-                    log::warn!("turning dirty logging off again: {e}");
-                }
-            }
-        }
-    }
-    result
+/// What the sending side needs of the running VM while it streams it. The
+/// streaming runs on the control thread; these calls reach the thread that
+/// owns the VM (and serves its devices), which answers them quickly.
+pub trait SourceVm {
+    /// The guest's memory (shared mappings: reading it needs no VMM help).
+    fn memory(&self) -> &GuestMemory;
+    /// The pages written since the last call, per region (KVM's dirty log
+    /// plus the VMM's own writes).
+    fn take_dirty(&mut self) -> Result<Vec<Vec<u64>>, MigrationError>;
+    /// Pauses the vCPUs and returns the pages written since the last
+    /// [`SourceVm::take_dirty`] and the encoded state.
+    fn pause_and_collect(&mut self) -> Result<(Vec<Vec<u64>>, Vec<u8>), MigrationError>;
 }
 
 fn state_err(e: impl std::fmt::Display) -> MigrationError {
     MigrationError::State(e.to_string())
 }
 
+/// Sends the VM behind `vm` to `destination`, authenticating with `key`.
+/// The caller has turned dirty logging on. On `Ok` the guest runs at the
+/// destination and the source's VM must stay paused for good; on
+/// [`MigrationError::AfterCommit`] too (and the source ends with that
+/// error). On any other error the caller resumes the VM if it ran.
+pub fn send_vm(
+    vm: &mut dyn SourceVm,
+    destination: &str,
+    key: &MigrationKey,
+) -> Result<MigrationReport, MigrationError> {
+    let address = Address::parse(destination)?;
+    run_source(vm, &address, key, handoff::Fault::from_env())
+}
+
 fn run_source(
-    vm: &mut MicroVm,
+    vm: &mut dyn SourceVm,
     address: &Address,
     key: &MigrationKey,
     fault: Option<Fault>,
@@ -291,35 +286,28 @@ fn run_source(
     let hello = format::to_bytes(&(PROTOCOL_VERSION, &layout)).map_err(state_err)?;
     ch.send(TAG_HELLO, &[&hello])?;
 
-    vm.set_dirty_logging(true).map_err(state_err)?;
     let mut report = MigrationReport::default();
     // Start tracking now: everything written from here on is sent again.
-    take_dirty_pages(vm.vm().fd(), vm.memory()).map_err(state_err)?;
+    vm.take_dirty()?;
     report.bytes += send_pages(&mut ch, vm.memory(), None)?;
     report.rounds = 1;
     loop {
-        let dirty = take_dirty_pages(vm.vm().fd(), vm.memory()).map_err(state_err)?;
+        let dirty = vm.take_dirty()?;
         let count = count_pages(&dirty);
         if count > CONVERGED_PAGES && report.rounds < MAX_ROUNDS {
             report.bytes += send_pages(&mut ch, vm.memory(), Some(&dirty))?;
             report.rounds += 1;
             continue;
         }
-        // Put this round's pages back in play for the final copy.
         let paused_at = Instant::now();
-        if !vm.is_paused() {
-            vm.pause().map_err(state_err)?;
-        }
+        let (last, encoded) = vm.pause_and_collect()?;
         report.bytes += send_pages(&mut ch, vm.memory(), Some(&dirty))?;
-        let last = take_dirty_pages(vm.vm().fd(), vm.memory()).map_err(state_err)?;
         report.bytes += send_pages(&mut ch, vm.memory(), Some(&last))?;
-        let state = vm.save_state(MemoryKind::Full).map_err(state_err)?;
-        let encoded = crate::snapshot::encode_state(&state).map_err(state_err)?;
         report.state_bytes = encoded.len() as u64;
         ch.send(TAG_STATE, &[&encoded])?;
         ch.send(TAG_DONE, &[])?;
         // The vCPUs are paused; "for good" means nothing resumes them
-        // after COMMIT: migrate_out does not on Ok or AfterCommit.
+        // after COMMIT: the caller does not on Ok or AfterCommit.
         let end = handoff::source(&mut ch, fault, READY_TIMEOUT, RUNNING_TIMEOUT, &mut || {
             log::info!("destination READY: the guest stops here for good; sending COMMIT");
         });
