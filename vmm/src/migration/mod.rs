@@ -649,3 +649,6 @@ mod tests {
         remove_stale_socket(&live).unwrap();
     }
 }
+
+#[cfg(test)]
+mod flow_tests;
