@@ -139,10 +139,13 @@ def main():
 
         # Live migration of the restored (copy) VM to a new process.
         dest_addr = f"unix:{work}/mig.sock"
-        dest = Flint(FLINT, ["--migrate-listen", dest_addr], os.path.join(work, "dest.sock"))
+        key = f"{work}/migrate.key"
+        with open(key, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+        dest = Flint(FLINT, ["--migrate-listen", dest_addr, "--migrate-key", key], os.path.join(work, "dest.sock"))
         while not os.path.exists(f"{work}/mig.sock"):
             time.sleep(0.001)
-        source.call("PUT", "/migrate", {"destination": dest_addr})
+        source.call("PUT", "/migrate", {"destination": dest_addr, "key_path": key})
         _, line = source.wait_event("migration to")
         dest.wait_event("incoming migration complete")
         m = re.search(r"(\d+) rounds, ([0-9.]+) MiB of memory.*total (\d+) ms, downtime (\d+) ms", line)

@@ -39,6 +39,9 @@ enum CtlCommand {
         /// unix:PATH or tcp:HOST:PORT.
         #[arg(long)]
         to: String,
+        /// The pre-shared key file (the destination's --migrate-key).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
     },
     /// Send any request: `flint ctl put /drives/rootfs '{...}'`.
     Get { path: String },
@@ -116,10 +119,10 @@ pub fn main(args: CtlArgs) -> ExitCode {
             });
             ("PUT", "/snapshot/load".into(), Some(body.to_string()))
         }
-        CtlCommand::Migrate { to } => (
+        CtlCommand::Migrate { to, key } => (
             "PUT",
             "/migrate".into(),
-            Some(serde_json::json!({ "destination": to }).to_string()),
+            Some(serde_json::json!({ "destination": to, "key_path": absolute(&key) }).to_string()),
         ),
         CtlCommand::Get { path } => ("GET", path, None),
         CtlCommand::Put { path, body } => ("PUT", path, Some(body)),

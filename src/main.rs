@@ -53,15 +53,37 @@ enum Command {
         #[arg(long, requires = "restore")]
         copy_memory: bool,
         /// With --restore: re-open a drive from another file (DRIVE_ID=PATH).
-        #[arg(long, value_name = "ID=PATH", requires = "restore")]
+        /// With --migrate-listen: the file each incoming drive gets; an
+        /// incoming drive without one is refused.
+        #[arg(long, value_name = "ID=PATH")]
         drive_override: Vec<String>,
         /// With --restore: attach an interface to another tap (IFACE_ID=TAP).
-        #[arg(long, value_name = "ID=TAP", requires = "restore")]
+        /// With --migrate-listen: the tap each incoming interface gets; an
+        /// incoming interface without one is refused.
+        #[arg(long, value_name = "ID=TAP")]
         net_override: Vec<String>,
         /// Wait for a live migration on unix:PATH or tcp:IP:PORT and run
-        /// the VM that arrives.
-        #[arg(long, value_name = "ADDR", conflicts_with_all = ["config", "restore"])]
+        /// the VM that arrives (needs --migrate-key).
+        #[arg(
+            long,
+            value_name = "ADDR",
+            conflicts_with_all = ["config", "restore"],
+            requires = "migrate_key"
+        )]
         migrate_listen: Option<String>,
+        /// With --migrate-listen: the pre-shared key file (at least 32
+        /// bytes) the source must prove it holds; it authenticates the
+        /// stream but does not encrypt it.
+        #[arg(long, value_name = "FILE", requires = "migrate_listen")]
+        migrate_key: Option<PathBuf>,
+        /// With --migrate-listen: the most guest memory an incoming VM may
+        /// have (default: the host's RAM).
+        #[arg(long, value_name = "MIB", requires = "migrate_listen")]
+        max_mem_mib: Option<u64>,
+        /// With --migrate-listen: the host socket path of an incoming vsock
+        /// device (one with vsock is refused without it).
+        #[arg(long, value_name = "PATH", requires = "migrate_listen")]
+        vsock_override: Option<PathBuf>,
     },
     /// Talk to a running flint's API.
     Ctl(ctl::CtlArgs),
@@ -130,7 +152,19 @@ fn cli_main() -> ExitCode {
             drive_override,
             net_override,
             migrate_listen,
+            migrate_key,
+            max_mem_mib,
+            vsock_override,
         } => {
+            if (!drive_override.is_empty() || !net_override.is_empty())
+                && restore.is_none()
+                && migrate_listen.is_none()
+            {
+                eprintln!(
+                    "flint: --drive-override and --net-override need --restore or --migrate-listen"
+                );
+                return ExitCode::from(2);
+            }
             let start = if let Some(dir) = restore {
                 match restore_params(&dir, paused, copy_memory, &drive_override, &net_override) {
                     Ok(params) => vmm::Start::Restore(params),
@@ -140,7 +174,20 @@ fn cli_main() -> ExitCode {
                     }
                 }
             } else if let Some(address) = migrate_listen {
-                vmm::Start::MigrateListen(address)
+                match migrate_listen_params(
+                    address,
+                    migrate_key.as_deref(),
+                    max_mem_mib,
+                    vsock_override,
+                    &drive_override,
+                    &net_override,
+                ) {
+                    Ok(listen) => vmm::Start::MigrateListen(listen),
+                    Err(e) => {
+                        eprintln!("flint: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
             } else {
                 match config.as_deref().map(api::VmConfig::from_file).transpose() {
                     Ok(Some(config)) => vmm::Start::Boot(config),
@@ -205,6 +252,43 @@ fn cli_main() -> ExitCode {
             }
         }
     }
+}
+
+/// What `flint run --migrate-listen ADDR` waits for and allows.
+fn migrate_listen_params(
+    address: String,
+    key: Option<&std::path::Path>,
+    max_mem_mib: Option<u64>,
+    vsock_uds: Option<PathBuf>,
+    drive_overrides: &[String],
+    net_overrides: &[String],
+) -> Result<vmm::MigrateListen, String> {
+    let key = key.ok_or("--migrate-listen needs --migrate-key FILE")?;
+    let key = vmm::migration::MigrationKey::from_file(key).map_err(|e| e.to_string())?;
+    let overrides = restore_params(
+        std::path::Path::new(""),
+        false,
+        false,
+        drive_overrides,
+        net_overrides,
+    )?;
+    let max_mem = match max_mem_mib {
+        Some(0) => return Err("--max-mem-mib must be at least 1".into()),
+        Some(mib) => mib
+            .checked_mul(1 << 20)
+            .ok_or("--max-mem-mib is too large")?,
+        None => 0,
+    };
+    Ok(vmm::MigrateListen {
+        address,
+        key,
+        policy: vmm::migration::IncomingPolicy {
+            max_mem,
+            drives: overrides.drive_overrides,
+            nets: overrides.net_overrides,
+            vsock_uds,
+        },
+    })
 }
 
 /// The load parameters of `flint run --restore DIR`.

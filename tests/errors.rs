@@ -122,13 +122,52 @@ fn sigterm_ends_a_flint_waiting_for_a_migration() {
     let sock = dir.path().join("incoming.sock");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flint"));
     cmd.args(["run", "--migrate-listen"])
-        .arg(format!("unix:{}", sock.display()));
+        .arg(format!("unix:{}", sock.display()))
+        .arg("--migrate-key")
+        .arg(key_file(dir.path()));
     let mut waiting = Flint::spawn(cmd, tempfile::tempdir().unwrap());
     common::wait_for_socket(&sock);
     waiting.signal(libc::SIGTERM);
     let status = waiting.wait_exit(Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(0), "{}", waiting.stderr());
     assert!(!sock.exists(), "the listening socket was left behind");
+}
+
+#[test]
+fn a_migration_peer_with_the_wrong_key_is_refused_and_the_wait_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("incoming.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flint"));
+    cmd.args(["run", "--migrate-listen"])
+        .arg(format!("unix:{}", sock.display()))
+        .arg("--migrate-key")
+        .arg(key_file(dir.path()));
+    let mut waiting = Flint::spawn(cmd, tempfile::tempdir().unwrap());
+    common::wait_for_socket(&sock);
+    let wrong = vmm::migration::MigrationKey::from_bytes(&[b'x'; 32]).unwrap();
+    let stream = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let err = vmm::migration::Channel::connect(stream, &wrong, 1 << 20)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("does not hold"), "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !waiting.stderr().contains("refused migration peer") {
+        assert!(std::time::Instant::now() < deadline, "{}", waiting.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Nothing was accepted, no memory set up: the flint just waits on.
+    assert!(
+        !waiting.stderr().contains("authenticated"),
+        "{}",
+        waiting.stderr()
+    );
+    assert!(sock.exists(), "the listener must still be there");
+    waiting.signal(libc::SIGTERM);
+    let status = waiting.wait_exit(Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(0), "{}", waiting.stderr());
 }
 
 /// Runs `flint run ARGS` with stdio captured, its address space capped at
@@ -207,15 +246,53 @@ fn config_must_be_a_small_regular_file() {
     }
 }
 
+/// A migration key file in `dir`.
+fn key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let key = dir.join("migrate.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    key
+}
+
+#[test]
+fn migrate_listen_needs_a_usable_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("unix:{}", dir.path().join("m.sock").display());
+    let (code, stderr) = flint_run_args(
+        &["--migrate-listen".as_ref(), addr.as_ref()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--migrate-key"), "{stderr}");
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "hunter2\n").unwrap();
+    let (code, stderr) = flint_run_args(
+        &[
+            "--migrate-listen".as_ref(),
+            addr.as_ref(),
+            "--migrate-key".as_ref(),
+            short.as_os_str(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("at least 32"), "{stderr}");
+}
+
 #[test]
 fn migrate_listen_replaces_only_a_stale_socket() {
     let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
     // A regular file at the path is refused and left alone.
     let file = dir.path().join("precious.txt");
     std::fs::write(&file, b"keep me").unwrap();
     let addr = format!("unix:{}", file.display());
     let (code, stderr) = flint_run_args(
-        &["--migrate-listen".as_ref(), addr.as_ref()],
+        &[
+            "--migrate-listen".as_ref(),
+            addr.as_ref(),
+            "--migrate-key".as_ref(),
+            key.as_os_str(),
+        ],
         Duration::from_secs(60),
     );
     assert_ne!(code, Some(0), "{stderr}");
@@ -227,7 +304,12 @@ fn migrate_listen_replaces_only_a_stale_socket() {
     let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
     let addr = format!("unix:{}", live.display());
     let (code, stderr) = flint_run_args(
-        &["--migrate-listen".as_ref(), addr.as_ref()],
+        &[
+            "--migrate-listen".as_ref(),
+            addr.as_ref(),
+            "--migrate-key".as_ref(),
+            key.as_os_str(),
+        ],
         Duration::from_secs(60),
     );
     assert_ne!(code, Some(0), "{stderr}");
@@ -238,8 +320,15 @@ fn migrate_listen_replaces_only_a_stale_socket() {
 #[test]
 fn migrate_addresses_must_be_ip_literals() {
     // A host name would need DNS, whose syscalls seccomp kills flint for.
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path());
     let (code, stderr) = flint_run_args(
-        &["--migrate-listen".as_ref(), "tcp:localhost:4444".as_ref()],
+        &[
+            "--migrate-listen".as_ref(),
+            "tcp:localhost:4444".as_ref(),
+            "--migrate-key".as_ref(),
+            key.as_os_str(),
+        ],
         Duration::from_secs(60),
     );
     assert_ne!(code, Some(0), "{stderr}");

@@ -333,12 +333,60 @@ fn live_migration_over_unix_then_tcp_keeps_the_guest_counting() {
         &["--config", config.to_str().unwrap()],
     );
     source.wait_for("TICK 3", BOOT_TIMEOUT).unwrap();
+    let key = dir.path().join("migrate.key");
+    std::fs::write(&key, "flint-test-key-0123456789abcdef-0123\n").unwrap();
+    let key = key.to_str().unwrap();
+
+    // Hop 0: the destination restores the state and dies before READY
+    // (as if killed; dying just after READY races with the source's COMMIT
+    // and is checked deterministically in the hand-off's unit tests): the
+    // source must get its guest back and keep counting.
+    let doomed_addr = format!("unix:{}", dir.path().join("doomed.sock").display());
+    let doomed_sock = dir.path().join("doomed-api.sock");
+    let mut cmd = flint();
+    cmd.env("FLINT_MIGRATION_FAULT", "dest-before-ready:exit")
+        .args([
+            "run",
+            "--migrate-listen",
+            &doomed_addr,
+            "--migrate-key",
+            key,
+        ])
+        .arg("--api-sock")
+        .arg(&doomed_sock);
+    let mut doomed = Flint::spawn(cmd, tempfile::tempdir().unwrap());
+    wait_for_socket(&doomed_sock);
+    wait_for_listener(&doomed);
+    let out = flint()
+        .args(["ctl", "--api-sock"])
+        .arg(&sock)
+        .args(["migrate", "--to", &doomed_addr, "--key", key])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the failed migration must be reported"
+    );
+    assert_eq!(
+        doomed.wait_exit(Duration::from_secs(60)).unwrap().code(),
+        Some(137),
+        "{}",
+        doomed.stderr()
+    );
+    let kept_at = last_tick(&source.console());
+    source
+        .wait_for(&format!("TICK {}", kept_at + 2), BOOT_TIMEOUT)
+        .unwrap();
 
     // Hop 1: over a Unix socket.
     let unix_addr = format!("unix:{}", dir.path().join("migrate.sock").display());
-    let (mut middle, middle_sock) = start(dir.path(), "middle", &["--migrate-listen", &unix_addr]);
+    let (mut middle, middle_sock) = start(
+        dir.path(),
+        "middle",
+        &["--migrate-listen", &unix_addr, "--migrate-key", key],
+    );
     wait_for_listener(&middle);
-    ctl(&sock, &["migrate", "--to", &unix_addr]);
+    ctl(&sock, &["migrate", "--to", &unix_addr, "--key", key]);
     assert_eq!(
         source.wait_exit(Duration::from_secs(60)).unwrap().code(),
         Some(0)
@@ -360,9 +408,13 @@ fn live_migration_over_unix_then_tcp_keeps_the_guest_counting() {
         probe.local_addr().unwrap().port()
     };
     let tcp_addr = format!("tcp:127.0.0.1:{port}");
-    let (mut last, last_sock) = start(dir.path(), "last", &["--migrate-listen", &tcp_addr]);
+    let (mut last, last_sock) = start(
+        dir.path(),
+        "last",
+        &["--migrate-listen", &tcp_addr, "--migrate-key", key],
+    );
     wait_for_listener(&last);
-    ctl(&middle_sock, &["migrate", "--to", &tcp_addr]);
+    ctl(&middle_sock, &["migrate", "--to", &tcp_addr, "--key", key]);
     assert_eq!(
         middle.wait_exit(Duration::from_secs(60)).unwrap().code(),
         Some(0)

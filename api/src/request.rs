@@ -700,4 +700,7 @@ impl From<SnapshotLoadParams> for SnapshotLoadBody {
 pub struct MigrateParams {
     /// `unix:PATH` or `tcp:HOST:PORT` of a `flint run --migrate-listen`.
     pub destination: String,
+    /// The pre-shared key file (the destination's `--migrate-key`): the
+    /// two flints authenticate each other and every message with it.
+    pub key_path: std::path::PathBuf,
 }

@@ -22,5 +22,5 @@ pub mod snapshot;
 pub mod vstate;
 pub mod wakeups;
 
-pub use controller::{run, ApiEndpoint, RunEnd, Start, VmmOptions};
+pub use controller::{run, ApiEndpoint, MigrateListen, RunEnd, Start, VmmOptions};
 pub use microvm::MicroVmError;

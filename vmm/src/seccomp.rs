@@ -7,6 +7,7 @@
 //! | [`ThreadKind::Vcpu`] | `flint_vcpuN` | at the top of the thread, before the first `KVM_RUN` |
 //! | [`ThreadKind::Api`] | `flint_api` (and the `flint_api_wait` blocking-pool threads it spawns, which inherit it) | at the top of the thread, before the runtime starts |
 //! | [`ThreadKind::Output`] | `flint_serial`, `flint_log_out`, `flint_metrics` ([`crate::bounded_writer`]) | at the top of the thread, unless it inherited the VMM's filter (spawned after boot) |
+//! | [`ThreadKind::Control`] | `flint_ctl`: snapshot files and migration streams | at the top of the thread |
 //!
 //! Whether filters are wanted at all (`--no-seccomp`) is recorded once with
 //! [`set_enabled`], for threads started deep inside flint (the writer threads)
@@ -63,7 +64,8 @@ pub use names::syscall_name;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadKind {
     /// The main thread once the VM is built: the event loop (devices,
-    /// block and network I/O, API requests, metrics, logs, snapshots).
+    /// block and network I/O, API requests, metrics, logs; snapshot and
+    /// migration I/O is the control thread's).
     Vmm,
     /// The API server thread (tokio current-thread runtime + hyper) and its
     /// blocking-pool threads.
@@ -73,6 +75,9 @@ pub enum ThreadKind {
     /// A writer thread draining console, log or metrics output into a host
     /// file: writes, waits, nothing else.
     Output,
+    /// The control thread: writes snapshot files and streams migrations
+    /// (files, sockets, no KVM).
+    Control,
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -164,6 +169,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
         ThreadKind::Api => api(&mut rules),
         ThreadKind::Vcpu => vcpu(&mut rules),
         ThreadKind::Output => output(&mut rules),
+        ThreadKind::Control => control(&mut rules),
     }?;
     Ok(rules)
 }
@@ -368,8 +374,8 @@ fn threads(r: &mut Rules) -> BuildResult {
 
 /// The VMM thread's event loop after boot: devices (virtio-blk image I/O,
 /// virtio-net tap I/O, rate-limiter timers), console input, the API's
-/// requests (logger and metrics files, pause/resume kicks), snapshots and
-/// live migration, and the end of the run (joining threads, removing the
+/// requests (logger and metrics files, pause/resume kicks, collecting
+/// snapshot and migration state for the control thread), and the end of the run (joining threads, removing the
 /// API socket, restoring the terminal).
 fn vmm(r: &mut Rules) -> BuildResult {
     use libc::*;
@@ -403,9 +409,63 @@ fn vmm(r: &mut Rules) -> BuildResult {
         SYS_flock,
         SYS_fcntl,
     ]);
-    // Files: logger/metrics/snapshot files (create, stat, rename into
-    // place, remove), the API socket removed at exit, directories.
+    // Files: logger/metrics files and drive images re-opened through the
+    // API, stat, the API socket removed at exit. (Snapshot files are the
+    // control thread's: no renames or directories here.)
     r.allow(&[
+        SYS_openat,
+        SYS_open,
+        SYS_fstat,
+        SYS_newfstatat,
+        SYS_statx,
+        SYS_lstat,
+        SYS_stat,
+        SYS_unlinkat,
+        SYS_unlink,
+    ]);
+    // Sockets: the signal self-pipes and vsock's host side (Unix only; the
+    // migration's TCP and Unix streams are the control thread's).
+    r.allow_if(SYS_socket, vec![eq(0, AF_UNIX as u64)?])?;
+    r.allow_if(SYS_socketpair, vec![eq(0, AF_UNIX as u64)?])?;
+    r.allow(&[
+        SYS_connect,
+        SYS_bind,
+        SYS_listen,
+        SYS_accept4,
+        SYS_accept,
+        SYS_sendto,
+        SYS_sendmsg,
+        SYS_recvfrom,
+        SYS_recvmsg,
+        SYS_shutdown,
+        SYS_getsockopt,
+        SYS_getsockname,
+        SYS_getpeername,
+    ]);
+    // Kicking vCPU threads out of KVM_RUN (pause, stop): this process only.
+    r.allow_if(SYS_tgkill, vec![eq(0, pid())?, eq(2, SIGRTMIN() as u64)?])?;
+    // The drain threads of a log or metrics FIFO set through the API after
+    // boot, or of the console of a VM built then (crate::bounded_writer).
+    threads(r)
+}
+
+/// The control thread: snapshot files (create, write, sync, rename into
+/// place, directories) and migration streams (Unix and TCP: connect, send,
+/// receive with timeouts), nonces from getrandom (in `common`).
+fn control(r: &mut Rules) -> BuildResult {
+    use libc::*;
+    r.allow(&[
+        SYS_read,
+        SYS_readv,
+        SYS_pread64,
+        SYS_pwrite64,
+        SYS_pwritev,
+        SYS_lseek,
+        SYS_fsync,
+        SYS_fdatasync,
+        SYS_fallocate,
+        SYS_ftruncate,
+        SYS_fcntl,
         SYS_openat,
         SYS_open,
         SYS_fstat,
@@ -420,21 +480,15 @@ fn vmm(r: &mut Rules) -> BuildResult {
         SYS_unlink,
         SYS_mkdirat,
         SYS_mkdir,
-        SYS_rmdir,
         SYS_getdents64,
+        SYS_poll,
+        SYS_ppoll,
     ]);
-    // Sockets for live migration and the signal self-pipes: Unix and IP
-    // only (no netlink, packet or raw sockets).
     for family in [AF_UNIX, AF_INET, AF_INET6] {
         r.allow_if(SYS_socket, vec![eq(0, family as u64)?])?;
     }
-    r.allow_if(SYS_socketpair, vec![eq(0, AF_UNIX as u64)?])?;
     r.allow(&[
         SYS_connect,
-        SYS_bind,
-        SYS_listen,
-        SYS_accept4,
-        SYS_accept,
         SYS_sendto,
         SYS_sendmsg,
         SYS_recvfrom,
@@ -445,14 +499,7 @@ fn vmm(r: &mut Rules) -> BuildResult {
         SYS_getsockname,
         SYS_getpeername,
     ]);
-    // Kicking vCPU threads out of KVM_RUN (pause, stop): this process only.
-    r.allow_if(SYS_tgkill, vec![eq(0, pid())?, eq(2, SIGRTMIN() as u64)?])?;
-    // uname for glibc's resolver (res_init reads the host name) when a
-    // migration address is a host name.
-    r.allow(&[SYS_uname]);
-    // The drain threads of a log or metrics FIFO set through the API after
-    // boot, or of the console of a VM built then (crate::bounded_writer).
-    threads(r)
+    Ok(())
 }
 
 /// System calls that fail with an error instead of trapping, checked
@@ -474,6 +521,7 @@ fn errno_rules(kind: ThreadKind) -> &'static [(i64, i32)] {
         ThreadKind::Api => &[(libc::SYS_clone3, libc::ENOSYS), NO_FILES[0], NO_FILES[1]],
         ThreadKind::Vcpu | ThreadKind::Output => &NO_FILES,
         ThreadKind::Vmm => &[(libc::SYS_clone3, libc::ENOSYS)],
+        ThreadKind::Control => &[],
     }
 }
 
@@ -771,6 +819,7 @@ mod tests {
             ThreadKind::Api,
             ThreadKind::Vcpu,
             ThreadKind::Output,
+            ThreadKind::Control,
         ] {
             let program = filter(kind).unwrap();
             // Well under the kernel's 4096-instruction limit.

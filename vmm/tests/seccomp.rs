@@ -86,9 +86,13 @@ fn in_child(test: &str, scenario: fn()) -> ChildResult {
         // SAFETY: ends the process; exit_group is allowed by every filter.
         unsafe { libc::_exit(0) };
     }
+    // The child's temporary files go here, removed once it is done (a
+    // confined child may not remove directories itself).
+    let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, test)
+        .env("TMPDIR", tmp.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -574,6 +578,61 @@ fn vmm_work() {
     assert_eq!(punched, 0);
     (&file).write_all(b"seq").unwrap();
 
+    // Log and metrics files, appended.
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("flint.log"))
+        .unwrap();
+    writeln!(log, "a log line").unwrap();
+    eprintln!("vmm: a log line on stderr");
+
+    // Kicking a vCPU thread, then stopping it.
+    use std::os::unix::thread::JoinHandleExt;
+    // SAFETY: the thread is alive until it is told to stop below.
+    unsafe { libc::pthread_kill(vcpu.as_pthread_t(), vmm_sys_util::signal::SIGRTMIN()) };
+    std::thread::sleep(Duration::from_millis(2));
+    stop_tx.send(()).unwrap();
+    vcpu.join().unwrap();
+
+    // The terminal check at exit (TCGETS), and removing the API socket.
+    // SAFETY: isatty only queries fd 0.
+    unsafe { libc::isatty(0) };
+    let sock = dir.path().join("api.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    fs::remove_file(&sock).unwrap();
+    // The child exits next; the parent removes the directory (TMPDIR):
+    // the VMM thread removes no directories.
+    std::mem::forget(dir);
+}
+
+#[test]
+fn seccomp_vmm_filter_allows_what_the_event_loop_does() {
+    in_child(
+        "seccomp_vmm_filter_allows_what_the_event_loop_does",
+        vmm_work,
+    )
+    .assert_survived();
+}
+
+/// What the control thread does: snapshot files and migration streams
+/// (the peers listen on an unconfined thread, as the destination would).
+fn control_work() {
+    use std::fs::{self, OpenOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("migrate.sock");
+    let unix = UnixListener::bind(&sock).unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_addr = tcp.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let mut buf = [0u8; 5];
+        let (mut inc, _) = unix.accept().unwrap();
+        inc.read_exact(&mut buf).unwrap();
+        inc.write_all(b"ready").unwrap();
+        let (mut server, _) = tcp.accept().unwrap();
+        server.read_exact(&mut buf).unwrap();
+    });
+    install(ThreadKind::Control).unwrap();
     // Snapshot files: written to a temporary name, synced, renamed.
     let snap_dir = dir.path().join("snap");
     fs::create_dir(&snap_dir).unwrap();
@@ -587,60 +646,54 @@ fn vmm_work() {
         .unwrap();
     fs::rename(&tmp, snap_dir.join("vm.state")).unwrap();
     assert_eq!(fs::read(snap_dir.join("vm.state")).unwrap(), b"state");
-    assert_eq!(fs::metadata(&image).unwrap().len(), 1 << 20);
     assert_eq!(fs::read_dir(&snap_dir).unwrap().count(), 1);
     fs::remove_file(snap_dir.join("vm.state")).unwrap();
-    // Log and metrics files, appended.
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.path().join("flint.log"))
-        .unwrap();
-    writeln!(log, "a log line").unwrap();
-    eprintln!("vmm: a log line on stderr");
-
-    // Migration: a Unix socket and TCP on loopback.
-    let sock = dir.path().join("migrate.sock");
-    let listener = UnixListener::bind(&sock).unwrap();
+    // Migration: a Unix socket and TCP on loopback, read timeouts, nonces.
     let mut out = UnixStream::connect(&sock).unwrap();
-    let (mut inc, _) = listener.accept().unwrap();
     out.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     out.write_all(b"pages").unwrap();
     let mut buf = [0u8; 5];
-    inc.read_exact(&mut buf).unwrap();
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut client = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+    out.read_exact(&mut buf).unwrap();
+    let mut client = std::net::TcpStream::connect(tcp_addr).unwrap();
     client.set_nodelay(true).unwrap();
-    let (mut server, _) = tcp.accept().unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     client.write_all(b"state").unwrap();
-    server.read_exact(&mut buf).unwrap();
-    drop((client, server, tcp, out, inc, listener));
-    use std::net::ToSocketAddrs;
-    let resolved = ("localhost", 4242).to_socket_addrs();
-    eprintln!("vmm: localhost resolves: {:?}", resolved.map(|a| a.count()));
-
-    // Kicking a vCPU thread, then stopping it.
-    use std::os::unix::thread::JoinHandleExt;
-    // SAFETY: the thread is alive until it is told to stop below.
-    unsafe { libc::pthread_kill(vcpu.as_pthread_t(), vmm_sys_util::signal::SIGRTMIN()) };
-    std::thread::sleep(Duration::from_millis(2));
-    stop_tx.send(()).unwrap();
-    vcpu.join().unwrap();
-
-    // The terminal check at exit (TCGETS), and removing the API socket.
-    // SAFETY: isatty only queries fd 0.
-    unsafe { libc::isatty(0) };
+    let mut nonce = [0u8; 32];
+    // SAFETY: the buffer is valid for its length.
+    assert_eq!(
+        unsafe { libc::getrandom(nonce.as_mut_ptr().cast(), 32, 0) },
+        32
+    );
+    peer.join().unwrap();
+    drop((client, out));
     fs::remove_file(&sock).unwrap();
-    drop(dir);
+    // The child exits next; the parent removes the directory (TMPDIR).
+    std::mem::forget(dir);
 }
 
 #[test]
-fn seccomp_vmm_filter_allows_what_the_event_loop_does() {
+fn seccomp_control_filter_allows_snapshot_files_and_migration_streams() {
     in_child(
-        "seccomp_vmm_filter_allows_what_the_event_loop_does",
-        vmm_work,
+        "seccomp_control_filter_allows_snapshot_files_and_migration_streams",
+        || on_thread("flint_ctl", control_work),
     )
     .assert_survived();
+}
+
+#[test]
+fn seccomp_vmm_filter_kills_a_tcp_socket() {
+    // Migration streams are the control thread's; the device thread has
+    // no business with IP sockets.
+    in_child("seccomp_vmm_filter_kills_a_tcp_socket", || {
+        on_thread("fc_vmm", || {
+            install(ThreadKind::Vmm).unwrap();
+            // SAFETY: a plain syscall; it never returns here.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        })
+    })
+    .assert_killed_for("fc_vmm", libc::SYS_socket, "socket");
 }
 
 #[test]

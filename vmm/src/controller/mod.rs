@@ -33,6 +33,8 @@ use crate::microvm::{BuildContext, MicroVm, MicroVmError};
 use crate::vstate::vcpu::VcpuEventSender;
 use crate::wakeups::{Outcome, WakeupSources, Wakeups};
 
+mod control;
+mod offload;
 mod requests;
 mod snapshots;
 
@@ -108,10 +110,21 @@ pub enum Start {
     Boot(VmConfig),
     /// Restore a snapshot right away.
     Restore(SnapshotLoadParams),
-    /// Wait for a live migration on this address (`unix:PATH`, `tcp:HOST:PORT`).
-    MigrateListen(String),
+    /// Wait for a live migration from a source holding the key.
+    MigrateListen(MigrateListen),
     /// Wait for the API to configure and start the VM.
     Api,
+}
+
+/// What `flint run --migrate-listen` waits for and allows.
+pub struct MigrateListen {
+    /// `unix:PATH` or `tcp:IP:PORT`.
+    pub address: String,
+    /// The pre-shared key the source must prove it holds (read before
+    /// seccomp is on).
+    pub key: crate::migration::MigrationKey,
+    /// The limits and host paths the incoming VM gets.
+    pub policy: crate::migration::IncomingPolicy,
 }
 
 /// The configuration being assembled before boot (and kept after it, for
@@ -191,6 +204,14 @@ struct Vmm {
     api_requests: Option<Receiver<ApiMessage>>,
     end_requested: Option<Outcome>,
     confined: bool,
+    /// The control thread (snapshot writing, migration streaming).
+    control: Option<control::Control>,
+    /// What the control thread is doing for this VM, if anything; requests
+    /// that would disturb it are refused meanwhile.
+    control_busy: Option<&'static str>,
+    /// For an outgoing migration: whether the VM was paused and dirty
+    /// logging on before it started (what a failure restores).
+    migration_undo: (bool, bool),
 }
 
 impl Vmm {
@@ -211,6 +232,14 @@ impl Vmm {
                 EventFd::new(EFD_NONBLOCK).map_err(os("API eventfd"))?,
                 None,
             ),
+        };
+        let control_wake = api_wake.try_clone().map_err(os("API eventfd"))?;
+        let control = match control::Control::spawn(control_wake, options.seccomp) {
+            Ok(control) => Some(control),
+            Err(e) => {
+                log::warn!("no control thread ({e}): snapshots and migration are unavailable");
+                None
+            }
         };
         let wakeups = Wakeups::new(WakeupSources {
             reset_evt: reset_evt
@@ -247,6 +276,9 @@ impl Vmm {
             api_requests,
             end_requested: None,
             confined: false,
+            control,
+            control_busy: None,
+            migration_undo: (false, false),
         })
     }
 
@@ -267,8 +299,8 @@ impl Vmm {
             Start::Restore(params) => self
                 .load_snapshot(&params)
                 .map_err(MicroVmError::Snapshot)?,
-            Start::MigrateListen(address) => {
-                if let Some(signal) = self.migrate_in(&address)? {
+            Start::MigrateListen(listen) => {
+                if let Some(signal) = self.migrate_in(&listen)? {
                     return Ok(RunEnd::Signal(signal));
                 }
             }
@@ -295,6 +327,7 @@ impl Vmm {
                 break outcome;
             }
             if api_pending {
+                self.serve_control();
                 self.serve_api();
                 if let Err(e) = self.confine_if_running() {
                     break Outcome::Fatal {
@@ -372,6 +405,9 @@ impl Vmm {
             return;
         };
         while let Ok(message) = requests.try_recv() {
+            let Some(message) = self.hand_to_control(message) else {
+                continue;
+            };
             let response = self.handle(message.request);
             // The client may have given up (timeout); nothing to do then.
             let _ = message.reply.send(response);

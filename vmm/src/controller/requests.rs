@@ -218,38 +218,12 @@ impl Vmm {
                 _ => ApiResponse::Empty,
             },
             R::PatchVm(state) => self.change_vm_state(state),
-            R::CreateSnapshot(params) => match self.create_snapshot(&params) {
-                Ok(()) => ApiResponse::Empty,
-                Err(e) => bad_request(e),
-            },
+            // Served through the control thread before this (offload.rs).
+            R::CreateSnapshot(_) | R::Migrate(_) => bad_request("internal: not served here"),
             R::LoadSnapshot(params) => match self.load_snapshot(&params) {
                 Ok(()) => ApiResponse::Empty,
                 Err(e) => bad_request(e),
             },
-            R::Migrate(params) => {
-                let Some(vm) = self.vm.as_mut() else {
-                    return bad_request("the VM is not started");
-                };
-                match crate::migration::migrate_out(vm, &params.destination) {
-                    Ok(report) => {
-                        log::info!(
-                            "migration to {} complete: {} rounds, {:.1} MiB of memory and {} KiB of state sent, total {} ms, downtime {} ms",
-                            params.destination,
-                            report.rounds,
-                            report.bytes as f64 / (1 << 20) as f64,
-                            report.state_bytes / 1024,
-                            report.total.as_millis(),
-                            report.downtime.as_millis()
-                        );
-                        self.end_requested = Some(Outcome::Migrated);
-                        ApiResponse::Empty
-                    }
-                    Err(e) => {
-                        log::error!("migration to {} failed, the VM stays here: {e}", params.destination);
-                        bad_request(format!("migration failed (the VM keeps running here): {e}"))
-                    }
-                }
-            }
             R::PutLogger(config) => {
                 let level = match config.level {
                     Some(level) => match crate::logger::parse_level(&format!("{level:?}")) {

@@ -1,20 +1,20 @@
-//! Snapshots from the control loop: creating them from a paused VM,
-//! loading them into a fresh flint, and receiving a live migration.
+//! Snapshots from the control loop: loading them into a fresh flint and
+//! receiving a live migration (creating them and migrating away go through
+//! the control thread: see `offload`).
 
 use std::time::Instant;
 
-use api::{SnapshotCreateParams, SnapshotLoadParams, SnapshotType, VmConfig};
+use api::{SnapshotLoadParams, VmConfig};
 
 use super::{PendingConfig, Vmm};
 use crate::microvm::{MicroVm, MicroVmError, RestoreSource};
-use crate::snapshot::format;
-use crate::snapshot::memory::{dump, load_copy, map_private, take_dirty_pages, Pages};
-use crate::snapshot::{MemoryKind, MicroVmState};
+use crate::snapshot::memory::{load_copy, map_private};
+use crate::snapshot::MicroVmState;
 
 /// Whether two paths name the same file: the same inode when both exist,
 /// else the same spelling once `.` components are dropped. (Only `stat` is
 /// used: the VMM thread's seccomp filter has no `readlink`/`getcwd`.)
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+pub(super) fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     if let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) {
         return ma.dev() == mb.dev() && ma.ino() == mb.ino();
@@ -28,74 +28,6 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
 }
 
 impl Vmm {
-    pub(super) fn create_snapshot(&mut self, params: &SnapshotCreateParams) -> Result<(), String> {
-        let Some(vm) = self.vm.as_mut() else {
-            return Err("the VM is not started".into());
-        };
-        if !vm.is_paused() {
-            return Err("pause the VM first (PATCH /vm {\"state\": \"Paused\"})".into());
-        }
-        if same_file(&params.snapshot_path, &params.mem_file_path) {
-            return Err(format!(
-                "snapshot_path and mem_file_path are the same file ({})",
-                params.snapshot_path.display()
-            ));
-        }
-        let started = Instant::now();
-        let kind = match params.snapshot_type {
-            SnapshotType::Full => MemoryKind::Full,
-            SnapshotType::Diff if !vm.dirty_logging() => {
-                return Err("diff snapshots need dirty page tracking: boot with machine-config.track_dirty_pages or load with enable_diff_snapshots".into())
-            }
-            SnapshotType::Diff => MemoryKind::Diff,
-        };
-        let state = vm.save_state(kind).map_err(|e| e.to_string())?;
-        let state_bytes = crate::snapshot::encode_state(&state).map_err(|e| e.to_string())?;
-        // Both files go to temporary names and are synced first; then the
-        // memory file and last the state file are renamed into place. A
-        // failure before the renames leaves the previous pair untouched; a
-        // failure between them leaves a pair whose ids differ, which
-        // loading refuses rather than mixing.
-        let mem_tmp = format::temp_path(&params.mem_file_path);
-        let id = state.snapshot_id;
-        let written = if vm.dirty_logging() {
-            // Either way the dirty log restarts here: the next diff is
-            // relative to this snapshot.
-            let dirty = take_dirty_pages(vm.vm().fd(), vm.memory()).map_err(|e| e.to_string())?;
-            let pages = match kind {
-                MemoryKind::Full => Pages::All,
-                MemoryKind::Diff => Pages::Dirty(&dirty),
-            };
-            dump(vm.memory(), &mem_tmp, pages, id)
-        } else {
-            dump(vm.memory(), &mem_tmp, Pages::All, id)
-        }
-        .map_err(|e| e.to_string())?;
-        let state_tmp = match format::write_temp(&params.snapshot_path, &state_bytes) {
-            Ok(tmp) => tmp,
-            Err(e) => {
-                let _ = std::fs::remove_file(&mem_tmp);
-                return Err(e.to_string());
-            }
-        };
-        let committed = format::commit(&mem_tmp, &params.mem_file_path)
-            .and_then(|()| format::commit(&state_tmp, &params.snapshot_path));
-        if let Err(e) = committed {
-            let _ = std::fs::remove_file(&mem_tmp);
-            let _ = std::fs::remove_file(&state_tmp);
-            return Err(e.to_string());
-        }
-        log::info!(
-            "{:?} snapshot written in {} ms: state {}, memory {} ({:.1} MiB of data)",
-            kind,
-            started.elapsed().as_millis(),
-            params.snapshot_path.display(),
-            params.mem_file_path.display(),
-            written as f64 / (1 << 20) as f64
-        );
-        Ok(())
-    }
-
     pub(super) fn load_snapshot(&mut self, params: &SnapshotLoadParams) -> Result<(), String> {
         if self.vm.is_some() {
             return Err(
@@ -158,10 +90,12 @@ impl Vmm {
     }
 
     /// Receives a migrating VM and runs it; `Some(signal)` if a signal ended
-    /// the wait first.
+    /// the wait first. The VM is restored paused and only resumed once the
+    /// source has committed (see `migration::handoff`); on any failure
+    /// before that it is discarded.
     pub(super) fn migrate_in(
         &mut self,
-        address: &str,
+        listen: &super::MigrateListen,
     ) -> Result<Option<&'static str>, MicroVmError> {
         let wakeups = self.wakeups.clone();
         let mut received = None;
@@ -172,24 +106,38 @@ impl Vmm {
                 .poll_signals();
             received.is_some()
         };
-        let incoming = crate::migration::accept_incoming(address, &mut cancelled);
-        let (mem, state, mut stream) = match incoming {
+        let incoming = crate::migration::accept_incoming(
+            &listen.address,
+            &listen.key,
+            &listen.policy,
+            &mut cancelled,
+        );
+        let crate::migration::Incoming {
+            mem,
+            state,
+            mut channel,
+        } = match incoming {
             Ok(incoming) => incoming,
             Err(crate::migration::MigrationError::Cancelled) => return Ok(received),
             Err(e) => return Err(MicroVmError::Snapshot(format!("incoming migration: {e}"))),
         };
         let config = state.config.clone();
-        let result = self
-            .restore(state, mem)
-            .and_then(|()| match self.vm.as_mut() {
-                Some(vm) => vm.resume(),
-                None => Ok(()),
+        let restored = self.restore(state, mem).map_err(|e| e.to_string());
+        let vm = &mut self.vm;
+        let finished =
+            crate::migration::finish_incoming(&mut channel, restored, &mut || match vm.as_mut() {
+                Some(vm) => vm.resume().map_err(|e| e.to_string()),
+                None => Err("no VM was restored".into()),
             });
-        crate::migration::acknowledge(
-            &mut stream,
-            result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
-        );
-        result?;
+        if let Err(e) = finished {
+            // Not committed (or lost): this flint must not run the guest.
+            if let Some(mut vm) = self.vm.take() {
+                vm.stop();
+            }
+            return Err(MicroVmError::Snapshot(format!(
+                "incoming migration, restored VM discarded: {e}"
+            )));
+        }
         self.pending = PendingConfig::from_config(config);
         log::info!("incoming migration complete: the VM runs here");
         Ok(None)

@@ -273,4 +273,4 @@ pub fn load_state(path: &Path) -> Result<MicroVmState, StateError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

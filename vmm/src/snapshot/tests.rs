@@ -33,7 +33,7 @@ fn device(name: &str) -> VirtioDeviceState {
     }
 }
 
-fn sample() -> MicroVmState {
+pub(crate) fn sample() -> MicroVmState {
     MicroVmState {
         config: config(2, 2),
         memory: MemoryLayout {

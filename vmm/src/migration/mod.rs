@@ -4,10 +4,25 @@
 //! the pages dirtied meanwhile (KVM's dirty log plus the VMM's own writes)
 //! until what is left is small, then pauses the guest, sends the rest and
 //! the complete state, and waits for the destination to say it runs the
-//! guest. Only then does the source stop; on any failure before that the
-//! source resumes the guest and keeps it.
+//! guest. The end is a two-phase hand-off ([`handoff`]): the guest runs in
+//! exactly one place whichever side or connection fails.
 //!
-//! Wire format: messages of `tag: u8 | length: u64 LE | payload`.
+//! Both sides hold a pre-shared key; the stream starts with a challenge-
+//! response handshake and every message after it carries an HMAC
+//! ([`channel`]). Nothing the peer sends is read before the handshake
+//! proves it holds the key, and what an authenticated source asks for is
+//! still capped by the destination's [`IncomingPolicy`].
+//!
+//! Wire format after the handshake: frames of `tag: u8 | length: u64 LE |
+//! payload | HMAC`.
+
+pub mod channel;
+pub mod handoff;
+pub mod policy;
+
+pub use channel::{Channel, MigrationKey};
+pub use handoff::{Fault, SourceEnd};
+pub use policy::IncomingPolicy;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,18 +33,15 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::memory::GuestMemory;
-use crate::microvm::MicroVm;
-use crate::snapshot::memory::{count_pages, take_dirty_pages, PAGE_SIZE};
-use crate::snapshot::{format, MemoryKind, MemoryLayout, MicroVmState};
+use crate::snapshot::memory::{count_pages, PAGE_SIZE};
+use crate::snapshot::{format, MemoryLayout, MicroVmState};
 
 const TAG_HELLO: u8 = 1;
 const TAG_PAGES: u8 = 2;
 const TAG_STATE: u8 = 3;
 const TAG_DONE: u8 = 4;
-const TAG_ACK: u8 = 5;
-const TAG_ERROR: u8 = 6;
-/// 2: the HELLO is postcard-encoded and the state is the sectioned state file.
-const PROTOCOL_VERSION: u32 = 2;
+/// 3: authenticated frames and the two-phase hand-off.
+const PROTOCOL_VERSION: u32 = 3;
 /// Stop iterating when a round leaves at most this many dirty pages (1 MiB).
 const CONVERGED_PAGES: u64 = 256;
 /// Give up iterating (and pause anyway) after this many rounds.
@@ -40,8 +52,14 @@ const MAX_RUN: usize = 1 << 20;
 const MAX_MESSAGE: u64 = 512 << 20;
 /// How long the destination waits for the next message before giving up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the destination may take to restore and answer.
-const ACK_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the destination may take to restore and answer READY.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the destination waits for COMMIT after READY.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the source waits for RUNNING after COMMIT.
+const RUNNING_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an unauthenticated peer may take over the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a migration failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +85,19 @@ pub enum MigrationError {
     /// A signal ended the wait for the source.
     #[error("cancelled while waiting for the source")]
     Cancelled,
+    /// The key file is unusable.
+    #[error("migration key: {0}")]
+    Key(String),
+    /// The peer failed authentication.
+    #[error("migration authentication failed: {0}")]
+    Auth(String),
+    /// The incoming VM asks for more than this flint allows.
+    #[error("incoming migration refused: {0}")]
+    Refused(String),
+    /// COMMIT was sent and then something failed: the source must never
+    /// resume; whether the guest runs is up to the destination.
+    #[error("{0} (after COMMIT: this flint will not resume the guest; its fate is with the destination)")]
+    AfterCommit(Box<MigrationError>),
 }
 
 /// A migration endpoint.
@@ -115,7 +146,9 @@ impl Stream {
             }
         })
     }
+}
 
+impl handoff::Timeouts for Stream {
     fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
         match self {
             Self::Unix(s) => s.set_read_timeout(timeout),
@@ -149,32 +182,6 @@ impl Write for Stream {
     }
 }
 
-fn send(stream: &mut Stream, tag: u8, parts: &[&[u8]]) -> Result<(), MigrationError> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    stream.write_all(&[tag])?;
-    stream.write_all(&(len as u64).to_le_bytes())?;
-    for part in parts {
-        stream.write_all(part)?;
-    }
-    Ok(())
-}
-
-fn receive(stream: &mut Stream) -> Result<(u8, Vec<u8>), MigrationError> {
-    let mut header = [0u8; 9];
-    stream.read_exact(&mut header)?;
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&header[1..]);
-    let len = u64::from_le_bytes(len);
-    if len > MAX_MESSAGE {
-        return Err(MigrationError::Protocol(format!(
-            "message of {len} bytes is too large"
-        )));
-    }
-    let mut payload = vec![0u8; len as usize];
-    stream.read_exact(&mut payload)?;
-    Ok((header[0], payload))
-}
-
 /// What a migration did, for the log.
 #[derive(Debug, Clone, Default)]
 pub struct MigrationReport {
@@ -192,7 +199,7 @@ pub struct MigrationReport {
 
 /// Sends the pages set in `bitmaps` (or every non-zero page) as runs.
 fn send_pages(
-    stream: &mut Stream,
+    stream: &mut Channel<Stream>,
     mem: &GuestMemory,
     bitmaps: Option<&[Vec<u64>]>,
 ) -> Result<u64, MigrationError> {
@@ -226,101 +233,94 @@ fn send_pages(
             if bitmaps.is_none() && buf[..len].iter().all(|&b| b == 0) {
                 continue;
             }
-            send(stream, TAG_PAGES, &[&gpa.to_le_bytes(), &buf[..len]])?;
+            stream.send(TAG_PAGES, &[&gpa.to_le_bytes(), &buf[..len]])?;
             sent += len as u64;
         }
     }
     Ok(sent)
 }
 
-/// Migrates `vm` to `destination`. On success the guest runs there and this
-/// VM stays paused (the caller ends the process); on failure the VM is
-/// resumed if it was running and the error returned.
-pub fn migrate_out(vm: &mut MicroVm, destination: &str) -> Result<MigrationReport, MigrationError> {
-    let address = Address::parse(destination)?;
-    let was_paused = vm.is_paused();
-    let logging_before = vm.dirty_logging();
-    let result = run_source(vm, &address);
-    if result.is_err() {
-        if !was_paused && vm.is_paused() {
-            if let Err(e) = vm.resume() {
-                log::error!("migration failed and the VM could not be resumed: {e}");
-            }
-        }
-        if !logging_before {
-            if let Err(e) = vm.set_dirty_logging(false) {
-                log::warn!("turning dirty logging off again: {e}");
-            }
-        }
-    }
-    result
+/// What the sending side needs of the running VM while it streams it. The
+/// streaming runs on the control thread; these calls reach the thread that
+/// owns the VM (and serves its devices), which answers them quickly.
+pub trait SourceVm {
+    /// The guest's memory (shared mappings: reading it needs no VMM help).
+    fn memory(&self) -> &GuestMemory;
+    /// The pages written since the last call, per region (KVM's dirty log
+    /// plus the VMM's own writes).
+    fn take_dirty(&mut self) -> Result<Vec<Vec<u64>>, MigrationError>;
+    /// Pauses the vCPUs and returns the pages written since the last
+    /// [`SourceVm::take_dirty`] and the encoded state.
+    fn pause_and_collect(&mut self) -> Result<(Vec<Vec<u64>>, Vec<u8>), MigrationError>;
 }
 
-fn run_source(vm: &mut MicroVm, address: &Address) -> Result<MigrationReport, MigrationError> {
-    let start = Instant::now();
-    let mut stream = Stream::connect(address)?;
-    let layout = MemoryLayout::of(vm.memory());
-    let hello = format::to_bytes(&(PROTOCOL_VERSION, &layout))
-        .map_err(|e| MigrationError::State(e.to_string()))?;
-    send(&mut stream, TAG_HELLO, &[&hello])?;
+fn state_err(e: impl std::fmt::Display) -> MigrationError {
+    MigrationError::State(e.to_string())
+}
 
-    vm.set_dirty_logging(true)
-        .map_err(|e| MigrationError::State(e.to_string()))?;
+/// Sends the VM behind `vm` to `destination`, authenticating with `key`.
+/// The caller has turned dirty logging on. On `Ok` the guest runs at the
+/// destination and the source's VM must stay paused for good; on
+/// [`MigrationError::AfterCommit`] too (and the source ends with that
+/// error). On any other error the caller resumes the VM if it ran.
+pub fn send_vm(
+    vm: &mut dyn SourceVm,
+    destination: &str,
+    key: &MigrationKey,
+) -> Result<MigrationReport, MigrationError> {
+    let address = Address::parse(destination)?;
+    run_source(vm, &address, key, handoff::Fault::from_env())
+}
+
+fn run_source(
+    vm: &mut dyn SourceVm,
+    address: &Address,
+    key: &MigrationKey,
+    fault: Option<Fault>,
+) -> Result<MigrationReport, MigrationError> {
+    let start = Instant::now();
+    let stream = Stream::connect(address)?;
+    handoff::Timeouts::set_read_timeout(&stream, Some(HANDSHAKE_TIMEOUT))?;
+    let mut ch = Channel::connect(stream, key, MAX_MESSAGE)?;
+    let layout = MemoryLayout::of(vm.memory());
+    let hello = format::to_bytes(&(PROTOCOL_VERSION, &layout)).map_err(state_err)?;
+    ch.send(TAG_HELLO, &[&hello])?;
+
     let mut report = MigrationReport::default();
     // Start tracking now: everything written from here on is sent again.
-    take_dirty_pages(vm.vm().fd(), vm.memory())
-        .map_err(|e| MigrationError::State(e.to_string()))?;
-    report.bytes += send_pages(&mut stream, vm.memory(), None)?;
+    vm.take_dirty()?;
+    report.bytes += send_pages(&mut ch, vm.memory(), None)?;
     report.rounds = 1;
     loop {
-        let dirty = take_dirty_pages(vm.vm().fd(), vm.memory())
-            .map_err(|e| MigrationError::State(e.to_string()))?;
+        let dirty = vm.take_dirty()?;
         let count = count_pages(&dirty);
-        if count <= CONVERGED_PAGES || report.rounds >= MAX_ROUNDS {
-            // Put this round's pages back in play for the final copy.
-            let paused_at = Instant::now();
-            if !vm.is_paused() {
-                vm.pause()
-                    .map_err(|e| MigrationError::State(e.to_string()))?;
-            }
-            report.bytes += send_pages(&mut stream, vm.memory(), Some(&dirty))?;
-            let last = take_dirty_pages(vm.vm().fd(), vm.memory())
-                .map_err(|e| MigrationError::State(e.to_string()))?;
-            report.bytes += send_pages(&mut stream, vm.memory(), Some(&last))?;
-            let state = vm
-                .save_state(MemoryKind::Full)
-                .map_err(|e| MigrationError::State(e.to_string()))?;
-            let encoded = crate::snapshot::encode_state(&state)
-                .map_err(|e| MigrationError::State(e.to_string()))?;
-            report.state_bytes = encoded.len() as u64;
-            send(&mut stream, TAG_STATE, &[&encoded])?;
-            send(&mut stream, TAG_DONE, &[])?;
-            stream.set_read_timeout(Some(ACK_TIMEOUT))?;
-            let (tag, payload) = receive(&mut stream)?;
-            match tag {
-                TAG_ACK => {}
-                TAG_ERROR => {
-                    return Err(MigrationError::Destination(
-                        String::from_utf8_lossy(&payload).into_owned(),
-                    ))
-                }
-                other => {
-                    return Err(MigrationError::Protocol(format!(
-                        "unexpected answer {other}"
-                    )))
-                }
-            }
-            report.downtime = paused_at.elapsed();
-            report.total = start.elapsed();
-            return Ok(report);
+        if count > CONVERGED_PAGES && report.rounds < MAX_ROUNDS {
+            report.bytes += send_pages(&mut ch, vm.memory(), Some(&dirty))?;
+            report.rounds += 1;
+            continue;
         }
-        report.bytes += send_pages(&mut stream, vm.memory(), Some(&dirty))?;
-        report.rounds += 1;
+        let paused_at = Instant::now();
+        let (last, encoded) = vm.pause_and_collect()?;
+        report.bytes += send_pages(&mut ch, vm.memory(), Some(&dirty))?;
+        report.bytes += send_pages(&mut ch, vm.memory(), Some(&last))?;
+        report.state_bytes = encoded.len() as u64;
+        ch.send(TAG_STATE, &[&encoded])?;
+        ch.send(TAG_DONE, &[])?;
+        // The vCPUs are paused; "for good" means nothing resumes them
+        // after COMMIT: the caller does not on Ok or AfterCommit.
+        let end = handoff::source(&mut ch, fault, READY_TIMEOUT, RUNNING_TIMEOUT, &mut || {
+            log::info!("destination READY: the guest stops here for good; sending COMMIT");
+        });
+        report.downtime = paused_at.elapsed();
+        report.total = start.elapsed();
+        return match end {
+            SourceEnd::Running => Ok(report),
+            SourceEnd::BeforeCommit(e) => Err(e),
+            SourceEnd::AfterCommit(e) => Err(MigrationError::AfterCommit(Box::new(e))),
+        };
     }
 }
 
-/// Waits on `address` for one incoming migration and returns the guest's
-/// memory and state, plus the stream to acknowledge on once it runs.
 /// Accepts one connection, checking `cancelled` every 100 ms so that a
 /// signal still stops a flint that is waiting.
 fn accept_one<T>(
@@ -370,15 +370,33 @@ fn remove_stale_socket(path: &std::path::Path) -> Result<(), MigrationError> {
     }
 }
 
-/// Waits on `address` for one incoming migration (giving up when `cancelled`
-/// says so) and returns the guest's memory and state, plus the stream to
-/// acknowledge on once it runs. A source that stalls for [`STALL_TIMEOUT`]
-/// fails the migration.
+/// A received migration: the guest's memory and (policy-checked) state,
+/// and the channel to finish the hand-off on ([`finish_incoming`]).
+pub struct Incoming<S = Stream> {
+    /// The guest's memory, filled.
+    pub mem: GuestMemory,
+    /// The guest's state, its host paths already the destination's own.
+    pub state: MicroVmState,
+    /// The authenticated channel to the source.
+    pub channel: Channel<S>,
+}
+
+/// Waits on `address` for an incoming migration from a peer holding `key`
+/// (giving up when `cancelled` says so) and receives it within `policy`.
+///
+/// A peer that fails the handshake (wrong key, not flint, silent for
+/// [`HANDSHAKE_TIMEOUT`]) is logged, disconnected and the wait goes on:
+/// nothing of its stream is read beyond the handshake, no memory is
+/// allocated for it. Once a peer is authenticated, any failure ends the
+/// migration with an error. A source that stalls for [`STALL_TIMEOUT`]
+/// fails it too.
 pub fn accept_incoming(
     address: &str,
+    key: &MigrationKey,
+    policy: &IncomingPolicy,
     cancelled: &mut dyn FnMut() -> bool,
-) -> Result<(GuestMemory, MicroVmState, Stream), MigrationError> {
-    let mut stream = match Address::parse(address)? {
+) -> Result<Incoming, MigrationError> {
+    match Address::parse(address)? {
         Address::Unix(path) => {
             remove_stale_socket(&path)?;
             let listener = UnixListener::bind(&path)?;
@@ -387,24 +405,61 @@ pub fn accept_incoming(
                 "waiting for an incoming migration on unix:{}",
                 path.display()
             );
-            let accepted = accept_one(|| listener.accept(), cancelled);
+            let channel = authenticated(
+                || {
+                    let (s, _) = accept_one(|| listener.accept(), cancelled)?;
+                    s.set_nonblocking(false)?;
+                    Ok((Stream::Unix(s), "a unix socket peer".to_string()))
+                },
+                key,
+            );
             let _ = std::fs::remove_file(&path);
-            let (s, _) = accepted?;
-            s.set_nonblocking(false)?;
-            Stream::Unix(s)
+            receive_vm(channel?, policy)
         }
         Address::Tcp(hostport) => {
             let listener = TcpListener::bind(&hostport)?;
             listener.set_nonblocking(true)?;
             log::info!("waiting for an incoming migration on tcp:{hostport}");
-            let (s, peer) = accept_one(|| listener.accept(), cancelled)?;
-            s.set_nonblocking(false)?;
-            log::info!("migration from {peer}");
-            Stream::Tcp(s)
+            let channel = authenticated(
+                || {
+                    let (s, peer) = accept_one(|| listener.accept(), cancelled)?;
+                    s.set_nonblocking(false)?;
+                    Ok((Stream::Tcp(s), peer.to_string()))
+                },
+                key,
+            )?;
+            receive_vm(channel, policy)
         }
-    };
-    stream.set_read_timeout(Some(STALL_TIMEOUT))?;
-    let (tag, payload) = receive(&mut stream)?;
+    }
+}
+
+/// Accepts peers until one passes the handshake.
+fn authenticated(
+    mut next: impl FnMut() -> Result<(Stream, String), MigrationError>,
+    key: &MigrationKey,
+) -> Result<Channel<Stream>, MigrationError> {
+    loop {
+        let (stream, peer) = next()?;
+        handoff::Timeouts::set_read_timeout(&stream, Some(HANDSHAKE_TIMEOUT))?;
+        match Channel::accept(stream, key, MAX_MESSAGE) {
+            Ok(channel) => {
+                log::info!("migration peer {peer} authenticated");
+                return Ok(channel);
+            }
+            Err(e) => log::warn!("refused migration peer {peer}: {e}; still waiting"),
+        }
+    }
+}
+
+/// Receives the VM from an authenticated source: the memory layout (checked
+/// against `policy` before anything is allocated), pages, the state
+/// (checked and given the destination's host paths), DONE.
+pub fn receive_vm<S: Read + Write + handoff::Timeouts>(
+    mut ch: Channel<S>,
+    policy: &IncomingPolicy,
+) -> Result<Incoming<S>, MigrationError> {
+    ch.stream().set_read_timeout(Some(STALL_TIMEOUT))?;
+    let (tag, payload) = ch.receive()?;
     if tag != TAG_HELLO {
         return Err(MigrationError::Protocol(format!(
             "expected HELLO, got {tag}"
@@ -417,16 +472,13 @@ pub fn accept_incoming(
             "protocol version {version}, this flint speaks {PROTOCOL_VERSION}"
         )));
     }
-    let max = crate::snapshot::memory::host_ram().min(crate::memory::MAX_GUEST_MEMORY);
-    layout
-        .validate(max)
-        .map_err(|e| MigrationError::Protocol(e.to_string()))?;
-    let mem = layout
-        .create_memory()
-        .map_err(|e| MigrationError::State(e.to_string()))?;
+    policy
+        .check_layout(&layout)
+        .map_err(MigrationError::Refused)?;
+    let mem = layout.create_memory().map_err(state_err)?;
     let mut state = None;
     loop {
-        let (tag, payload) = receive(&mut stream)?;
+        let (tag, payload) = ch.receive()?;
         match tag {
             TAG_PAGES => {
                 if payload.len() < 8 {
@@ -440,7 +492,7 @@ pub fn accept_incoming(
                     })?;
             }
             TAG_STATE => {
-                let decoded: MicroVmState = crate::snapshot::decode_state(
+                let mut decoded: MicroVmState = crate::snapshot::decode_state(
                     &payload,
                     std::path::Path::new("migration stream"),
                 )
@@ -450,6 +502,9 @@ pub fn accept_incoming(
                         "state and memory layouts differ".into(),
                     ));
                 }
+                policy
+                    .apply(&mut decoded)
+                    .map_err(MigrationError::Refused)?;
                 state = Some(decoded);
             }
             TAG_DONE => break,
@@ -462,18 +517,23 @@ pub fn accept_incoming(
     }
     let state = state.ok_or_else(|| MigrationError::Protocol("no state before DONE".into()))?;
     crate::snapshot::memory::reset_vmm_bitmaps(&mem);
-    Ok((mem, state, stream))
+    Ok(Incoming {
+        mem,
+        state,
+        channel: ch,
+    })
 }
 
-/// Tells the source the guest runs here (or why it does not).
-pub fn acknowledge(stream: &mut Stream, result: Result<(), String>) {
-    let sent = match result {
-        Ok(()) => send(stream, TAG_ACK, &[]),
-        Err(e) => send(stream, TAG_ERROR, &[e.as_bytes()]),
-    };
-    if let Err(e) = sent {
-        log::error!("answering the migration source: {e}");
-    }
+/// Finishes an incoming migration once the VM is restored paused
+/// (`restored` says whether that worked): READY, wait for COMMIT, `resume`,
+/// RUNNING ([`handoff::destination`]). `Ok`: the guest runs here. `Err`:
+/// the caller discards the restored VM (the source keeps or lost it).
+pub fn finish_incoming<S: Read + Write + handoff::Timeouts>(
+    channel: &mut Channel<S>,
+    restored: Result<(), String>,
+    resume: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<(), MigrationError> {
+    handoff::destination(channel, Fault::from_env(), restored, COMMIT_TIMEOUT, resume)
 }
 
 #[cfg(test)]
@@ -516,6 +576,51 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_key_is_refused_and_the_wait_goes_on_then_caps_apply() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        let address = format!("unix:{}", path.display());
+        let key = MigrationKey::from_bytes(&[1; 32]).unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let listener = {
+            let (key, stop) = (key.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let policy = IncomingPolicy {
+                    max_mem: 64 << 20,
+                    ..Default::default()
+                };
+                accept_incoming(&address, &key, &policy, &mut || stop.load(Ordering::SeqCst))
+                    .err()
+                    .unwrap()
+            })
+        };
+        while !path.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A peer with the wrong key: the destination refuses it and
+        // reads nothing of what follows.
+        let wrong = MigrationKey::from_bytes(&[2; 32]).unwrap();
+        let err = Channel::connect(UnixStream::connect(&path).unwrap(), &wrong, MAX_MESSAGE)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("does not hold"), "{err}");
+        // Still waiting: the right key gets in, and its HELLO asking for
+        // more memory than allowed is refused before any allocation.
+        let mut ch =
+            Channel::connect(UnixStream::connect(&path).unwrap(), &key, MAX_MESSAGE).unwrap();
+        let layout = MemoryLayout {
+            regions: vec![(0, 1 << 40)],
+        };
+        let hello = format::to_bytes(&(PROTOCOL_VERSION, &layout)).unwrap();
+        ch.send(TAG_HELLO, &[&hello]).unwrap();
+        let err = listener.join().unwrap();
+        assert!(matches!(err, MigrationError::Refused(_)), "{err}");
+        assert!(err.to_string().contains("--max-mem-mib"), "{err}");
+        stop.store(true, Ordering::SeqCst);
+    }
+
+    #[test]
     fn only_a_stale_socket_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         // A regular file is kept and refused.
@@ -544,3 +649,6 @@ mod tests {
         remove_stale_socket(&live).unwrap();
     }
 }
+
+#[cfg(test)]
+mod flow_tests;
