@@ -247,11 +247,18 @@ mod tests {
         std::fs::write(&path, b"before\n").unwrap();
         let mut out = output_to_path(&path).unwrap();
         out.write_all(b"guest says hi\n").unwrap();
-        assert!(crate::bounded_writer::drain_all(Duration::from_secs(60)));
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "before\nguest says hi\n"
-        );
+        // Wait for this writer's thread only (other tests in this process
+        // own writers whose sinks are stuck on purpose).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut text = String::new();
+        while std::time::Instant::now() < deadline {
+            text = std::fs::read_to_string(&path).unwrap();
+            if text.len() >= "before\nguest says hi\n".len() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(text, "before\nguest says hi\n");
         let err = output_to_path(dir.path()).err().unwrap().to_string();
         assert!(
             err.starts_with(&format!("serial output file {}: ", dir.path().display())),
