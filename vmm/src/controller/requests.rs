@@ -85,6 +85,11 @@ impl Vmm {
                 self.update_section(|p| p.entropy = Some(entropy), VmConfig::validate_entropy)
             }
             R::PutMmdsConfig(config) => self.put_mmds_config(config),
+            // The contents are a JSON object (the spec's MmdsContents), so
+            // GET always answers one; a patch that is an object keeps it one.
+            R::PutMmds(data) | R::PatchMmds(data) if !data.is_object() => {
+                bad_request("the MMDS contents must be a JSON object")
+            }
             R::PutMmds(data) => match self.mmds_store().put(data) {
                 Ok(()) => ApiResponse::Empty,
                 Err(e) => bad_request(e.to_string()),
@@ -93,7 +98,11 @@ impl Vmm {
                 Ok(()) => ApiResponse::Empty,
                 Err(e) => bad_request(e.to_string()),
             },
-            R::GetMmds => ApiResponse::Mmds(self.mmds_store().get().clone()),
+            R::GetMmds => {
+                let store = self.mmds_store();
+                let data = store.get();
+                ApiResponse::Mmds(if data.is_object() { data.clone() } else { serde_json::json!({}) })
+            }
             R::PutSerial(serial) => self.update_section(|p| p.serial = Some(serial), VmConfig::validate_serial),
             R::PutBalloon(balloon) => {
                 self.update_section(|p| p.balloon = Some(balloon), VmConfig::validate_balloon)
