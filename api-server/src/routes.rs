@@ -159,6 +159,10 @@ pub(crate) const ROUTES: &[RouteSpec] = &[
     route!("PUT" "/snapshot/create", body "SnapshotCreateParams" => ApiRequest::CreateSnapshot),
     route!("PUT" "/snapshot/load", body "SnapshotLoadParams" => ApiRequest::LoadSnapshot),
     route!("PUT" "/migrate", body "MigrateParams" => ApiRequest::Migrate),
+    route!("PUT" "/mmds", body "MmdsContents" => ApiRequest::PutMmds),
+    route!("PATCH" "/mmds", body "MmdsContents" => ApiRequest::PatchMmds),
+    route!("GET" "/mmds" => ApiRequest::GetMmds),
+    route!("PUT" "/mmds/config", body "MmdsConfig" => ApiRequest::PutMmdsConfig),
 ];
 
 /// A request path matched to its path template, with the `{…}` segment if

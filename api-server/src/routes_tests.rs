@@ -385,3 +385,47 @@ fn firecracker_logger_metrics_and_snapshot_create_bodies() {
     assert_eq!(m.smt, Some(false));
     assert_eq!(m.huge_pages, Some(HugePages::None));
 }
+
+#[test]
+fn mmds_routes_take_any_json_and_the_config_shape() {
+    let data = r#"{"latest": {"meta-data": {"ami-id": "x"}}}"#;
+    assert_eq!(
+        parse_ok("/mmds", "PUT", data),
+        ApiRequest::PutMmds(serde_json::from_str(data).unwrap())
+    );
+    assert!(matches!(
+        parse_ok("/mmds", "PATCH", data),
+        ApiRequest::PatchMmds(_)
+    ));
+    assert_eq!(parse_ok("/mmds", "GET", ""), ApiRequest::GetMmds);
+    assert_eq!(parse_err("/mmds", "PUT", "").status, 400);
+    match parse_ok(
+        "/mmds/config",
+        "PUT",
+        r#"{"version": "V2", "network_interfaces": ["eth0"], "ipv4_address": "169.254.1.1"}"#,
+    ) {
+        ApiRequest::PutMmdsConfig(c) => {
+            assert_eq!(c.version, MmdsVersion::V2);
+            assert_eq!(c.ipv4().to_string(), "169.254.1.1");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        parse_err(
+            "/mmds/config",
+            "PUT",
+            r#"{"network_interfaces": [], "x": 1}"#
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        parse_err(
+            "/mmds/config",
+            "PUT",
+            r#"{"version": "V3", "network_interfaces": []}"#
+        )
+        .status,
+        400
+    );
+}

@@ -44,6 +44,15 @@ pub struct VmConfig {
     /// Where the guest's serial console goes; none keeps flint's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
+    /// The metadata service: which interfaces answer it, on which address,
+    /// V1 or V2 (Firecracker's `mmds-config`); none means no MMDS. The data
+    /// itself is not configuration (`--metadata`, `PUT /mmds`).
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mmds_config: Option<crate::MmdsConfig>,
 }
 
 /// What to boot: the guest kernel, an optional initramfs and the command line.

@@ -206,3 +206,21 @@ fn serialize_round_trip() {
     assert!(json.contains(r#""cpu_template":"T2""#), "{json}");
     assert!(json.contains(r#""emulation_quirks":"on""#), "{json}");
 }
+
+#[test]
+fn mmds_config_round_trips_as_a_section() {
+    // A snapshot stores the VM config as JSON: MMDS's config survives it.
+    let text = r#"{"boot-source": {"kernel_image_path": "/k"},
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}],
+        "mmds-config": {"version": "V2", "network_interfaces": ["eth0"],
+                        "ipv4_address": "169.254.170.2", "imds_compat": true}}"#;
+    let config = VmConfig::from_json(text).unwrap();
+    let mmds = config.mmds_config.clone().unwrap();
+    assert_eq!(mmds.version, crate::MmdsVersion::V2);
+    assert_eq!(mmds.ipv4().to_string(), "169.254.170.2");
+    assert!(mmds.imds_compat);
+    let again = VmConfig::from_json(&serde_json::to_string(&config).unwrap()).unwrap();
+    assert_eq!(again, config);
+    let none = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "/k"}}"#).unwrap();
+    assert!(!serde_json::to_string(&none).unwrap().contains("mmds"));
+}

@@ -31,6 +31,7 @@ pub use config::{
 };
 pub use fields::serde_field_names;
 pub use mac::{MacAddr, MacParseError};
+pub use mmds::{MmdsConfig, MmdsVersion};
 pub use request::{
     ActionType, ApiError, ApiMessage, ApiRequest, ApiResponse, BalloonHintingStart,
     BalloonHintingStatus, BalloonStats, BalloonStatsUpdate, BalloonUpdate, DriveOverride,
@@ -41,7 +42,7 @@ pub use request::{
 };
 pub use validate::{
     check_rate_limiter, MAX_BOOT_ARGS_LEN, MAX_HOST_DEV_NAME_LEN, MAX_ID_LEN, MAX_UNIX_PATH_LEN,
-    MAX_VCPUS, MAX_VIRTIO_DEVICES, MIN_GUEST_CID, MIN_MEM_MIB,
+    MAX_VCPUS, MAX_VIRTIO_DEVICES, MIN_GUEST_CID, MIN_MEM_MIB, MMDS_UNKNOWN_IFACE,
 };
 
 /// Why a config could not be loaded; every variant names where the problem is

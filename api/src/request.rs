@@ -74,6 +74,14 @@ pub enum ApiRequest {
     StopBalloonHinting,
     /// `GET /balloon/hinting/status`: where the hinting run stands.
     GetBalloonHintingStatus,
+    /// `PUT /mmds`: replace the metadata (any JSON value, before or after boot).
+    PutMmds(serde_json::Value),
+    /// `PATCH /mmds`: an RFC 7396 merge patch on the metadata.
+    PatchMmds(serde_json::Value),
+    /// `GET /mmds`: the metadata as stored.
+    GetMmds,
+    /// `PUT /mmds/config`: version, address and interfaces (pre-boot).
+    PutMmdsConfig(crate::MmdsConfig),
 }
 
 /// Body of `PATCH /balloon` (Firecracker's `BalloonUpdate`).
@@ -384,6 +392,8 @@ pub enum ApiResponse {
     BalloonStatistics(BalloonStats),
     /// `200` with the hinting status (answer to `GetBalloonHintingStatus`).
     BalloonHintingStatus(BalloonHintingStatus),
+    /// `200` with the metadata (answer to `GetMmds`).
+    Mmds(serde_json::Value),
     /// The request was refused; sent as `{"fault_message": ...}`.
     Error(ApiError),
 }

@@ -46,6 +46,10 @@ pub const MAX_ID_LEN: usize = 64;
 /// Longest host interface name: Linux IFNAMSIZ (16) less the NUL.
 pub const MAX_HOST_DEV_NAME_LEN: usize = 15;
 
+/// Firecracker's answer when `PUT /mmds/config` names an interface that does
+/// not exist.
+pub const MMDS_UNKNOWN_IFACE: &str = "The list of network interface IDs provided contains at least one ID that does not correspond to any existing network interface.";
+
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
@@ -71,7 +75,34 @@ impl VmConfig {
         self.validate_vsock()?;
         self.validate_entropy()?;
         self.validate_balloon()?;
-        self.validate_serial()
+        self.validate_serial()?;
+        self.validate_mmds()
+    }
+
+    /// Checks the `mmds-config` section alone: Firecracker's rules (at least
+    /// one interface, a link-local address) and that every listed interface
+    /// is configured, so MMDS is never attached to nothing.
+    pub fn validate_mmds(&self) -> Result<(), ConfigError> {
+        let Some(mmds) = &self.mmds_config else {
+            return Ok(());
+        };
+        mmds.validate()
+            .map_err(|e| invalid("mmds-config", e.to_string()))?;
+        if let Some(unknown) = self.unknown_mmds_interface(mmds) {
+            return Err(invalid(
+                "mmds-config.network_interfaces",
+                format!("{MMDS_UNKNOWN_IFACE} (no interface {unknown:?})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The first interface `mmds` lists that this config does not have.
+    pub fn unknown_mmds_interface<'a>(&self, mmds: &'a crate::MmdsConfig) -> Option<&'a str> {
+        mmds.network_interfaces
+            .iter()
+            .find(|id| !self.network_interfaces.iter().any(|n| &n.iface_id == *id))
+            .map(String::as_str)
     }
 
     /// Checks that every virtio device gets an interrupt line (at most

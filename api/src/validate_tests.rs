@@ -504,3 +504,36 @@ fn assert_refused(result: Result<(), ConfigError>, field: &str, text: &str) {
     assert!(f.contains(field), "{f}: {m}");
     assert!(m.contains(text), "{f}: {m}");
 }
+
+#[test]
+fn mmds_config_needs_existing_interfaces_and_a_link_local_address() {
+    let dir = host_files();
+    let mut c = good_config(dir.path());
+    let iface = c.network_interfaces[0].iface_id.clone();
+    let mmds = |ifaces: &[&str], ip: Option<&str>| -> crate::MmdsConfig {
+        serde_json::from_value(serde_json::json!({
+            "network_interfaces": ifaces,
+            "ipv4_address": ip,
+        }))
+        .unwrap()
+    };
+    c.mmds_config = Some(mmds(&[&iface], None));
+    c.validate_mmds().unwrap();
+    c.mmds_config = Some(mmds(&["nope"], None));
+    let (field, message) = field_of(c.validate_mmds());
+    assert_eq!(field, "mmds-config.network_interfaces");
+    assert!(message.starts_with(crate::MMDS_UNKNOWN_IFACE), "{message}");
+    c.mmds_config = Some(mmds(&[&iface], Some("10.0.0.1")));
+    let (field, message) = field_of(c.validate_mmds());
+    assert_eq!(field, "mmds-config");
+    assert!(message.contains("not link local"), "{message}");
+    let parsed = VmConfig::from_json(
+        r#"{"boot-source": {"kernel_image_path": "/k"},
+            "mmds-config": {"version": "V2", "network_interfaces": ["eth0"]}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        parsed.mmds_config.map(|m| m.version),
+        Some(crate::MmdsVersion::V2)
+    );
+}

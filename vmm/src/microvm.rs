@@ -343,6 +343,12 @@ impl MicroVm {
         crate::devices::update::<K>(&self.devices.virtio, &mut self.config, patch)
     }
 
+    /// The virtio devices, in attach order (for wiring that is not a
+    /// config-space patch, e.g. MMDS on net devices).
+    pub fn virtio_devices(&self) -> &[crate::device_manager::VirtioEntry] {
+        &self.devices.virtio
+    }
+
     /// Whether KVM logs dirty pages (diff snapshots, migration).
     pub fn dirty_logging(&self) -> bool {
         self.dirty_logging

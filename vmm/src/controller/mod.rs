@@ -66,10 +66,11 @@ pub struct VmmOptions {
     /// Confine the VMM and vCPU threads with seccomp filters (on by default;
     /// off only for debugging).
     pub seccomp: bool,
-    /// Initial MMDS contents (Firecracker's `--metadata` file, parsed), for
-    /// the MMDS to serve once it exists; not used yet.
+    /// Initial MMDS contents (Firecracker's `--metadata` file, parsed), put
+    /// in the store before anything else (as a `PUT /mmds`).
     pub mmds_metadata: Option<serde_json::Value>,
-    /// MMDS data store limit in bytes (`--mmds-size-limit`); not used yet.
+    /// MMDS data store limit in bytes (`--mmds-size-limit`); Firecracker's
+    /// default (`mmds::DEFAULT_SIZE_LIMIT`) when absent.
     pub mmds_size_limit: Option<usize>,
 }
 
@@ -105,6 +106,8 @@ pub enum RunEnd {
 }
 
 /// How a run begins.
+// One value per run, moved once: boxing the config would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Start {
     /// Boot this configuration right away.
     Boot(VmConfig),
@@ -139,6 +142,7 @@ struct PendingConfig {
     entropy: Option<api::EntropyConfig>,
     balloon: Option<api::BalloonConfig>,
     serial: Option<api::SerialConfig>,
+    mmds: Option<api::MmdsConfig>,
 }
 
 impl PendingConfig {
@@ -152,6 +156,7 @@ impl PendingConfig {
             entropy: config.entropy,
             balloon: config.balloon,
             serial: config.serial,
+            mmds: config.mmds_config,
         }
     }
 
@@ -171,6 +176,7 @@ impl PendingConfig {
             entropy: self.entropy.clone(),
             balloon: self.balloon.clone(),
             serial: self.serial.clone(),
+            mmds_config: self.mmds.clone(),
         }
     }
 
@@ -212,6 +218,9 @@ struct Vmm {
     /// For an outgoing migration: whether the VM was paused and dirty
     /// logging on before it started (what a failure restores).
     migration_undo: (bool, bool),
+    /// The metadata store, shared by the API handlers and every net device
+    /// MMDS listens on; its data outlives VMs (not in snapshots).
+    mmds: Arc<Mutex<mmds::Mmds>>,
 }
 
 impl Vmm {
@@ -259,6 +268,13 @@ impl Vmm {
         })
         .map_err(os("metrics timer"))?;
         let wakeups = Arc::new(Mutex::new(wakeups));
+        let mut store =
+            mmds::Mmds::new(options.mmds_size_limit.unwrap_or(mmds::DEFAULT_SIZE_LIMIT));
+        if let Some(metadata) = options.mmds_metadata.take() {
+            store
+                .put(metadata)
+                .map_err(|e| MicroVmError::EventLoop(format!("--metadata: {e}")))?;
+        }
         let mut event_manager = EventManager::<Subscriber>::new()
             .map_err(|e| MicroVmError::EventLoop(e.to_string()))?;
         event_manager.add_subscriber(wakeups.clone());
@@ -279,6 +295,7 @@ impl Vmm {
             control,
             control_busy: None,
             migration_undo: (false, false),
+            mmds: Arc::new(Mutex::new(store)),
         })
     }
 
@@ -360,7 +377,26 @@ impl Vmm {
     fn boot(&mut self, config: &VmConfig) -> Result<(), MicroVmError> {
         let vm = MicroVm::boot(config, self.build_context())?;
         self.vm = Some(vm);
-        Ok(())
+        self.wire_mmds()
+    }
+
+    /// Puts MMDS on the net devices the VM's `mmds-config` lists (after a
+    /// boot or restore, before the event loop runs their queues, so no
+    /// guest frame misses it) and applies its version to the store.
+    fn wire_mmds(&mut self) -> Result<(), MicroVmError> {
+        let Some(vm) = &self.vm else {
+            return Ok(());
+        };
+        let Some(config) = &vm.config().mmds_config else {
+            return Ok(());
+        };
+        {
+            let mut store = self.mmds.lock().unwrap_or_else(|p| p.into_inner());
+            store.set_version(config.version);
+            store.set_imds_compat(config.imds_compat);
+        }
+        crate::devices::net::attach_mmds(vm.virtio_devices(), &self.mmds, config)
+            .map_err(|e| MicroVmError::EventLoop(format!("wiring MMDS: {e}")))
     }
 
     /// Once a VM exists, the VMM thread only needs the run-time allow-list:

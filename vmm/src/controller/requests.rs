@@ -28,7 +28,7 @@ impl Vmm {
             R::GetVmConfig => ApiResponse::VmConfig(self.pending.candidate()),
             R::PutMachineConfig(_) | R::PatchMachineConfig(_) | R::PutBootSource(_) | R::PutDrive(_)
             | R::PutNetworkInterface(_) | R::PutVsock(_) | R::PutEntropy(_) | R::PutBalloon(_)
-            | R::PutSerial(_)
+            | R::PutSerial(_) | R::PutMmdsConfig(_)
                 if started =>
             {
                 bad_request("the VM is already running: this can only be configured before InstanceStart")
@@ -83,6 +83,25 @@ impl Vmm {
             }
             R::PutEntropy(entropy) => {
                 self.update_section(|p| p.entropy = Some(entropy), VmConfig::validate_entropy)
+            }
+            R::PutMmdsConfig(config) => self.put_mmds_config(config),
+            // The contents are a JSON object (the spec's MmdsContents), so
+            // GET always answers one; a patch that is an object keeps it one.
+            R::PutMmds(data) | R::PatchMmds(data) if !data.is_object() => {
+                bad_request("the MMDS contents must be a JSON object")
+            }
+            R::PutMmds(data) => match self.mmds_store().put(data) {
+                Ok(()) => ApiResponse::Empty,
+                Err(e) => bad_request(e.to_string()),
+            },
+            R::PatchMmds(patch) => match self.mmds_store().patch(&patch) {
+                Ok(()) => ApiResponse::Empty,
+                Err(e) => bad_request(e.to_string()),
+            },
+            R::GetMmds => {
+                let store = self.mmds_store();
+                let data = store.get();
+                ApiResponse::Mmds(if data.is_object() { data.clone() } else { serde_json::json!({}) })
             }
             R::PutSerial(serial) => self.update_section(|p| p.serial = Some(serial), VmConfig::validate_serial),
             R::PutBalloon(balloon) => {
@@ -267,6 +286,35 @@ impl Vmm {
                 }
             }
         }
+    }
+
+    /// The metadata store, locked (a panic elsewhere does not lose it).
+    fn mmds_store(&self) -> std::sync::MutexGuard<'_, mmds::Mmds> {
+        self.mmds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `PUT /mmds/config` before boot: Firecracker's checks and messages,
+    /// then the version applies to the store at once and the interfaces
+    /// get MMDS when the VM is built.
+    fn put_mmds_config(&mut self, config: api::MmdsConfig) -> ApiResponse {
+        if let Err(e) = config.validate() {
+            return bad_request(e.to_string());
+        }
+        if self
+            .pending
+            .candidate()
+            .unknown_mmds_interface(&config)
+            .is_some()
+        {
+            return bad_request(api::MMDS_UNKNOWN_IFACE);
+        }
+        {
+            let mut store = self.mmds_store();
+            store.set_version(config.version);
+            store.set_imds_compat(config.imds_compat);
+        }
+        self.pending.mmds = Some(config);
+        ApiResponse::Empty
     }
 
     /// Applies `change` to the pending config if `check` accepts the result.

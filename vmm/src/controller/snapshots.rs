@@ -86,7 +86,7 @@ impl Vmm {
     ) -> Result<(), MicroVmError> {
         let vm = MicroVm::restore(RestoreSource { state, mem }, self.build_context())?;
         self.vm = Some(vm);
-        Ok(())
+        self.wire_mmds()
     }
 
     /// Receives a migrating VM and runs it; `Some(signal)` if a signal ended

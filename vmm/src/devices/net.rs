@@ -1,11 +1,16 @@
 //! Network interfaces: the `network-interfaces` config section as
 //! virtio-net devices on host taps.
 
-use api::{NetConfig, NetPatch, VmConfig};
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+
+use api::{MmdsConfig, NetConfig, NetPatch, VmConfig};
 use devices::virtio::net::{self, Net, NetConstructorArgs};
+use mmds::{Mmds, MmdsNetStack, DEFAULT_MAC_ADDR};
 
 use super::block::{limits, rate_limiter};
 use super::DeviceKind;
+use crate::device_manager::VirtioEntry;
 
 /// The `network-interfaces` registration.
 pub struct NetKind;
@@ -84,4 +89,30 @@ impl DeviceKind for NetKind {
             }
         }
     }
+}
+
+/// Gives every net device `config` lists its own MMDS endpoint on `store`
+/// (Firecracker's MAC, the configured address); an id with no device is an
+/// error (the config check should have refused it).
+pub fn attach_mmds(
+    entries: &[VirtioEntry],
+    store: &Arc<Mutex<Mmds>>,
+    config: &MmdsConfig,
+) -> Result<(), String> {
+    for id in &config.network_interfaces {
+        let entry = entries
+            .iter()
+            .find(|e| e.kind == NetKind::KIND && &e.id == id)
+            .ok_or_else(|| format!("no network interface {id:?} for MMDS"))?;
+        let handle: Arc<dyn Any + Send + Sync> = entry.handle.clone();
+        let net = handle
+            .downcast_ref::<Mutex<Net>>()
+            .ok_or_else(|| format!("{}: not a net device", entry.name))?;
+        let stack = MmdsNetStack::new(DEFAULT_MAC_ADDR, config.ipv4(), store.clone());
+        net.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_mmds(stack);
+        log::info!("MMDS on {} at {}", entry.name, config.ipv4());
+    }
+    Ok(())
 }

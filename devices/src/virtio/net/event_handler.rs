@@ -10,6 +10,7 @@ const TX_QUEUE: u32 = 1;
 const TAP: u32 = 2;
 const RX_LIMITER: u32 = 3;
 const TX_LIMITER: u32 = 4;
+const MMDS_TIMER: u32 = 5;
 
 impl Net {
     /// Clears a queue's notification eventfd.
@@ -60,6 +61,7 @@ impl MutEventSubscriber for Net {
                 }
                 self.process_tx();
             }
+            MMDS_TIMER => self.handle_mmds_timer(),
             other => log::warn!("net {}: unexpected event token {other}", self.iface_id),
         }
     }
@@ -74,6 +76,11 @@ impl MutEventSubscriber for Net {
                 EventSet::IN | EventSet::EDGE_TRIGGERED,
             ),
         ];
+        events.push(Events::with_data(
+            self.mmds_timer(),
+            MMDS_TIMER,
+            EventSet::IN,
+        ));
         if let Some(rl) = &self.rx_limiter {
             events.push(Events::with_data(rl, RX_LIMITER, EventSet::IN));
         }

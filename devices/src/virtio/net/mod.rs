@@ -13,6 +13,7 @@
 
 mod chain;
 mod event_handler;
+mod mmds_hook;
 mod persist;
 mod rx;
 pub mod tap;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_net;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::{
     read_config_bytes, ActivateError, Activation, GuestMemory, IrqKind, IrqTrigger, VirtioDevice,
@@ -91,7 +93,7 @@ pub enum NetError {
         #[source]
         source: TapError,
     },
-    /// Creating the queue eventfds failed.
+    /// Creating the queue eventfds or the MMDS timer failed.
     #[error("net {iface_id}: creating eventfds: {source}")]
     EventFd {
         /// The card.
@@ -140,6 +142,10 @@ pub struct NetCounters {
     pub rx_dropped: u64,
     /// Frames sent to the tap.
     pub tx_frames: u64,
+    /// Guest frames the MMDS stack took (never sent to the tap).
+    pub mmds_tx_frames: u64,
+    /// Frames from the MMDS stack delivered to the guest (also in `rx_frames`).
+    pub mmds_rx_frames: u64,
     /// Bytes sent to the tap (vnet headers included).
     pub tx_bytes: u64,
     /// Frames the tap refused.
@@ -171,6 +177,14 @@ pub struct Net {
     rx_limiter: Option<RateLimiter>,
     tx_limiter: Option<RateLimiter>,
     counters: NetCounters,
+    /// The metadata service's endpoint, if MMDS listens on this card: it
+    /// sees every guest frame first and feeds RX before the tap.
+    mmds: Option<mmds::MmdsNetStack>,
+    /// Non-blocking timerfd for the MMDS stack's retransmissions (always on
+    /// the event loop, armed only while MMDS has a deadline).
+    mmds_timer: TimerFd,
+    /// The deadline `mmds_timer` is armed for, so it is set only on change.
+    mmds_armed: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Net {
@@ -223,6 +237,10 @@ impl Net {
                 iface_id: config.iface_id.clone(),
                 source,
             })?;
+        let mmds_timer = mmds_hook::new_timer().map_err(|source| NetError::EventFd {
+            iface_id: config.iface_id.clone(),
+            source,
+        })?;
         let mut avail_features = BASE_FEATURES;
         let mut config_space = [0u8; 8];
         if let Some(mac) = config.mac {
@@ -248,6 +266,9 @@ impl Net {
             rx_limiter: config.rx_rate_limiter,
             tx_limiter: config.tx_rate_limiter,
             counters: NetCounters::default(),
+            mmds: None,
+            mmds_timer,
+            mmds_armed: None,
         })
     }
 
@@ -421,6 +442,8 @@ impl VirtioDevice for Net {
             ("tx_frames", c.tx_frames),
             ("tx_bytes", c.tx_bytes),
             ("tx_dropped", c.tx_dropped),
+            ("mmds_tx_frames", c.mmds_tx_frames),
+            ("mmds_rx_frames", c.mmds_rx_frames),
             ("bad_chains", c.bad_chains),
         ]
     }

@@ -29,7 +29,7 @@ struct HeldChain {
 
 /// Receive-side state that outlives one event.
 pub(super) struct RxState {
-    frame: Vec<u8>,
+    pub(super) frame: Vec<u8>,
     /// Length of the frame waiting in `frame`, and whether it was charged to
     /// the rate limiter yet.
     pending: Option<(usize, bool)>,
@@ -83,7 +83,8 @@ impl Net {
             }
             let (len, charged) = match self.rx.pending {
                 Some(p) => p,
-                None => match self.read_tap() {
+                // MMDS's answers first: they are few and the guest waits on them.
+                None => match self.read_mmds().or_else(|| self.read_tap()) {
                     Some(len) => (len, false),
                     None => break,
                 },
@@ -116,6 +117,7 @@ impl Net {
         if used {
             self.signal_used(super::RX_INDEX);
         }
+        self.arm_mmds_timer();
     }
 
     /// Reads the next usable frame from the tap; `None` when it is empty (or

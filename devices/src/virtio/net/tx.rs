@@ -75,6 +75,10 @@ impl Net {
                 }
                 break;
             }
+            if self.offer_to_mmds(len) {
+                used |= self.return_tx(head);
+                continue;
+            }
             match self.backend.write_frame(&self.tx_buf[..len]) {
                 Ok(_) => {
                     self.counters.tx_frames += 1;
@@ -99,6 +103,12 @@ impl Net {
         }
         if used {
             self.signal_used(super::TX_INDEX);
+        }
+        if self.mmds_has_frames() {
+            // MMDS answered (ARP, SYN-ACK, data): deliver it now.
+            self.process_rx();
+        } else {
+            self.arm_mmds_timer();
         }
     }
 

@@ -2,6 +2,7 @@
 //! a (possibly hostile) driver would.
 
 mod device;
+mod mmds;
 mod persist;
 mod rx;
 mod tap;
