@@ -180,7 +180,8 @@ impl MicroVm {
     /// Builds the VM described by `config`, loads its kernel and starts its vCPUs.
     pub fn boot(config: &VmConfig, mut ctx: BuildContext) -> Result<Self, MicroVmError> {
         let machine = &config.machine_config;
-        let mem = memory::create_guest_memory(machine.mem_size_mib)?;
+        let mem =
+            memory::create_guest_memory_with(machine.mem_size_mib, config.memory_hotplug.as_ref())?;
         let Skeleton {
             vm,
             mem,
@@ -341,6 +342,15 @@ impl MicroVm {
     /// it in the VM's configuration.
     pub fn update_device<K: DeviceKind>(&mut self, patch: &K::Patch) -> Result<(), String> {
         crate::devices::update::<K>(&self.devices.virtio, &mut self.config, patch)
+    }
+
+    /// Runs `f` on the device of kind `K` with id `id` (run-time `GET`s).
+    pub fn inspect_device<K: DeviceKind, R>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&K::Device) -> R,
+    ) -> Result<R, String> {
+        crate::devices::inspect::<K, R>(&self.devices.virtio, id, f)
     }
 
     /// Whether KVM logs dirty pages (diff snapshots, migration).

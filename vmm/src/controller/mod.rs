@@ -103,6 +103,8 @@ pub enum RunEnd {
 }
 
 /// How a run begins.
+// Built once per process and moved into `run`: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Start {
     /// Boot this configuration right away.
     Boot(VmConfig),
@@ -126,6 +128,8 @@ struct PendingConfig {
     entropy: Option<api::EntropyConfig>,
     balloon: Option<api::BalloonConfig>,
     serial: Option<api::SerialConfig>,
+    pmem: Vec<api::PmemConfig>,
+    memory_hotplug: Option<api::MemoryHotplugConfig>,
 }
 
 impl PendingConfig {
@@ -139,6 +143,8 @@ impl PendingConfig {
             entropy: config.entropy,
             balloon: config.balloon,
             serial: config.serial,
+            pmem: config.pmem,
+            memory_hotplug: config.memory_hotplug,
         }
     }
 
@@ -158,6 +164,8 @@ impl PendingConfig {
             entropy: self.entropy.clone(),
             balloon: self.balloon.clone(),
             serial: self.serial.clone(),
+            pmem: self.pmem.clone(),
+            memory_hotplug: self.memory_hotplug.clone(),
         }
     }
 

@@ -84,6 +84,34 @@ impl Vm {
         &self.fd
     }
 
+    /// Gives a device's host mapping (a pmem file) to KVM as memory slot
+    /// `slot` at guest address `gpa`.
+    pub fn register_device_region(
+        &self,
+        slot: u32,
+        gpa: u64,
+        region: crate::memory::HostRegion,
+    ) -> Result<(), VmError> {
+        let flags = if region.read_only {
+            kvm_bindings::KVM_MEM_READONLY
+        } else {
+            0
+        };
+        let desc = kvm_userspace_memory_region {
+            slot,
+            flags,
+            guest_phys_addr: gpa,
+            memory_size: region.size,
+            userspace_addr: region.host_addr,
+        };
+        // SAFETY: the host range is a live mapping owned by the device,
+        // which the VMM keeps (in its device list) for as long as the VM
+        // exists; `DeviceSpace` hands out slots and guest ranges that
+        // overlap neither each other nor RAM.
+        unsafe { self.fd.set_user_memory_region(desc) }
+            .map_err(|e| VmError::Kvm("KVM_SET_USER_MEMORY_REGION (device)", e))
+    }
+
     /// Gives every region of `mem` to KVM as a memory slot, with KVM's dirty
     /// page log on when `track_dirty` (diff snapshots, live migration).
     pub fn register_memory(&self, mem: &GuestMemory, track_dirty: bool) -> Result<(), VmError> {
