@@ -68,3 +68,28 @@ impl DeviceKind for PmemKind {
         pmem.set_start(gpa);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_device_comes_first_and_sets_root() {
+        let config: VmConfig = serde_json::from_str(
+            r#"{"boot-source":{"kernel_image_path":"/k"},
+                "pmem":[{"id":"data","path_on_host":"/d"},
+                        {"id":"root","path_on_host":"/r","root_device":true,"read_only":true}]}"#,
+        )
+        .unwrap();
+        let ids: Vec<&str> = PmemKind::configs(&config)
+            .into_iter()
+            .map(PmemKind::id)
+            .collect();
+        assert_eq!(ids, ["root", "data"]);
+        assert_eq!(
+            PmemKind::boot_args(&config.pmem[1]).as_deref(),
+            Some("root=/dev/pmem0 ro")
+        );
+        assert_eq!(PmemKind::boot_args(&config.pmem[0]), None);
+    }
+}

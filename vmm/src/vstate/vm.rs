@@ -269,4 +269,46 @@ mod tests {
         // A second irqchip is refused: proves the first one exists.
         assert!(vm.fd().create_irq_chip().is_err());
     }
+
+    #[test]
+    fn device_regions_become_slots_beside_ram_and_hotplug_memory() {
+        if Kvm::new().is_err() {
+            eprintln!("skipped: /dev/kvm not available");
+            return;
+        }
+        let config: api::VmConfig = serde_json::from_str(
+            r#"{"boot-source":{"kernel_image_path":"/k"},
+                "machine-config":{"mem_size_mib":128},
+                "memory-hotplug":{"total_size_mib":128}}"#,
+        )
+        .unwrap();
+        let vm = Vm::new().unwrap();
+        let mem =
+            crate::memory::create_guest_memory_with(128, config.memory_hotplug.as_ref()).unwrap();
+        vm.register_memory(&mem, false).unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), b"pmem").unwrap();
+        let mut space = crate::memory::DeviceSpace::new(&config);
+        for read_only in [false, true] {
+            let pmem = devices::virtio::pmem::Pmem::new(devices::virtio::pmem::PmemArgs {
+                id: "p".into(),
+                path: file.path().into(),
+                read_only,
+            })
+            .unwrap();
+            let region = crate::memory::HostRegion {
+                host_addr: pmem.mapping().host_addr(),
+                size: pmem.mapping().len(),
+                read_only,
+            };
+            let (gpa, slot) = space.allocate(region.size).unwrap();
+            vm.register_device_region(slot, gpa, region).unwrap();
+            // The same guest range again (overlap) is refused by KVM.
+            assert!(vm.register_device_region(slot + 10, gpa, region).is_err());
+            // Unregister before the mapping goes away.
+            let mut gone = region;
+            gone.size = 0;
+            vm.register_device_region(slot, gpa, gone).unwrap();
+        }
+    }
 }
