@@ -210,7 +210,14 @@ impl MicroVm {
         words.extend(devices.boot_args.iter().map(String::as_str));
         words.extend(extra);
         let cmdline = boot::build_cmdline(boot_args, &words)?;
-        boot::configure_system(&mem, &cmdline, &kernel, initrd, machine.vcpu_count)?;
+        boot::configure_system(
+            &mem,
+            machine.mem_size_mib << 20,
+            &cmdline,
+            &kernel,
+            initrd,
+            machine.vcpu_count,
+        )?;
 
         let buses = take_buses(&mut devices);
         let caps = Arc::new(StateCaps::query(vm.kvm(), vm.fd()).map_err(MicroVmError::VcpuState)?);
