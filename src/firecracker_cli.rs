@@ -539,9 +539,10 @@ mod tests {
             extras.metrics.unwrap().metrics_path,
             PathBuf::from("/tmp/m")
         );
-        let err = parse_config_file(r#"{"boot-source": {"kernel_image_path": "k"}, "pmem": []}"#)
-            .unwrap_err();
-        assert!(err.contains("pmem"), "{err}");
+        let err =
+            parse_config_file(r#"{"boot-source": {"kernel_image_path": "k"}, "cpu-config": {}}"#)
+                .unwrap_err();
+        assert!(err.contains("cpu-config"), "{err}");
     }
 
     #[test]

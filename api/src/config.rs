@@ -41,6 +41,16 @@ pub struct VmConfig {
     /// A virtio-balloon device to reclaim guest memory; none means no device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonConfig>,
+    /// virtio-pmem devices: host files mapped into the guest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pmem: Vec<crate::PmemConfig>,
+    /// A virtio-mem hotplug region; none means no device.
+    #[serde(
+        rename = "memory-hotplug",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_hotplug: Option<crate::MemoryHotplugConfig>,
     /// Where the guest's serial console goes; none keeps flint's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,

@@ -11,6 +11,7 @@
 
 mod compat;
 mod config;
+mod devmem;
 mod fields;
 mod mac;
 pub mod request;
@@ -28,6 +29,9 @@ pub use config::{
     BalloonConfig, BootSourceConfig, CacheType, CpuTemplate, DriveConfig, EmulationQuirks,
     EntropyConfig, HugePages, IoEngine, MachineConfig, NetConfig, RateLimiterConfig, SerialConfig,
     TokenBucketConfig, VmConfig, VsockConfig,
+};
+pub use devmem::{
+    MemoryHotplugConfig, MemoryHotplugSizeUpdate, MemoryHotplugStatus, PmemConfig, MAX_HOTPLUG_MIB,
 };
 pub use fields::serde_field_names;
 pub use mac::{MacAddr, MacParseError};

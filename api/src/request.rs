@@ -58,6 +58,14 @@ pub enum ApiRequest {
     PutEntropy(EntropyConfig),
     /// `PUT /serial`: where the serial console's output goes (pre-boot).
     PutSerial(SerialConfig),
+    /// `PUT /pmem/{id}`: add or replace a virtio-pmem device (pre-boot).
+    PutPmem(crate::PmemConfig),
+    /// `PUT /hotplug/memory`: configure the virtio-mem region (pre-boot).
+    PutMemoryHotplug(crate::MemoryHotplugConfig),
+    /// `PATCH /hotplug/memory`: ask the guest to plug this much (run time).
+    PatchMemoryHotplug(crate::MemoryHotplugSizeUpdate),
+    /// `GET /hotplug/memory`: the region's configuration and plugged size.
+    GetMemoryHotplug,
     /// `PUT /balloon`: add or replace the balloon device (pre-boot).
     PutBalloon(BalloonConfig),
     /// `GET /balloon`: the balloon's configuration, with its current target.
@@ -394,6 +402,8 @@ pub enum ApiResponse {
     BalloonHintingStatus(BalloonHintingStatus),
     /// `200` with the metadata (answer to `GetMmds`).
     Mmds(serde_json::Value),
+    /// `200` with the virtio-mem status (answer to `GetMemoryHotplug`).
+    MemoryHotplugStatus(crate::MemoryHotplugStatus),
     /// The request was refused; sent as `{"fault_message": ...}`.
     Error(ApiError),
 }

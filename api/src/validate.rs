@@ -76,6 +76,7 @@ impl VmConfig {
         self.validate_entropy()?;
         self.validate_balloon()?;
         self.validate_serial()?;
+        self.validate_devmem()?;
         self.validate_mmds()
     }
 
@@ -114,7 +115,9 @@ impl VmConfig {
             + self.network_interfaces.len()
             + usize::from(self.vsock.is_some())
             + usize::from(self.entropy.is_some())
-            + usize::from(self.balloon.is_some());
+            + usize::from(self.balloon.is_some())
+            + self.pmem.len()
+            + usize::from(self.memory_hotplug.is_some());
         if count > MAX_VIRTIO_DEVICES {
             let field = if self.drives.len() > self.network_interfaces.len() {
                 "drives"

@@ -13,7 +13,7 @@ use arch::zero_page::{self, InitrdRange, ZeroPageInputs};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, load_cmdline, KernelLoader};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::memory::GuestMemory;
 
@@ -223,9 +223,12 @@ pub fn build_cmdline(boot_args: &str, extra: &[&str]) -> Result<Cmdline, BootErr
 }
 
 /// Writes everything the kernel reads at boot besides its own image: command
-/// line, MP table and zero page.
+/// line, MP table and zero page. The e820 map describes `ram_size` bytes of
+/// RAM: guest memory may hold more (the virtio-mem hotplug region), which
+/// the guest must learn about from its device only.
 pub fn configure_system(
     mem: &GuestMemory,
+    ram_size: u64,
     cmdline: &Cmdline,
     kernel: &LoadedKernel,
     initrd: Option<InitrdRange>,
@@ -238,8 +241,7 @@ pub fn configure_system(
         .as_bytes()
         .len();
     arch::mptable::setup_mptable(mem, vcpu_count)?;
-    let mem_size: u64 = mem.iter().map(vm_memory::GuestMemoryRegion::len).sum();
-    let e820 = zero_page::e820_map(mem_size);
+    let e820 = zero_page::e820_map(ram_size);
     zero_page::write_zero_page(
         mem,
         &ZeroPageInputs {
@@ -340,7 +342,7 @@ mod tests {
             end: 0x180_0000,
             setup_header: None,
         };
-        configure_system(&mem, &c, &kernel, None, 2).unwrap();
+        configure_system(&mem, 64 << 20, &c, &kernel, None, 2).unwrap();
         let mut text = [0u8; 14];
         mem.read_slice(&mut text, GuestAddress(CMDLINE_START))
             .unwrap();

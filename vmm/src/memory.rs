@@ -1,10 +1,20 @@
-//! Guest RAM: anonymous host mappings laid out by [`arch::layout`].
+//! Guest RAM: anonymous host mappings laid out by [`arch::layout`], and
+//! the guest-physical space above RAM that devices map memory into.
+//!
+//! Above RAM (and above the 32-bit MMIO hole), 1 GiB aligned, comes the
+//! virtio-mem hotplug region ([`hotplug_region`]), then the device regions
+//! of virtio-pmem ([`DeviceSpace`], 2 MiB aligned). The hotplug region is
+//! part of [`GuestMemory`] (one more anonymous `MAP_NORESERVE` region, so
+//! devices can DMA into plugged memory and snapshots save it), but not of
+//! the e820 map: the guest learns about it from the virtio-mem device only.
+//! Device regions are host mappings the device owns (a pmem file), given
+//! to KVM as extra memory slots numbered from [`DEVICE_SLOT_BASE`].
 //!
 //! The mappings are `MAP_NORESERVE`: a guest only costs the host the pages it
 //! touches, so a 4 GiB+ guest (with RAM above the 32-bit MMIO hole) is cheap
 //! to create.
 
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// Guest memory as flint uses it everywhere (the devices' type: with a
 /// bitmap of the pages the VMM itself wrote).
@@ -29,18 +39,107 @@ pub enum MemoryError {
 
 /// Maps `mem_size_mib` MiB of guest RAM.
 pub fn create_guest_memory(mem_size_mib: u64) -> Result<GuestMemory, MemoryError> {
-    let regions = arch::layout::ram_regions(mem_size_mib << 20);
+    create_guest_memory_with(mem_size_mib, None)
+}
+
+/// Maps `mem_size_mib` MiB of guest RAM plus, with `hotplug`, the virtio-mem
+/// hotplug region of `config` (see [`hotplug_region`]).
+pub fn create_guest_memory_with(
+    mem_size_mib: u64,
+    hotplug: Option<&api::MemoryHotplugConfig>,
+) -> Result<GuestMemory, MemoryError> {
+    let mut regions = arch::layout::ram_regions(mem_size_mib << 20);
+    if let Some(h) = hotplug {
+        let (addr, size) = hotplug_region(mem_size_mib, h);
+        regions.push((GuestAddress(addr), size as usize));
+    }
     GuestMemoryMmap::from_ranges(&regions).map_err(|source| MemoryError::Map {
         size_mib: mem_size_mib,
         source,
     })
 }
 
+/// Alignment of the areas above RAM (1 GiB: a Linux memory block and
+/// sparsemem section multiple, whatever the guest's block size).
+pub const DEVICE_AREA_ALIGN: u64 = 1 << 30;
+
+/// First KVM slot number used for device regions (RAM regions use 0..).
+pub const DEVICE_SLOT_BASE: u32 = 256;
+
+/// Where the space above RAM begins for a guest of `mem_size_mib` MiB.
+pub fn device_area_start(mem_size_mib: u64) -> u64 {
+    let ram_end = arch::layout::ram_regions(mem_size_mib << 20)
+        .iter()
+        .map(|(a, l)| a.0 + *l as u64)
+        .max()
+        .unwrap_or(0);
+    ram_end
+        .max(arch::layout::MMIO_GAP_END)
+        .next_multiple_of(DEVICE_AREA_ALIGN)
+}
+
+/// The virtio-mem hotplug region (guest address, size in bytes).
+pub fn hotplug_region(mem_size_mib: u64, config: &api::MemoryHotplugConfig) -> (u64, u64) {
+    (device_area_start(mem_size_mib), config.total_size_mib << 20)
+}
+
+/// A host mapping a device puts into guest-physical memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRegion {
+    /// Host address of the mapping.
+    pub host_addr: u64,
+    /// Its size in bytes (a multiple of 2 MiB).
+    pub size: u64,
+    /// Whether the guest may only read it (a KVM read-only slot).
+    pub read_only: bool,
+}
+
+/// Hands out guest-physical space and KVM slots for device regions, after
+/// RAM and the hotplug region, in attach order (so a restore with the same
+/// configuration places everything where it was).
+#[derive(Debug)]
+pub struct DeviceSpace {
+    next_addr: u64,
+    next_slot: u32,
+}
+
+/// Device regions are aligned to this (2 MiB).
+pub const DEVICE_REGION_ALIGN: u64 = 2 << 20;
+
+impl DeviceSpace {
+    /// The space for `config`'s VM.
+    pub fn new(config: &api::VmConfig) -> Self {
+        let mem_mib = config.machine_config.mem_size_mib;
+        let mut next_addr = device_area_start(mem_mib);
+        if let Some(h) = &config.memory_hotplug {
+            let (addr, size) = hotplug_region(mem_mib, h);
+            next_addr = (addr + size).next_multiple_of(DEVICE_AREA_ALIGN);
+        }
+        Self {
+            next_addr,
+            next_slot: DEVICE_SLOT_BASE,
+        }
+    }
+
+    /// Reserves `size` bytes: their guest address and KVM slot.
+    pub fn allocate(&mut self, size: u64) -> Option<(u64, u32)> {
+        let addr = self.next_addr;
+        let end = addr.checked_add(size.checked_next_multiple_of(DEVICE_REGION_ALIGN)?)?;
+        if end > MAX_GUEST_MEMORY * 2 {
+            return None;
+        }
+        let slot = self.next_slot;
+        self.next_addr = end;
+        self.next_slot += 1;
+        Some((addr, slot))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use arch::layout::{MMIO_GAP_END, MMIO_GAP_START};
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+    use vm_memory::{Bytes, GuestMemoryBackend};
 
     #[test]
     fn five_gib_guest_is_sparse_and_split_around_the_hole() {
@@ -60,5 +159,31 @@ mod tests {
         assert!(mem
             .write_obj(1u64, GuestAddress(MMIO_GAP_END + (2 << 30)))
             .is_err());
+    }
+
+    #[test]
+    fn hotplug_and_device_regions_sit_above_ram_and_the_hole() {
+        assert_eq!(device_area_start(256), 1 << 32);
+        assert_eq!(device_area_start(5 << 10), 6 << 30);
+        let h = api::MemoryHotplugConfig {
+            total_size_mib: 128,
+            slot_size_mib: 128,
+            block_size_mib: 2,
+        };
+        let mem = create_guest_memory_with(256, Some(&h)).unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        mem.write_obj(1u64, GuestAddress((1 << 32) + (128 << 20) - 8))
+            .unwrap();
+        let config: api::VmConfig = serde_json::from_str(
+            r#"{"boot-source":{"kernel_image_path":"/k"},"memory-hotplug":{"total_size_mib":128}}"#,
+        )
+        .unwrap();
+        let mut space = DeviceSpace::new(&config);
+        assert_eq!(space.allocate(1), Some((5 << 30, DEVICE_SLOT_BASE)));
+        assert_eq!(
+            space.allocate(4 << 20),
+            Some(((5 << 30) + (2 << 20), DEVICE_SLOT_BASE + 1))
+        );
+        assert_eq!(space.allocate(u64::MAX), None);
     }
 }

@@ -180,7 +180,8 @@ impl MicroVm {
     /// Builds the VM described by `config`, loads its kernel and starts its vCPUs.
     pub fn boot(config: &VmConfig, mut ctx: BuildContext) -> Result<Self, MicroVmError> {
         let machine = &config.machine_config;
-        let mem = memory::create_guest_memory(machine.mem_size_mib)?;
+        let mem =
+            memory::create_guest_memory_with(machine.mem_size_mib, config.memory_hotplug.as_ref())?;
         let Skeleton {
             vm,
             mem,
@@ -209,7 +210,14 @@ impl MicroVm {
         words.extend(devices.boot_args.iter().map(String::as_str));
         words.extend(extra);
         let cmdline = boot::build_cmdline(boot_args, &words)?;
-        boot::configure_system(&mem, &cmdline, &kernel, initrd, machine.vcpu_count)?;
+        boot::configure_system(
+            &mem,
+            machine.mem_size_mib << 20,
+            &cmdline,
+            &kernel,
+            initrd,
+            machine.vcpu_count,
+        )?;
 
         let buses = take_buses(&mut devices);
         let caps = Arc::new(StateCaps::query(vm.kvm(), vm.fd()).map_err(MicroVmError::VcpuState)?);
@@ -347,6 +355,15 @@ impl MicroVm {
     /// config-space patch, e.g. MMDS on net devices).
     pub fn virtio_devices(&self) -> &[crate::device_manager::VirtioEntry] {
         &self.devices.virtio
+    }
+
+    /// Runs `f` on the device of kind `K` with id `id` (run-time `GET`s).
+    pub fn inspect_device<K: DeviceKind, R>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&K::Device) -> R,
+    ) -> Result<R, String> {
+        crate::devices::inspect::<K, R>(&self.devices.virtio, id, f)
     }
 
     /// Whether KVM logs dirty pages (diff snapshots, migration).

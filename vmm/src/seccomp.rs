@@ -403,6 +403,7 @@ fn vmm(r: &mut Rules) -> BuildResult {
         SYS_pwritev2,
         SYS_lseek,
         SYS_fsync,
+        SYS_msync,
         SYS_fdatasync,
         SYS_fallocate,
         SYS_ftruncate,

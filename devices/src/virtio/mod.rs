@@ -10,8 +10,11 @@
 pub mod balloon;
 pub mod block;
 pub mod chain;
+pub mod mem;
 pub mod mmio;
 pub mod net;
+pub mod pmem;
+pub mod reqresp;
 pub mod rng;
 pub mod vsock;
 

@@ -143,6 +143,8 @@ struct PendingConfig {
     balloon: Option<api::BalloonConfig>,
     serial: Option<api::SerialConfig>,
     mmds: Option<api::MmdsConfig>,
+    pmem: Vec<api::PmemConfig>,
+    memory_hotplug: Option<api::MemoryHotplugConfig>,
 }
 
 impl PendingConfig {
@@ -157,6 +159,8 @@ impl PendingConfig {
             balloon: config.balloon,
             serial: config.serial,
             mmds: config.mmds_config,
+            pmem: config.pmem,
+            memory_hotplug: config.memory_hotplug,
         }
     }
 
@@ -177,6 +181,8 @@ impl PendingConfig {
             balloon: self.balloon.clone(),
             serial: self.serial.clone(),
             mmds_config: self.mmds.clone(),
+            pmem: self.pmem.clone(),
+            memory_hotplug: self.memory_hotplug.clone(),
         }
     }
 

@@ -28,7 +28,7 @@ impl Vmm {
             R::GetVmConfig => ApiResponse::VmConfig(self.pending.candidate()),
             R::PutMachineConfig(_) | R::PatchMachineConfig(_) | R::PutBootSource(_) | R::PutDrive(_)
             | R::PutNetworkInterface(_) | R::PutVsock(_) | R::PutEntropy(_) | R::PutBalloon(_)
-            | R::PutSerial(_) | R::PutMmdsConfig(_)
+            | R::PutSerial(_) | R::PutMmdsConfig(_) | R::PutPmem(_) | R::PutMemoryHotplug(_)
                 if started =>
             {
                 bad_request("the VM is already running: this can only be configured before InstanceStart")
@@ -146,6 +146,18 @@ impl Vmm {
             R::StartBalloonHinting(_) | R::StopBalloonHinting | R::GetBalloonHintingStatus => {
                 bad_request("balloon free page hinting is not available yet")
             }
+            R::PutPmem(pmem) => self.update_section(
+                |p| match p.pmem.iter_mut().find(|d| d.id == pmem.id) {
+                    Some(existing) => *existing = pmem,
+                    None => p.pmem.push(pmem),
+                },
+                |c| c.validate_devmem().and_then(|()| c.validate_device_count()),
+            ),
+            R::PutMemoryHotplug(hotplug) => self.update_section(
+                |p| p.memory_hotplug = Some(hotplug),
+                |c| c.validate_devmem().and_then(|()| c.validate_device_count()),
+            ),
+            R::GetMemoryHotplug | R::PatchMemoryHotplug(_) => self.memory_hotplug(request),
             R::PatchDrive(patch) => {
                 let known = self.pending.drives.iter().any(|d| d.drive_id == patch.drive_id);
                 if let (Some(_), false) = (&self.vm, known) {
@@ -318,6 +330,42 @@ impl Vmm {
     }
 
     /// Applies `change` to the pending config if `check` accepts the result.
+    /// `GET`/`PATCH /hotplug/memory`: the pending section before boot, the
+    /// virtio-mem device after.
+    fn memory_hotplug(&mut self, request: ApiRequest) -> ApiResponse {
+        use crate::devices::mem::{status, MemKind, ID};
+        let Some(config) = self.pending.memory_hotplug.clone() else {
+            return bad_request("no memory hotplug is configured (PUT /hotplug/memory first)");
+        };
+        match (request, self.vm.as_mut()) {
+            (ApiRequest::GetMemoryHotplug, Some(vm)) => {
+                match vm.inspect_device::<MemKind, _>(ID, status) {
+                    Ok(s) => ApiResponse::MemoryHotplugStatus(s),
+                    Err(e) => bad_request(e),
+                }
+            }
+            (ApiRequest::GetMemoryHotplug, None) => {
+                ApiResponse::MemoryHotplugStatus(api::MemoryHotplugStatus {
+                    total_size_mib: config.total_size_mib,
+                    slot_size_mib: config.slot_size_mib,
+                    block_size_mib: config.block_size_mib,
+                    plugged_size_mib: 0,
+                    requested_size_mib: 0,
+                })
+            }
+            (ApiRequest::PatchMemoryHotplug(patch), Some(vm)) => {
+                match vm.update_device::<MemKind>(&patch) {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => bad_request(e),
+                }
+            }
+            (ApiRequest::PatchMemoryHotplug(_), None) => bad_request(
+                "the VM is not running: PATCH /hotplug/memory works after InstanceStart",
+            ),
+            _ => bad_request("not a memory hotplug request"),
+        }
+    }
+
     fn update_section(
         &mut self,
         change: impl FnOnce(&mut PendingConfig),

@@ -39,6 +39,16 @@
 //!    run-time `PATCH` route in the controller calls
 //!    `MicroVm::update_device::<<name>::<Name>Kind>(&patch)`.
 //!
+//! A device that maps host memory into guest-physical space (virtio-pmem's
+//! file) also implements `region` (its host mapping) and `place` (where it
+//! landed): `attach` then reserves 2 MiB-aligned space above RAM for it
+//! from a [`DeviceSpace`] (deterministic, in attach order, so a restore
+//! lands at the same place), tells the device, and registers the mapping
+//! as a KVM memory slot. Memory the guest should use as RAM (virtio-mem's
+//! hotplug region) is instead part of guest memory from the start
+//! (`memory::create_guest_memory_with`), so devices can DMA into it and
+//! snapshots carry it.
+//!
 //! If the device's backend makes syscalls or ioctls the VMM thread's
 //! seccomp filter does not allow yet, add them in `vmm/src/seccomp.rs`.
 //!
@@ -50,7 +60,9 @@
 //! panic.
 
 pub mod block;
+pub mod mem;
 pub mod net;
+pub mod pmem;
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
@@ -61,7 +73,7 @@ use api::VmConfig;
 use event_manager::MutEventSubscriber;
 
 use crate::device_manager::{DeviceError, DeviceManager, VirtioDeviceState, VirtioEntry};
-use crate::memory::GuestMemory;
+use crate::memory::{DeviceSpace, GuestMemory, HostRegion};
 use crate::snapshot::format;
 use crate::vstate::vm::Vm;
 
@@ -97,6 +109,14 @@ pub trait DeviceKind: 'static {
         None
     }
 
+    /// The host mapping the device puts into guest-physical memory, if any
+    /// (see the module docs).
+    fn region(_device: &Self::Device) -> Option<HostRegion> {
+        None
+    }
+    /// Tells the device where its region was placed.
+    fn place(_device: &mut Self::Device, _gpa: u64) {}
+
     /// The id a patch is for.
     fn patch_id(_patch: &Self::Patch) -> &str {
         ""
@@ -130,6 +150,8 @@ pub trait KindVisitor {
 pub fn for_each_kind(v: &mut impl KindVisitor) -> Result<(), DeviceError> {
     v.visit::<block::BlockKind>()?;
     v.visit::<net::NetKind>()?;
+    v.visit::<pmem::PmemKind>()?;
+    v.visit::<mem::MemKind>()?;
     Ok(())
 }
 
@@ -150,10 +172,18 @@ pub fn attach_all(
         config: &'a VmConfig,
         saved: Option<&'a [VirtioDeviceState]>,
         words: Vec<String>,
+        space: DeviceSpace,
     }
     impl KindVisitor for Attach<'_> {
         fn visit<K: DeviceKind>(&mut self) -> Result<(), DeviceError> {
-            let words = attach::<K>(self.dm, self.vm, self.mem, self.config, self.saved)?;
+            let words = attach::<K>(
+                self.dm,
+                self.vm,
+                self.mem,
+                self.config,
+                self.saved,
+                &mut self.space,
+            )?;
             self.words.extend(words);
             Ok(())
         }
@@ -165,6 +195,7 @@ pub fn attach_all(
         config,
         saved,
         words: Vec::new(),
+        space: DeviceSpace::new(config),
     };
     for_each_kind(&mut attach)?;
     Ok(attach.words)
@@ -196,6 +227,7 @@ pub fn attach<K: DeviceKind>(
     mem: &GuestMemory,
     config: &VmConfig,
     saved: Option<&[VirtioDeviceState]>,
+    space: &mut DeviceSpace,
 ) -> Result<Vec<String>, DeviceError> {
     let mut words = Vec::new();
     for entry in K::configs(config) {
@@ -207,7 +239,7 @@ pub fn attach<K: DeviceKind>(
             message,
         };
         let args = K::args(entry).map_err(setup)?;
-        let (device, placement) = match saved {
+        let (mut device, placement) = match saved {
             None => (K::create(args).map_err(setup)?, None),
             Some(saved) => {
                 let state = saved.iter().find(|s| s.name == name).ok_or_else(|| {
@@ -219,6 +251,14 @@ pub fn attach<K: DeviceKind>(
                 (device, Some(state))
             }
         };
+        if let Some(region) = K::region(&device) {
+            let (gpa, slot) = space
+                .allocate(region.size)
+                .ok_or_else(|| setup("no guest-physical space left for its region".into()))?;
+            K::place(&mut device, gpa);
+            vm.register_device_region(slot, gpa, region)
+                .map_err(|e| setup(e.to_string()))?;
+        }
         dm.attach_virtio(
             vm,
             mem,
@@ -288,6 +328,24 @@ pub fn update<K: DeviceKind>(
     }
     K::update_config(config, patch);
     Ok(())
+}
+
+/// Runs `f` on the device of kind `K` with id `id` (run-time `GET`s).
+pub fn inspect<K: DeviceKind, R>(
+    entries: &[VirtioEntry],
+    id: &str,
+    f: impl FnOnce(&K::Device) -> R,
+) -> Result<R, String> {
+    let entry = entries
+        .iter()
+        .find(|e| e.kind == K::KIND && e.id == id)
+        .ok_or_else(|| format!("no {} {id:?}", K::KIND))?;
+    let device: Arc<dyn Any + Send + Sync> = entry.handle.clone();
+    let device = device
+        .downcast_ref::<Mutex<K::Device>>()
+        .ok_or_else(|| format!("{}: not a {} device", entry.name, K::KIND))?;
+    let result = f(&lock(device));
+    Ok(result)
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

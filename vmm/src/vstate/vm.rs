@@ -84,6 +84,34 @@ impl Vm {
         &self.fd
     }
 
+    /// Gives a device's host mapping (a pmem file) to KVM as memory slot
+    /// `slot` at guest address `gpa`.
+    pub fn register_device_region(
+        &self,
+        slot: u32,
+        gpa: u64,
+        region: crate::memory::HostRegion,
+    ) -> Result<(), VmError> {
+        let flags = if region.read_only {
+            kvm_bindings::KVM_MEM_READONLY
+        } else {
+            0
+        };
+        let desc = kvm_userspace_memory_region {
+            slot,
+            flags,
+            guest_phys_addr: gpa,
+            memory_size: region.size,
+            userspace_addr: region.host_addr,
+        };
+        // SAFETY: the host range is a live mapping owned by the device,
+        // which the VMM keeps (in its device list) for as long as the VM
+        // exists; `DeviceSpace` hands out slots and guest ranges that
+        // overlap neither each other nor RAM.
+        unsafe { self.fd.set_user_memory_region(desc) }
+            .map_err(|e| VmError::Kvm("KVM_SET_USER_MEMORY_REGION (device)", e))
+    }
+
     /// Gives every region of `mem` to KVM as a memory slot, with KVM's dirty
     /// page log on when `track_dirty` (diff snapshots, live migration).
     pub fn register_memory(&self, mem: &GuestMemory, track_dirty: bool) -> Result<(), VmError> {
@@ -240,5 +268,47 @@ mod tests {
         vm.setup_irqchip().unwrap();
         // A second irqchip is refused: proves the first one exists.
         assert!(vm.fd().create_irq_chip().is_err());
+    }
+
+    #[test]
+    fn device_regions_become_slots_beside_ram_and_hotplug_memory() {
+        if Kvm::new().is_err() {
+            eprintln!("skipped: /dev/kvm not available");
+            return;
+        }
+        let config: api::VmConfig = serde_json::from_str(
+            r#"{"boot-source":{"kernel_image_path":"/k"},
+                "machine-config":{"mem_size_mib":128},
+                "memory-hotplug":{"total_size_mib":128}}"#,
+        )
+        .unwrap();
+        let vm = Vm::new().unwrap();
+        let mem =
+            crate::memory::create_guest_memory_with(128, config.memory_hotplug.as_ref()).unwrap();
+        vm.register_memory(&mem, false).unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), b"pmem").unwrap();
+        let mut space = crate::memory::DeviceSpace::new(&config);
+        for read_only in [false, true] {
+            let pmem = devices::virtio::pmem::Pmem::new(devices::virtio::pmem::PmemArgs {
+                id: "p".into(),
+                path: file.path().into(),
+                read_only,
+            })
+            .unwrap();
+            let region = crate::memory::HostRegion {
+                host_addr: pmem.mapping().host_addr(),
+                size: pmem.mapping().len(),
+                read_only,
+            };
+            let (gpa, slot) = space.allocate(region.size).unwrap();
+            vm.register_device_region(slot, gpa, region).unwrap();
+            // The same guest range again (overlap) is refused by KVM.
+            assert!(vm.register_device_region(slot + 10, gpa, region).is_err());
+            // Unregister before the mapping goes away.
+            let mut gone = region;
+            gone.size = 0;
+            vm.register_device_region(slot, gpa, gone).unwrap();
+        }
     }
 }
