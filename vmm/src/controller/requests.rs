@@ -5,6 +5,7 @@
 use api::{ActionType, ApiError, ApiRequest, ApiResponse, InstanceInfo, VmConfig, VmStateRequest};
 
 use super::{PendingConfig, Vmm};
+use crate::devices::balloon::{self, BalloonKind, BalloonPatch};
 use crate::wakeups::Outcome;
 
 /// A 400 answer whose fault message says why.
@@ -118,15 +119,48 @@ impl Vmm {
                     VmConfig::validate_balloon,
                 )
             }
-            // Run-time balloon requests: placeholders until the balloon
-            // device is wired.
-            R::GetBalloon | R::PatchBalloon(_) | R::PatchBalloonStatistics(_) => {
-                bad_request("the balloon device is not available yet")
+            R::GetBalloonStatistics | R::StartBalloonHinting(_) | R::StopBalloonHinting
+            | R::GetBalloonHintingStatus
+                if !started =>
+            {
+                bad_request("the VM is not started")
             }
-            R::GetBalloonStatistics => bad_request("balloon statistics are not available yet"),
-            R::StartBalloonHinting(_) | R::StopBalloonHinting | R::GetBalloonHintingStatus => {
-                bad_request("balloon free page hinting is not available yet")
+            // Run-time balloon requests, on the running device.
+            R::GetBalloon => self.with_balloon(|b| Ok(ApiResponse::Balloon(balloon::api_config(b)))),
+            R::GetBalloonStatistics => {
+                self.with_balloon(|b| balloon::api_stats(b).map(ApiResponse::BalloonStatistics))
             }
+            R::PatchBalloon(update) => {
+                let mem = self.vm.as_ref().map_or(0, |vm| vm.config().machine_config.mem_size_mib);
+                if u64::from(update.amount_mib) > mem {
+                    return bad_request(format!(
+                        "balloon target {} MiB is larger than guest memory ({mem} MiB)",
+                        update.amount_mib
+                    ));
+                }
+                self.patch_balloon(BalloonPatch::Target(update.amount_mib))
+            }
+            R::PatchBalloonStatistics(update) => {
+                self.patch_balloon(BalloonPatch::StatsInterval(update.stats_polling_interval_s))
+            }
+            R::StartBalloonHinting(start) => self.with_balloon(|b| {
+                b.start_hinting_with(start.acknowledge_on_stop)
+                    .map(|_| ApiResponse::Empty)
+                    .map_err(|e| e.to_string())
+            }),
+            R::StopBalloonHinting => {
+                self.with_balloon(|b| b.stop_hinting().map(|()| ApiResponse::Empty).map_err(|e| e.to_string()))
+            }
+            R::GetBalloonHintingStatus => self.with_balloon(|b| {
+                b.hinting_status()
+                    .map(|s| {
+                        ApiResponse::BalloonHintingStatus(api::BalloonHintingStatus {
+                            host_cmd: s.host_cmd,
+                            guest_cmd: s.guest_cmd,
+                        })
+                    })
+                    .map_err(|e| e.to_string())
+            }),
             R::PatchDrive(patch) => {
                 let known = self.pending.drives.iter().any(|d| d.drive_id == patch.drive_id);
                 if let (Some(_), false) = (&self.vm, known) {
@@ -292,6 +326,38 @@ impl Vmm {
                     Err(e) => bad_request(format!("starting the metrics timer: {e}")),
                 }
             }
+        }
+    }
+
+    /// Answers a request on the running VM's balloon (400 if it has none).
+    fn with_balloon(
+        &mut self,
+        f: impl FnOnce(&mut devices::virtio::balloon::Balloon) -> Result<ApiResponse, String>,
+    ) -> ApiResponse {
+        let Some(vm) = self.vm.as_ref() else {
+            return bad_request("the VM is not started");
+        };
+        match vm.with_device::<BalloonKind, _>(balloon::BALLOON_ID, f) {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => bad_request(e),
+            Err(_) => bad_request("no balloon device is configured"),
+        }
+    }
+
+    /// Applies a run-time balloon change and records it in the config.
+    fn patch_balloon(&mut self, patch: BalloonPatch) -> ApiResponse {
+        let Some(vm) = self.vm.as_mut() else {
+            return bad_request("the VM is not started");
+        };
+        if vm.config().balloon.is_none() {
+            return bad_request("no balloon device is configured");
+        }
+        match vm.update_device::<BalloonKind>(&patch) {
+            Ok(()) => {
+                self.pending = PendingConfig::from_config(vm.config().clone());
+                ApiResponse::Empty
+            }
+            Err(e) => bad_request(e),
         }
     }
 

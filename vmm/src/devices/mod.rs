@@ -49,8 +49,11 @@
 //! downcast (impossible while kind names are unique) is an error, not a
 //! panic.
 
+pub mod balloon;
 pub mod block;
 pub mod net;
+pub mod rng;
+pub mod vsock;
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};
@@ -130,6 +133,9 @@ pub trait KindVisitor {
 pub fn for_each_kind(v: &mut impl KindVisitor) -> Result<(), DeviceError> {
     v.visit::<block::BlockKind>()?;
     v.visit::<net::NetKind>()?;
+    v.visit::<vsock::VsockKind>()?;
+    v.visit::<rng::RngKind>()?;
+    v.visit::<balloon::BalloonKind>()?;
     Ok(())
 }
 
@@ -273,21 +279,42 @@ pub fn update<K: DeviceKind>(
     config: &mut VmConfig,
     patch: &K::Patch,
 ) -> Result<(), String> {
-    let id = K::patch_id(patch);
-    let entry = entries
-        .iter()
-        .find(|e| e.kind == K::KIND && e.id == id)
-        .ok_or_else(|| format!("no {} {id:?}", K::KIND))?;
-    let device: Arc<dyn Any + Send + Sync> = entry.handle.clone();
-    let device = device
-        .downcast_ref::<Mutex<K::Device>>()
-        .ok_or_else(|| format!("{}: not a {} device", entry.name, K::KIND))?;
-    let config_changed = K::update(&mut lock(device), patch)?;
+    let config_changed = with_device::<K, _>(entries, K::patch_id(patch), |device| {
+        K::update(device, patch)
+    })??;
     if config_changed {
+        let entry = find::<K>(entries, K::patch_id(patch))?;
         lock(&entry.transport).notify_config_change();
     }
     K::update_config(config, patch);
     Ok(())
+}
+
+/// Runs `f` on the typed device of kind `K` with id `id` (its lock held):
+/// run-time requests that are not patches (`GET /balloon/statistics`,
+/// hinting) read or drive a device through this.
+pub fn with_device<K: DeviceKind, R>(
+    entries: &[VirtioEntry],
+    id: &str,
+    f: impl FnOnce(&mut K::Device) -> R,
+) -> Result<R, String> {
+    let entry = find::<K>(entries, id)?;
+    let device: Arc<dyn Any + Send + Sync> = entry.handle.clone();
+    let device = device
+        .downcast_ref::<Mutex<K::Device>>()
+        .ok_or_else(|| format!("{}: not a {} device", entry.name, K::KIND))?;
+    let result = f(&mut lock(device));
+    Ok(result)
+}
+
+fn find<'a, K: DeviceKind>(
+    entries: &'a [VirtioEntry],
+    id: &str,
+) -> Result<&'a VirtioEntry, String> {
+    entries
+        .iter()
+        .find(|e| e.kind == K::KIND && e.id == id)
+        .ok_or_else(|| format!("no {} {id:?}", K::KIND))
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
