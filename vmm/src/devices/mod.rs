@@ -37,10 +37,37 @@
 //!    MMIO/IRQ placement, the kernel command line, snapshots and their
 //!    validation, restore and metrics then work with no other change. A
 //!    run-time `PATCH` route in the controller calls
-//!    `MicroVm::update_device::<<name>::<Name>Kind>(&patch)`.
+//!    `MicroVm::update_device::<<name>::<Name>Kind>(&patch)` (a kind with
+//!    several run-time changes makes `Patch` an enum, as the balloon's
+//!    target and statistics interval); a run-time request that reads or
+//!    drives the device without changing its configuration (`GET
+//!    /balloon/statistics`, hinting) calls
+//!    `MicroVm::with_device::<<name>::<Name>Kind, _>(id, |device| ...)`.
 //!
 //! If the device's backend makes syscalls or ioctls the VMM thread's
 //! seccomp filter does not allow yet, add them in `vmm/src/seccomp.rs`.
+//!
+//! A device that holds a guest buffer between queue events (the balloon's
+//! statistics buffer) saves that buffer's head in its state and holds it
+//! again after the restore: the guest waits for it back.
+//!
+//! What adding vsock, entropy and balloon took, per device (device model
+//! and config type already existed):
+//! * vsock: `devices/src/virtio/vsock/persist.rs` (the `Persist` impl with
+//!   queue positions; TRANSPORT_RESET after restore), `vsock/mod.rs` and
+//!   `vsock/device.rs` (the `restored` field applied in `activate`), its
+//!   persist test; `vmm/src/devices/vsock.rs`; one line below.
+//! * entropy: `devices/src/virtio/rng/persist.rs` (new), `rng/mod.rs`,
+//!   `rng/device.rs` (same `restored` field), a test;
+//!   `vmm/src/devices/rng.rs`; one line below.
+//! * balloon: `devices/src/virtio/balloon/persist.rs` (new), `balloon/mod.rs`,
+//!   `balloon/device.rs`, a test; `vmm/src/devices/balloon.rs`; one line
+//!   below; its run-time requests in `vmm/src/controller/requests.rs`
+//!   (through [`with_device`], added to this module and `MicroVm` for it).
+//! * seccomp: nothing (madvise, getrandom and Unix socket calls were
+//!   already allowed on the VMM thread).
+//! * Not a device kind: the `serial` section is read where the console
+//!   output is chosen (`microvm.rs`, `build_skeleton`).
 //!
 //! Run-time updates find their device in the [`DeviceManager`]'s single
 //! list by kind and id, then get the typed device back with an `Any`
