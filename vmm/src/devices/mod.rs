@@ -347,3 +347,55 @@ fn find<'a, K: DeviceKind>(
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every registered kind contributes its devices' names, in attach
+    /// order: what snapshots hold states for and metrics are keyed by.
+    #[test]
+    fn every_registered_kind_names_its_devices() {
+        let config: VmConfig = serde_json::from_value(serde_json::json!({
+            "boot-source": {"kernel_image_path": "/vmlinux"},
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+            "drives": [{"drive_id": "root", "path_on_host": "/disk", "is_root_device": true}],
+            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}],
+            "vsock": {"guest_cid": 3, "uds_path": "/tmp/v.sock"},
+            "entropy": {},
+            "balloon": {"amount_mib": 0, "deflate_on_oom": false},
+        }))
+        .unwrap();
+        assert_eq!(
+            configured_names(&config),
+            [
+                "drive root",
+                "net eth0",
+                "vsock vsock",
+                "rng entropy",
+                "balloon balloon"
+            ]
+        );
+        let mut named = config.clone();
+        if let Some(v) = named.vsock.as_mut() {
+            v.vsock_id = Some("v0".into());
+        }
+        assert!(configured_names(&named).contains(&"vsock v0".to_string()));
+    }
+
+    /// The balloon's run-time changes are recorded in the configuration
+    /// (snapshots and `GET /vm/config` show them).
+    #[test]
+    fn balloon_patches_update_the_config() {
+        use balloon::{BalloonKind, BalloonPatch};
+        let mut config: VmConfig = serde_json::from_value(serde_json::json!({
+            "boot-source": {"kernel_image_path": "/vmlinux"},
+            "balloon": {"amount_mib": 0, "deflate_on_oom": false, "stats_polling_interval_s": 1},
+        }))
+        .unwrap();
+        BalloonKind::update_config(&mut config, &BalloonPatch::Target(64));
+        BalloonKind::update_config(&mut config, &BalloonPatch::StatsInterval(5));
+        let b = config.balloon.unwrap();
+        assert_eq!((b.amount_mib, b.stats_polling_interval_s), (64, 5));
+    }
+}
