@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{guest_file, wait_for_socket, Flint, BOOT_LOCK, BOOT_TIMEOUT};
+use common::{guest_file, Flint, BOOT_LOCK, BOOT_TIMEOUT};
 
 /// Guest RAM (MiB): small, so boots and snapshots stay cheap.
 const MEM_MIB: u64 = 128;
@@ -77,8 +77,16 @@ fn start(dir: &Path, name: &str, args: &[&str]) -> (Flint, PathBuf) {
     let sock = dir.join(format!("{name}.sock"));
     let mut cmd = flint();
     cmd.arg("run").args(args).arg("--api-sock").arg(&sock);
-    let vm = Flint::spawn(cmd, tempfile::tempdir().unwrap());
-    wait_for_socket(&sock);
+    let mut vm = Flint::spawn(cmd, tempfile::tempdir().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !sock.exists() {
+        if Instant::now() > deadline {
+            // Ends flint and says what it printed.
+            let why = vm.wait_exit(Duration::from_millis(1));
+            panic!("{name}: no API socket: {why:?}\n{}", vm.stderr());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     (vm, sock)
 }
 

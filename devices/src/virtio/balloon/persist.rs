@@ -16,8 +16,10 @@ use crate::virtio::{PendingRestore, QueuePosition};
 /// The balloon's whole state in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalloonSnapshotState {
-    /// Options, target, `actual`, hinting, statistics, counters.
-    pub device: BalloonState,
+    /// Options, target, `actual`, hinting, statistics, counters, as JSON:
+    /// the statistics leave their absent figures out when serialized, which
+    /// a non-self-describing snapshot encoding (postcard) cannot read back.
+    pub device_json: String,
     /// Each running queue's position (empty if the driver never started
     /// the device).
     pub queues: Vec<QueuePosition>,
@@ -44,8 +46,10 @@ impl Persist<'_> for Balloon {
 
     fn save(&self) -> Result<BalloonSnapshotState, BalloonPersistError> {
         let active = self.active.as_ref();
+        let device_json = serde_json::to_string(&self.state)
+            .map_err(|e| BalloonPersistError::Mismatch(format!("encoding: {e}")))?;
         Ok(BalloonSnapshotState {
-            device: self.state.clone(),
+            device_json,
             queues: active
                 .map(|a| a.queues.iter().map(QueuePosition::of).collect())
                 .unwrap_or_default(),
@@ -57,7 +61,9 @@ impl Persist<'_> for Balloon {
         config: BalloonConfig,
         state: &BalloonSnapshotState,
     ) -> Result<Self, BalloonPersistError> {
-        let saved = &state.device;
+        let saved: BalloonState = serde_json::from_str(&state.device_json)
+            .map_err(|e| BalloonPersistError::Mismatch(format!("decoding: {e}")))?;
+        let saved = &saved;
         let refuse = |why: String| Err(BalloonPersistError::Mismatch(why));
         let offered = avail_features(
             config.deflate_on_oom,
