@@ -47,6 +47,11 @@
 //! If the device's backend makes syscalls or ioctls the VMM thread's
 //! seccomp filter does not allow yet, add them in `vmm/src/seccomp.rs`.
 //!
+//! A device's `State` is encoded with postcard, which is not
+//! self-describing: no `skip_serializing_if` anywhere inside it (the
+//! balloon keeps its state, whose statistics skip absent figures, as a JSON
+//! string); the postcard round-trip test below covers each kind.
+//!
 //! A device that holds a guest buffer between queue events (the balloon's
 //! statistics buffer) saves that buffer's head in its state and holds it
 //! again after the restore: the guest waits for it back.
@@ -64,8 +69,14 @@
 //!   `balloon/device.rs`, a test; `vmm/src/devices/balloon.rs`; one line
 //!   below; its run-time requests in `vmm/src/controller/requests.rs`
 //!   (through [`with_device`], added to this module and `MicroVm` for it).
-//! * seccomp: nothing (madvise, getrandom and Unix socket calls were
-//!   already allowed on the VMM thread).
+//! * seccomp (`vmm/src/seccomp.rs`): the vCPU thread may call
+//!   `timerfd_settime` and `epoll_ctl`, because activation and reset run
+//!   on the vCPU thread that wrote the status register (the balloon arms its
+//!   statistics timer there; a vsock reset takes its host sockets off its
+//!   epoll set). The VMM thread already allowed madvise, getrandom and the
+//!   Unix socket calls.
+//! * `devices/Cargo.toml`: `serde_json` as a normal dependency (the
+//!   balloon's state, below).
 //! * Not a device kind: the `serial` section is read where the console
 //!   output is chosen (`microvm.rs`, `build_skeleton`).
 //!
