@@ -157,7 +157,17 @@ fn build_skeleton(
     };
     let os = |what| move |e| MicroVmError::Os(what, e);
     let legacy = LegacyIo {
-        console_out: std::mem::replace(&mut ctx.console_out, Box::new(std::io::sink())),
+        console_out: match config
+            .serial
+            .as_ref()
+            .and_then(|s| s.serial_out_path.as_deref())
+        {
+            // The `serial` section sends the console to a file instead.
+            Some(path) => crate::console::output_to_path(path).map_err(|e| {
+                MicroVmError::Os("serial output", std::io::Error::other(e.to_string()))
+            })?,
+            None => std::mem::replace(&mut ctx.console_out, Box::new(std::io::sink())),
+        },
         console2_out: ctx.console2_out.take(),
         reset_evt: ctx.reset_evt.try_clone().map_err(os("reset eventfd"))?,
         exit_evt: ctx.exit_status.0.try_clone().map_err(os("exit eventfd"))?,
@@ -357,13 +367,14 @@ impl MicroVm {
         &self.devices.virtio
     }
 
-    /// Runs `f` on the device of kind `K` with id `id` (run-time `GET`s).
-    pub fn inspect_device<K: DeviceKind, R>(
+    /// Runs `f` on the device of kind `K` with id `id` (e.g. to read the
+    /// balloon's statistics); an error if the VM has no such device.
+    pub fn with_device<K: DeviceKind, R>(
         &self,
         id: &str,
-        f: impl FnOnce(&K::Device) -> R,
+        f: impl FnOnce(&mut K::Device) -> R,
     ) -> Result<R, String> {
-        crate::devices::inspect::<K, R>(&self.devices.virtio, id, f)
+        crate::devices::with_device::<K, R>(&self.devices.virtio, id, f)
     }
 
     /// Whether KVM logs dirty pages (diff snapshots, migration).

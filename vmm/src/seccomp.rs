@@ -312,6 +312,12 @@ fn vcpu(r: &mut Rules) -> BuildResult {
     r.allow_arg_in(SYS_ioctl, 1, &to_u64(ioctls::VCPU))?;
     // std's debug-build check that an fd is open before closing it.
     r.allow_if(SYS_fcntl, vec![eq(1, F_GETFD as u64)?])?;
+    // A virtio device is activated and reset on the vCPU thread whose
+    // status-register write asked for it: the balloon (re)arms or disarms
+    // its statistics timer there, and a vsock reset closes its host
+    // connections, taking their sockets (and re-adding its listener) off
+    // the device's own epoll set.
+    r.allow(&[SYS_timerfd_settime, SYS_epoll_ctl]);
     Ok(())
 }
 

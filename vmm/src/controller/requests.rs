@@ -5,6 +5,7 @@
 use api::{ActionType, ApiError, ApiRequest, ApiResponse, InstanceInfo, VmConfig, VmStateRequest};
 
 use super::{PendingConfig, Vmm};
+use crate::devices::balloon::{self, BalloonKind, BalloonPatch};
 use crate::wakeups::Outcome;
 
 /// A 400 answer whose fault message says why.
@@ -137,14 +138,16 @@ impl Vmm {
                     VmConfig::validate_balloon,
                 )
             }
-            // Run-time balloon requests: placeholders until the balloon
-            // device is wired.
-            R::GetBalloon | R::PatchBalloon(_) | R::PatchBalloonStatistics(_) => {
-                bad_request("the balloon device is not available yet")
+            R::GetBalloonStatistics | R::StartBalloonHinting(_) | R::StopBalloonHinting
+            | R::GetBalloonHintingStatus
+                if !started =>
+            {
+                bad_request("the VM is not started")
             }
-            R::GetBalloonStatistics => bad_request("balloon statistics are not available yet"),
-            R::StartBalloonHinting(_) | R::StopBalloonHinting | R::GetBalloonHintingStatus => {
-                bad_request("balloon free page hinting is not available yet")
+            // Run-time balloon requests, on the running device.
+            R::GetBalloon => self.with_balloon(|b| Ok(ApiResponse::Balloon(balloon::api_config(b)))),
+            R::GetBalloonStatistics => {
+                self.with_balloon(|b| balloon::api_stats(b).map(ApiResponse::BalloonStatistics))
             }
             R::PutPmem(pmem) => self.update_section(
                 |p| match p.pmem.iter_mut().find(|d| d.id == pmem.id) {
@@ -158,6 +161,37 @@ impl Vmm {
                 |c| c.validate_devmem().and_then(|()| c.validate_device_count()),
             ),
             R::GetMemoryHotplug | R::PatchMemoryHotplug(_) => self.memory_hotplug(request),
+            R::PatchBalloon(update) => {
+                let mem = self.vm.as_ref().map_or(0, |vm| vm.config().machine_config.mem_size_mib);
+                if u64::from(update.amount_mib) > mem {
+                    return bad_request(format!(
+                        "balloon target {} MiB is larger than guest memory ({mem} MiB)",
+                        update.amount_mib
+                    ));
+                }
+                self.patch_balloon(BalloonPatch::Target(update.amount_mib))
+            }
+            R::PatchBalloonStatistics(update) => {
+                self.patch_balloon(BalloonPatch::StatsInterval(update.stats_polling_interval_s))
+            }
+            R::StartBalloonHinting(start) => self.with_balloon(|b| {
+                b.start_hinting_with(start.acknowledge_on_stop)
+                    .map(|_| ApiResponse::Empty)
+                    .map_err(|e| e.to_string())
+            }),
+            R::StopBalloonHinting => {
+                self.with_balloon(|b| b.stop_hinting().map(|()| ApiResponse::Empty).map_err(|e| e.to_string()))
+            }
+            R::GetBalloonHintingStatus => self.with_balloon(|b| {
+                b.hinting_status()
+                    .map(|s| {
+                        ApiResponse::BalloonHintingStatus(api::BalloonHintingStatus {
+                            host_cmd: s.host_cmd,
+                            guest_cmd: s.guest_cmd,
+                        })
+                    })
+                    .map_err(|e| e.to_string())
+            }),
             R::PatchDrive(patch) => {
                 let known = self.pending.drives.iter().any(|d| d.drive_id == patch.drive_id);
                 if let (Some(_), false) = (&self.vm, known) {
@@ -329,7 +363,38 @@ impl Vmm {
         ApiResponse::Empty
     }
 
-    /// Applies `change` to the pending config if `check` accepts the result.
+    /// Answers a request on the running VM's balloon (400 if it has none).
+    fn with_balloon(
+        &mut self,
+        f: impl FnOnce(&mut devices::virtio::balloon::Balloon) -> Result<ApiResponse, String>,
+    ) -> ApiResponse {
+        let Some(vm) = self.vm.as_ref() else {
+            return bad_request("the VM is not started");
+        };
+        match vm.with_device::<BalloonKind, _>(balloon::BALLOON_ID, f) {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => bad_request(e),
+            Err(_) => bad_request("no balloon device is configured"),
+        }
+    }
+
+    /// Applies a run-time balloon change and records it in the config.
+    fn patch_balloon(&mut self, patch: BalloonPatch) -> ApiResponse {
+        let Some(vm) = self.vm.as_mut() else {
+            return bad_request("the VM is not started");
+        };
+        if vm.config().balloon.is_none() {
+            return bad_request("no balloon device is configured");
+        }
+        match vm.update_device::<BalloonKind>(&patch) {
+            Ok(()) => {
+                self.pending = PendingConfig::from_config(vm.config().clone());
+                ApiResponse::Empty
+            }
+            Err(e) => bad_request(e),
+        }
+    }
+
     /// `GET`/`PATCH /hotplug/memory`: the pending section before boot, the
     /// virtio-mem device after.
     fn memory_hotplug(&mut self, request: ApiRequest) -> ApiResponse {
@@ -339,7 +404,7 @@ impl Vmm {
         };
         match (request, self.vm.as_mut()) {
             (ApiRequest::GetMemoryHotplug, Some(vm)) => {
-                match vm.inspect_device::<MemKind, _>(ID, status) {
+                match vm.with_device::<MemKind, _>(ID, |mem| status(mem)) {
                     Ok(s) => ApiResponse::MemoryHotplugStatus(s),
                     Err(e) => bad_request(e),
                 }
@@ -366,6 +431,7 @@ impl Vmm {
         }
     }
 
+    /// Applies `change` to the pending config if `check` accepts the result.
     fn update_section(
         &mut self,
         change: impl FnOnce(&mut PendingConfig),

@@ -60,14 +60,23 @@ impl VirtioDevice for Balloon {
             );
             return Err(ActivateError::BadQueue(queues.len()));
         }
+        let mut queues = queues;
         self.state.acked_features = acked;
         self.state.needs_reset = false;
+        let mut stats_desc = None;
+        if let Some(restored) = self.restored.take() {
+            for (queue, position) in queues.iter_mut().zip(&restored.pending.positions) {
+                position.apply(queue);
+            }
+            self.state.needs_reset = restored.pending.needs_reset;
+            stats_desc = restored.stats_desc;
+        }
         self.active = Some(Active {
             mem,
             queues,
             layout,
             interrupt,
-            stats_desc: None,
+            stats_desc,
         });
         if let Err(e) = self.arm_stats_timer() {
             log::error!("{e}");
@@ -83,6 +92,7 @@ impl VirtioDevice for Balloon {
 
     fn reset(&mut self) {
         self.active = None;
+        self.restored = None;
         self.state.acked_features = 0;
         self.state.needs_reset = false;
         self.state.guest_hint_cmd_id = None;

@@ -32,6 +32,7 @@ mod device;
 mod event_handler;
 mod handlers;
 pub mod pages;
+mod persist;
 pub mod stats;
 
 #[cfg(test)]
@@ -48,6 +49,7 @@ use self::config::{avail_features, ConfigSpace, QueueLayout, PAGES_PER_MIB, QUEU
 use super::{GuestMemory, IrqTrigger};
 
 pub use self::api::HintingStatus;
+pub use self::persist::{BalloonPersistError, BalloonSnapshotState};
 pub use self::stats::BalloonStats;
 
 /// virtio device type of a memory balloon.
@@ -175,6 +177,8 @@ pub struct Balloon {
     queue_sizes: Vec<u16>,
     stats_timer: TimerFd,
     active: Option<Active>,
+    /// What a restored device applies at its next activation.
+    restored: Option<persist::RestoredBalloon>,
 }
 
 impl Balloon {
@@ -221,6 +225,7 @@ impl Balloon {
             queue_sizes: vec![QUEUE_SIZE; count],
             stats_timer,
             active: None,
+            restored: None,
         })
     }
 

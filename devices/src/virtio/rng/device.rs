@@ -82,8 +82,15 @@ impl VirtioDevice for Rng {
             log::warn!("entropy device: activated with {count} queues, expected 1");
             return Err(ActivateError::BadQueue(count.min(1)));
         };
+        let mut queue = queue;
         self.state.acked_features = acked_features;
         self.state.needs_reset = false;
+        if let Some(restored) = self.restored.take() {
+            if let Some(position) = restored.positions.first() {
+                position.apply(&mut queue);
+            }
+            self.state.needs_reset = restored.needs_reset;
+        }
         self.active = Some(Active {
             mem,
             queue,
@@ -98,6 +105,7 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) {
         self.active = None;
+        self.restored = None;
         self.state.acked_features = 0;
         self.state.needs_reset = false;
     }

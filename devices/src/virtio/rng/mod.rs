@@ -18,6 +18,7 @@
 
 mod device;
 mod event_handler;
+mod persist;
 
 #[cfg(test)]
 mod tests;
@@ -27,8 +28,10 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{GuestMemory, IrqTrigger, VIRTIO_F_VERSION_1};
+use super::{GuestMemory, IrqTrigger, PendingRestore, VIRTIO_F_VERSION_1};
 use crate::rate_limiter::RateLimiter;
+
+pub use persist::{RngPersistError, RngSnapshotState};
 
 /// virtio device type of an entropy source.
 pub const TYPE_RNG: u32 = 4;
@@ -86,6 +89,8 @@ pub struct Rng {
     queue_evts: [EventFd; 1],
     rate_limiter: Option<RateLimiter>,
     active: Option<Active>,
+    /// Where a restored device's queue was, applied at its next activation.
+    restored: Option<PendingRestore>,
     /// Host-side buffer for one request's random bytes ([`MAX_REQUEST_BYTES`]).
     scratch: Vec<u8>,
 }
@@ -103,8 +108,8 @@ impl Rng {
     }
 
     /// Rebuilds the device from saved state (a restore). The transport
-    /// activates it again with the saved queues; the limiter's levels are
-    /// restored separately (`VirtioDevice::restore_rate_limiter_states`).
+    /// activates it again (see [`crate::persist::Persist`] for the whole
+    /// restore, queue position and limiter levels included).
     pub fn from_state(
         state: RngState,
         rate_limiter: Option<RateLimiter>,
@@ -115,6 +120,7 @@ impl Rng {
             queue_evts: [evt],
             rate_limiter,
             active: None,
+            restored: None,
             scratch: vec![0; MAX_REQUEST_BYTES],
         })
     }

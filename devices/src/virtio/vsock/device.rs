@@ -319,10 +319,20 @@ impl VirtioDevice for Vsock {
             acked_features,
         } = activation;
         let n = queues.len();
-        let Ok([rx, tx, evq]) = <[Queue; 3]>::try_from(queues) else {
+        let Ok([mut rx, mut tx, mut evq]) = <[Queue; 3]>::try_from(queues) else {
             return Err(ActivateError::BadQueue(n.min(QUEUE_SIZES.len())));
         };
         self.acked_features = acked_features & VIRTIO_F_VERSION_1;
+        self.needs_reset = false;
+        if let Some(restored) = self.restored.take() {
+            for (queue, position) in [&mut rx, &mut tx, &mut evq]
+                .into_iter()
+                .zip(&restored.positions)
+            {
+                position.apply(queue);
+            }
+            self.needs_reset = restored.needs_reset;
+        }
         self.active = Some(Active {
             mem,
             rx,
@@ -330,7 +340,6 @@ impl VirtioDevice for Vsock {
             evq,
             interrupt,
         });
-        self.needs_reset = false;
         // Have the event loop look at every queue once (the TRANSPORT_RESET
         // event, packets posted before activation).
         for evt in &self.queue_evts {
@@ -343,6 +352,7 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.active = None;
+        self.restored = None;
         self.muxer.close_all();
         self.acked_features = 0;
         self.needs_reset = false;

@@ -48,7 +48,7 @@ use muxer::Muxer;
 use packet::{Segment, MAX_PAYLOAD};
 
 pub use host::{parse_connect_line, ConnectLine, MAX_CONNECT_LINE};
-pub use persist::VsockState;
+pub use persist::{VsockPersistError, VsockState};
 
 /// virtio device type of a vsock device.
 pub const TYPE_VSOCK: u32 = 19;
@@ -144,6 +144,8 @@ pub struct Vsock {
     active: Option<Active>,
     /// A TRANSPORT_RESET event is owed to the driver (after a restore).
     reset_event_pending: bool,
+    /// Where a restored device's queues were, applied at its next activation.
+    restored: Option<super::PendingRestore>,
     needs_reset: bool,
     segs: Vec<Segment>,
     tx_payload: Vec<u8>,
@@ -193,6 +195,7 @@ impl Vsock {
             queue_evts,
             active: None,
             reset_event_pending: false,
+            restored: None,
             needs_reset: false,
             segs: Vec::new(),
             tx_payload: Vec::with_capacity(MAX_PAYLOAD),

@@ -266,3 +266,28 @@ fn driver_sequence_from_probe_to_inflated() {
     assert!(b.return_stats_buffer());
     assert_eq!(g.used(stats_q), vec![(stats_head, 0)]);
 }
+
+#[test]
+fn persist_keeps_target_actual_and_hinting() {
+    use crate::persist::Persist;
+    let mut t = T::new(all_options(), 0);
+    t.b.set_target_mib(3).unwrap();
+    t.b.write_config(4, &100u32.to_le_bytes());
+    t.b.start_hinting().unwrap();
+    let state = t.b.save().unwrap();
+    assert_eq!(state.queues.len(), 5);
+    let json = serde_json::to_string(&state).unwrap();
+    let back: crate::virtio::balloon::BalloonSnapshotState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, state);
+    let mut config = all_options();
+    let restored = Balloon::restore(config.clone(), &back).unwrap();
+    assert_eq!(restored.config().amount_mib, 3);
+    assert_eq!(restored.state().actual_pages, 100);
+    assert_eq!(
+        restored.hinting_status().unwrap(),
+        t.b.hinting_status().unwrap()
+    );
+    // Other options offer other features: refused.
+    config.free_page_reporting = false;
+    assert!(Balloon::restore(config, &back).is_err());
+}

@@ -251,3 +251,31 @@ fn state_round_trips_through_serde() {
     assert_eq!(restored.counters(), t.rng.counters());
     assert_eq!(restored.avail_features(), VIRTIO_F_VERSION_1);
 }
+
+#[test]
+fn persist_restores_the_ring_position_and_limiter() {
+    use crate::persist::Persist;
+    let mut t = T::new(Some(RateLimiter::new(None, None).unwrap()));
+    t.assert_still_works();
+    t.assert_still_works();
+    let state = t.rng.save().unwrap();
+    assert_eq!(state.queue.map(|q| q.next_used), Some(2));
+    assert!(state.rate_limiter.is_some());
+    let json = serde_json::to_string(&state).unwrap();
+    let back: super::RngSnapshotState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, state);
+    // Same guest memory (its rings), a new device continuing from there.
+    t.rng = Rng::restore(Some(RateLimiter::new(None, None).unwrap()), &back).unwrap();
+    t.activate();
+    let buf = t.g.alloc(64);
+    let head = t.g.chain(0, &[w(buf, 64)]);
+    assert_eq!(t.rng.process_queue(), 1, "only the new request is served");
+    assert_eq!(t.g.used(0), vec![(head, 64)]);
+
+    let mut bad = back.clone();
+    bad.device.acked_features |= 1 << 3;
+    assert!(
+        Rng::restore(None, &bad).is_err(),
+        "acked features never offered"
+    );
+}

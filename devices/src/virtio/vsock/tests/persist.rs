@@ -1,22 +1,30 @@
 //! Snapshot state: save, restore, TRANSPORT_RESET once the driver runs.
 
 use super::*;
+use crate::persist::Persist;
 use crate::virtio::vsock::VsockState;
 
 #[test]
 fn restore_sends_transport_reset_then_connections_work() {
     let mut t = T::new();
     let (mut host, _) = t.host_connect(52);
-    let state = t.dev.save();
+    let mut state = t.dev.save().unwrap();
+    assert_eq!(state.queues.len(), 3);
     assert_eq!(state.guest_cid, CID);
     assert_eq!(state.uds_path, t.uds());
     let json = serde_json::to_string(&state).unwrap();
-    let state: VsockState = serde_json::from_str(&json).unwrap();
+    state = serde_json::from_str::<VsockState>(&json).unwrap();
+    // The test's guest starts fresh rings.
+    state.queues.clear();
     let T { dev, dir, .. } = t;
     drop(dev);
     assert!(host_closed(&mut host));
 
-    let dev = Vsock::restore_with_connect_timeout(&state, Duration::from_secs(30)).unwrap();
+    let config = VsockConfig {
+        guest_cid: CID,
+        uds_path: dir.path().join("v.sock"),
+    };
+    let dev = Vsock::restore_with_connect_timeout(config, &state, Duration::from_secs(30)).unwrap();
     assert_eq!(dev.guest_cid(), CID);
     let mut t = T::activate(dev, dir);
     // No event buffer yet: nothing happens.
