@@ -365,12 +365,25 @@ fn vsock_entropy_balloon_and_serial_file_work_and_survive_a_snapshot() {
     // The guest's old connections were reset; new ones work.
     let mut c = vsock_connect(&uds, 5000);
     echo(&mut c, b"after the restore");
+    // Up to three reads, as before the snapshot: on this host a guest
+    // pipeline sometimes dies (busybox segfaults in user mode, the host's
+    // quirk), which shows as an empty line; one full read proves the device.
     guest_run(
         &uds,
-        "echo RNG-AFTER $(busybox dd if=/dev/hwrng bs=16 count=1 2>/dev/null | busybox od -An -tx1)",
+        "for i in 1 2 3; do echo RNG-AFTER $(busybox dd if=/dev/hwrng bs=16 count=1 2>/dev/null | busybox od -An -tx1); done; echo RNG-AFTER-DONE",
     );
-    let line = serial.wait(&vm, "RNG-AFTER");
-    assert_eq!(line.split_whitespace().count(), 17, "{line}");
+    serial.wait(&vm, "RNG-AFTER-DONE");
+    let after: Vec<usize> = serial
+        .text()
+        .lines()
+        .filter(|l| l.trim_start().starts_with("RNG-AFTER") && !l.contains("DONE"))
+        .map(|l| l.split_whitespace().count() - 1)
+        .collect();
+    println!("entropy after restore: reads gave {after:?} bytes");
+    assert!(
+        after.contains(&16),
+        "no 16-byte read after the restore: {after:?}"
+    );
     let balloon = json(&sock, "/balloon");
     assert_eq!(balloon["amount_mib"], 0, "{balloon}");
     assert_eq!(balloon["stats_polling_interval_s"], 1, "{balloon}");
