@@ -235,6 +235,8 @@ pub struct ExitCounters {
     pub interrupted: AtomicU64,
     /// Everything else (system events, fatal exits).
     pub other: AtomicU64,
+    /// Fatal exits alone (Firecracker's `vcpu.failures`).
+    pub failures: AtomicU64,
 }
 
 fn count(counter: &AtomicU64) {
@@ -471,6 +473,7 @@ impl Vcpu {
                 }
                 Step::Fatal(reason) => {
                     count(&self.buses.exits.other);
+                    count(&self.buses.exits.failures);
                     log::error!("vCPU {}: {reason}\n{}", self.id, self.dump_registers());
                     self.events.send(VcpuEvent::Fatal {
                         id: self.id,
