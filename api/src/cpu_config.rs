@@ -60,8 +60,8 @@ pub struct MsrModifier {
 }
 
 /// A checked custom CPU template.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(try_from = "RawCpuConfig")]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "RawCpuConfig", into = "WireCpuConfig")]
 pub struct CpuConfig {
     /// CPUID changes, applied after flint's normalization.
     pub cpuid_modifiers: Vec<CpuidLeafModifier>,
@@ -115,11 +115,86 @@ struct RawCpuConfig {
     cpuid_modifiers: Vec<RawLeafModifier>,
     #[serde(default)]
     msr_modifiers: Vec<RawMsrModifier>,
-    /// aarch64 fields: refused by name on x86_64.
+    /// aarch64 fields: refused by name on x86_64 unless empty.
     #[serde(default)]
-    vcpu_features: Option<serde_json::Value>,
+    vcpu_features: Vec<serde_json::Value>,
     #[serde(default)]
-    reg_modifiers: Option<serde_json::Value>,
+    reg_modifiers: Vec<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct WireRegisterModifier {
+    register: CpuidRegisterName,
+    bitmap: String,
+}
+
+#[derive(Serialize)]
+struct WireLeafModifier {
+    leaf: String,
+    subleaf: String,
+    flags: u32,
+    modifiers: Vec<WireRegisterModifier>,
+}
+
+#[derive(Serialize)]
+struct WireMsrModifier {
+    addr: String,
+    bitmap: String,
+}
+
+/// The wire form written back (GET-style answers, the request channel):
+/// full-width bitmaps, hex numbers, which [`RawCpuConfig`] reads again.
+#[derive(Serialize)]
+struct WireCpuConfig {
+    cpuid_modifiers: Vec<WireLeafModifier>,
+    msr_modifiers: Vec<WireMsrModifier>,
+}
+
+/// `filter` as a `width`-bit bitmap string.
+fn bitmap_text(filter: BitmapFilter, width: u32) -> String {
+    let bits = (0..width).rev().map(|i| {
+        let bit = 1u64 << i;
+        match (filter.mask & bit != 0, filter.value & bit != 0) {
+            (false, _) => 'x',
+            (true, false) => '0',
+            (true, true) => '1',
+        }
+    });
+    std::iter::once("0b".to_string())
+        .chain(bits.map(String::from))
+        .collect()
+}
+
+impl From<CpuConfig> for WireCpuConfig {
+    fn from(c: CpuConfig) -> Self {
+        WireCpuConfig {
+            cpuid_modifiers: c
+                .cpuid_modifiers
+                .into_iter()
+                .map(|m| WireLeafModifier {
+                    leaf: format!("{:#x}", m.leaf),
+                    subleaf: format!("{:#x}", m.subleaf),
+                    flags: m.flags,
+                    modifiers: m
+                        .modifiers
+                        .into_iter()
+                        .map(|(register, f)| WireRegisterModifier {
+                            register,
+                            bitmap: bitmap_text(f, 32),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            msr_modifiers: c
+                .msr_modifiers
+                .into_iter()
+                .map(|m| WireMsrModifier {
+                    addr: format!("{:#x}", m.addr),
+                    bitmap: bitmap_text(m.bitmap, 64),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Parses a template number into 32 bits.
@@ -188,7 +263,7 @@ impl TryFrom<RawCpuConfig> for CpuConfig {
         if !raw.kvm_capabilities.is_empty() {
             return Err("kvm_capabilities: not supported by flint (it checks the KVM capabilities it needs itself)".into());
         }
-        if raw.vcpu_features.is_some() || raw.reg_modifiers.is_some() {
+        if !raw.vcpu_features.is_empty() || !raw.reg_modifiers.is_empty() {
             return Err(
                 "vcpu_features/reg_modifiers: aarch64 templates do not apply to x86_64".into(),
             );
@@ -292,6 +367,12 @@ mod tests {
             }
         );
         assert_eq!(parse("{}").unwrap(), CpuConfig::default());
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(
+            text.contains("0bxxxx000000000011xx00011011110010"),
+            "{text}"
+        );
+        assert_eq!(parse(&text).unwrap(), c, "the written form reads back");
     }
 
     #[test]
@@ -343,7 +424,10 @@ mod tests {
                 "msr_modifiers[0].bitmap",
             ),
             (r#"{"kvm_capabilities": ["!56"]}"#, "kvm_capabilities"),
-            (r#"{"reg_modifiers": []}"#, "aarch64"),
+            (
+                r#"{"reg_modifiers": [{"addr": "0x1", "bitmap": "0b1"}]}"#,
+                "aarch64",
+            ),
             (r#"{"cpuid": []}"#, "unknown field"),
         ];
         for (json, expected) in cases {

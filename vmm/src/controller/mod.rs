@@ -145,6 +145,8 @@ struct PendingConfig {
     mmds: Option<api::MmdsConfig>,
     pmem: Vec<api::PmemConfig>,
     memory_hotplug: Option<api::MemoryHotplugConfig>,
+    /// `PUT /cpu-config`'s template, applied at boot.
+    cpu_config: Option<api::CpuConfig>,
 }
 
 impl PendingConfig {
@@ -161,6 +163,7 @@ impl PendingConfig {
             mmds: config.mmds_config,
             pmem: config.pmem,
             memory_hotplug: config.memory_hotplug,
+            cpu_config: None,
         }
     }
 
@@ -439,6 +442,12 @@ impl Vmm {
             exit_status: (&self.exit_evt, &self.exit_status),
             vcpu_events: &self.vcpu_events,
             event_manager: &mut self.event_manager,
+            cpuid_modifiers: self
+                .pending
+                .cpu_config
+                .as_ref()
+                .map(crate::microvm::cpuid_modifiers)
+                .unwrap_or_default(),
         }
     }
 

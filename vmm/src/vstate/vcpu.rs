@@ -350,6 +350,7 @@ impl Vcpu {
         boot_entry: Option<GuestAddress>,
         vcpu_count: u8,
         template: CpuTemplate,
+        cpuid_modifiers: &[arch::cpuid::CpuidModifier],
     ) -> Result<(), VcpuError> {
         let id = self.id;
         let kvm_err = |op| move |source| VcpuError::Kvm { id, op, source };
@@ -361,6 +362,8 @@ impl Vcpu {
             vcpu_count,
         };
         normalize_cpuid(&mut cpuid, topo, template)
+            .map_err(|source| VcpuError::Cpuid { id, source })?;
+        arch::cpuid::apply_cpuid_modifiers(&mut cpuid, cpuid_modifiers)
             .map_err(|source| VcpuError::Cpuid { id, source })?;
         self.fd
             .set_cpuid2(&cpuid)
