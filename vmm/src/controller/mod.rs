@@ -72,6 +72,9 @@ pub struct VmmOptions {
     /// MMDS data store limit in bytes (`--mmds-size-limit`); Firecracker's
     /// default (`mmds::DEFAULT_SIZE_LIMIT`) when absent.
     pub mmds_size_limit: Option<usize>,
+    /// A custom CPU template from the config file (`cpu-config`), as a
+    /// `PUT /cpu-config` before anything else.
+    pub cpu_config: Option<api::CpuConfig>,
 }
 
 impl Default for VmmOptions {
@@ -86,6 +89,7 @@ impl Default for VmmOptions {
             seccomp: true,
             mmds_metadata: None,
             mmds_size_limit: None,
+            cpu_config: None,
         }
     }
 }
@@ -243,6 +247,7 @@ impl Vmm {
         let vcpu_events =
             VcpuEventSender::new(event_tx, vcpu_wake.try_clone().map_err(os("vCPU eventfd"))?);
         let (sigint, sigterm) = signal_pipes()?;
+        let cpu_config = options.cpu_config.take();
         let (api_requests, api_wake, api_metrics) = match options.api.take() {
             Some(api) => (Some(api.requests), api.wake, Some(api.metrics)),
             None => (
@@ -295,7 +300,10 @@ impl Vmm {
             exit_evt,
             exit_status,
             vcpu_events,
-            pending: PendingConfig::default(),
+            pending: PendingConfig {
+                cpu_config,
+                ..PendingConfig::default()
+            },
             vm: None,
             metrics: Some(MetricsSink::new(api_metrics)),
             api_requests,
@@ -319,7 +327,9 @@ impl Vmm {
     fn run(mut self, start: Start) -> Result<RunEnd, MicroVmError> {
         match start {
             Start::Boot(config) => {
+                let cpu_config = self.pending.cpu_config.take();
                 self.pending = PendingConfig::from_config(config.clone());
+                self.pending.cpu_config = cpu_config;
                 self.boot(&config)?;
             }
             Start::Restore(params) => self
