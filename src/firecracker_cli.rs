@@ -305,6 +305,8 @@ pub struct ConfigFileExtras {
     pub logger: Option<api::LoggerConfig>,
     /// The file's `metrics` section.
     pub metrics: Option<api::MetricsConfig>,
+    /// The file's `cpu-config` section (a custom CPU template).
+    pub cpu_config: Option<api::CpuConfig>,
 }
 
 /// Parses a Firecracker config file's text: its `logger` and `metrics`
@@ -318,6 +320,10 @@ pub fn parse_config_file(text: &str) -> Result<(api::VmConfig, ConfigFileExtras)
         if let Some(logger) = object.remove("logger") {
             extras.logger =
                 Some(serde_json::from_value(logger).map_err(|e| format!("logger: {e}"))?);
+        }
+        if let Some(cpu) = object.remove("cpu-config") {
+            extras.cpu_config =
+                Some(serde_json::from_value(cpu).map_err(|e| format!("cpu-config: {e}"))?);
         }
         if let Some(metrics) = object.remove("metrics") {
             extras.metrics =
@@ -422,6 +428,7 @@ fn setup(
         metrics_path,
         mmds_metadata,
         mmds_size_limit: Some(mmds_size_limit),
+        cpu_config: extras.cpu_config,
     })
 }
 
@@ -539,10 +546,16 @@ mod tests {
             extras.metrics.unwrap().metrics_path,
             PathBuf::from("/tmp/m")
         );
-        let err =
-            parse_config_file(r#"{"boot-source": {"kernel_image_path": "k"}, "cpu-config": {}}"#)
-                .unwrap_err();
-        assert!(err.contains("cpu-config"), "{err}");
+        let (_, extras) = parse_config_file(
+            r#"{"boot-source": {"kernel_image_path": "k"}, "cpu-config": {"cpuid_modifiers": [{"leaf": "0x1", "modifiers": [{"register": "ecx", "bitmap": "0b0x"}]}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(extras.cpu_config.unwrap().cpuid_modifiers[0].leaf, 1);
+        let err = parse_config_file(
+            r#"{"boot-source": {"kernel_image_path": "k"}, "cpu-config": {"msr_modifiers": [{"addr": "0x10a", "bitmap": "0b0"}]}}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("cpu-config") && err.contains("MSR"), "{err}");
     }
 
     #[test]

@@ -355,6 +355,8 @@ pub(crate) struct RunOptions {
     pub mmds_metadata: Option<serde_json::Value>,
     /// MMDS data store limit in bytes (`--mmds-size-limit`).
     pub mmds_size_limit: Option<usize>,
+    /// A config file's custom CPU template (`cpu-config`).
+    pub cpu_config: Option<api::CpuConfig>,
 }
 
 impl RunOptions {
@@ -371,6 +373,7 @@ impl RunOptions {
             metrics_path: None,
             mmds_metadata: None,
             mmds_size_limit: None,
+            cpu_config: None,
         }
     }
 }
@@ -388,6 +391,7 @@ pub(crate) fn run(run: RunOptions) -> ExitCode {
         metrics_path,
         mmds_metadata,
         mmds_size_limit,
+        cpu_config,
     } = run;
     let mut server = None;
     let mut options = vmm::VmmOptions {
@@ -397,6 +401,7 @@ pub(crate) fn run(run: RunOptions) -> ExitCode {
         seccomp,
         mmds_metadata,
         mmds_size_limit,
+        cpu_config,
         ..Default::default()
     };
     // Requests flint itself sends the VMM (the metrics file given at

@@ -135,6 +135,7 @@ pub(crate) const ROUTES: &[RouteSpec] = &[
     route!("GET" "/machine-config" => ApiRequest::GetMachineConfig),
     route!("PUT" "/machine-config", body "MachineConfig" => ApiRequest::PutMachineConfig),
     route!("PATCH" "/machine-config", body "MachineConfigPatch" => ApiRequest::PatchMachineConfig),
+    route!("PUT" "/cpu-config", body "CpuConfig" => ApiRequest::PutCpuConfig),
     route!("PUT" "/boot-source", body "BootSource" => ApiRequest::PutBootSource),
     route!("PUT" "/drives/{drive_id}", body "Drive", id drive_id => ApiRequest::PutDrive),
     route!("PATCH" "/drives/{drive_id}", body "DrivePatch", id drive_id, checked => ApiRequest::PatchDrive),

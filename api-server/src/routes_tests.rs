@@ -429,3 +429,23 @@ fn mmds_routes_take_any_json_and_the_config_shape() {
         400
     );
 }
+
+#[test]
+fn cpu_config_parses_and_bad_bitmaps_are_400s_naming_the_field() {
+    let body = r#"{"cpuid_modifiers": [{"leaf": "0x7", "subleaf": "0x0", "flags": 1,
+        "modifiers": [{"register": "ebx", "bitmap": "0bxxxxxxxxxxxxxxx0xxxxxxxxxxxxxxxx"}]}]}"#;
+    let ApiRequest::PutCpuConfig(c) = parse_ok("/cpu-config", "PUT", body) else {
+        panic!("not a PutCpuConfig");
+    };
+    assert_eq!(
+        (c.cpuid_modifiers[0].leaf, c.cpuid_modifiers[0].flags),
+        (7, 1)
+    );
+    assert_eq!(c.cpuid_modifiers[0].modifiers[0].1.mask, 1 << 16);
+    let bad = r#"{"cpuid_modifiers": [{"leaf": 1, "modifiers": [{"register": "eax", "bitmap": "0b10z"}]}]}"#;
+    let err = parse_err("/cpu-config", "PUT", bad).to_string();
+    assert!(
+        err.contains("cpuid_modifiers[0].modifiers[0].bitmap"),
+        "{err}"
+    );
+}

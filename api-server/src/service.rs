@@ -54,8 +54,11 @@ pub(crate) async fn serve_connection(stream: UnixStream, shared: Arc<Shared>, id
 /// Answers one request and counts it.
 async fn handle(req: Request<Incoming>, shared: &Shared, id: u64) -> Answer {
     let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
     let answer = answer(req, shared, id).await;
-    shared.metrics.record(&method, answer.status().as_u16());
+    shared
+        .metrics
+        .record(&method, &path, answer.status().as_u16());
     answer
 }
 

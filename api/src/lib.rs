@@ -11,6 +11,7 @@
 
 mod compat;
 mod config;
+mod cpu_config;
 mod devmem;
 mod fields;
 mod mac;
@@ -29,6 +30,10 @@ pub use config::{
     BalloonConfig, BootSourceConfig, CacheType, CpuTemplate, DriveConfig, EmulationQuirks,
     EntropyConfig, HugePages, IoEngine, MachineConfig, NetConfig, RateLimiterConfig, SerialConfig,
     TokenBucketConfig, VmConfig, VsockConfig,
+};
+pub use cpu_config::{
+    parse_bitmap, BitmapFilter, CpuConfig, CpuidLeafModifier, CpuidRegisterName, MsrModifier,
+    MAX_CPU_MODIFIERS,
 };
 pub use devmem::{
     MemoryHotplugConfig, MemoryHotplugSizeUpdate, MemoryHotplugStatus, PmemConfig, MAX_HOTPLUG_MIB,

@@ -24,6 +24,9 @@ pub enum ApiRequest {
     /// `PUT /machine-config`: replace the whole machine config (omitted
     /// fields take their defaults).
     PutMachineConfig(MachineConfig),
+    /// `PUT /cpu-config`: a custom CPU template (Firecracker's), applied
+    /// to every vCPU's CPUID at boot; replaces an earlier one.
+    PutCpuConfig(crate::CpuConfig),
     /// `PATCH /machine-config`: change only the given fields.
     PatchMachineConfig(MachineConfigPatch),
     /// `PUT /boot-source`.

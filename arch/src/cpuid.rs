@@ -43,6 +43,90 @@ pub enum CpuidError {
         /// The vCPU count it was checked against.
         vcpu_count: u8,
     },
+    /// A custom template modifies a CPUID leaf KVM does not report.
+    #[error("CPUID leaf {leaf:#x} subleaf {subleaf:#x} is not supported by this host (custom CPU template)")]
+    LeafNotSupported {
+        /// The leaf (EAX input).
+        leaf: u32,
+        /// The subleaf (ECX input).
+        subleaf: u32,
+    },
+}
+
+/// Bits a custom CPU template forces: where `mask` has a 1 the register
+/// takes `value`'s bit, elsewhere it keeps the host's (the template's `x`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BitFilter {
+    /// The bits the template sets or clears.
+    pub mask: u64,
+    /// Their values (bits outside `mask` are ignored).
+    pub value: u64,
+}
+
+impl BitFilter {
+    /// `host` with the template's bits applied.
+    pub fn apply(&self, host: u64) -> u64 {
+        (host & !self.mask) | (self.value & self.mask)
+    }
+}
+
+/// One of the four CPUID output registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuidRegister {
+    /// EAX.
+    Eax,
+    /// EBX.
+    Ebx,
+    /// ECX.
+    Ecx,
+    /// EDX.
+    Edx,
+}
+
+/// A custom CPU template's change to one CPUID leaf/subleaf (Firecracker's
+/// `cpuid_modifiers` entry), applied after normalization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuidModifier {
+    /// The leaf (EAX input).
+    pub leaf: u32,
+    /// The subleaf (ECX input).
+    pub subleaf: u32,
+    /// KVM's entry flags (`KVM_CPUID_FLAG_*`), replacing the host's.
+    pub flags: u32,
+    /// The register changes, applied in order.
+    pub registers: Vec<(CpuidRegister, BitFilter)>,
+}
+
+/// Applies a custom CPU template's CPUID modifiers to a (normalized) table.
+/// A leaf/subleaf the table lacks is an error, as in Firecracker: adding
+/// leaves KVM does not know would advertise what the host cannot provide.
+pub fn apply_cpuid_modifiers(
+    cpuid: &mut CpuId,
+    modifiers: &[CpuidModifier],
+) -> Result<(), CpuidError> {
+    for m in modifiers {
+        let entry = cpuid
+            .as_mut_slice()
+            .iter_mut()
+            .find(|e| e.function == m.leaf && e.index == m.subleaf)
+            .ok_or(CpuidError::LeafNotSupported {
+                leaf: m.leaf,
+                subleaf: m.subleaf,
+            })?;
+        entry.flags = m.flags;
+        for (register, filter) in &m.registers {
+            let reg = match register {
+                CpuidRegister::Eax => &mut entry.eax,
+                CpuidRegister::Ebx => &mut entry.ebx,
+                CpuidRegister::Ecx => &mut entry.ecx,
+                CpuidRegister::Edx => &mut entry.edx,
+            };
+            // The filter of a 32-bit register has only 32 bits (the parser
+            // refuses longer bitmaps), so the truncation loses nothing.
+            *reg = filter.apply(u64::from(*reg)) as u32;
+        }
+    }
+    Ok(())
 }
 
 const LEAF_VENDOR: u32 = 0x0;
@@ -500,5 +584,74 @@ mod tests {
         let l1 = find(&cpuid, 1, 0);
         assert_eq!(l1.ebx >> 24, 1);
         assert_ne!(l1.ecx & HYPERVISOR_BIT, 0);
+    }
+
+    #[test]
+    fn cpuid_modifiers_set_clear_and_keep_host_bits() {
+        let mut cpuid = CpuId::from_entries(&[
+            entry(LEAF_FEATURES, 0, [0xffff_0000, 0, 0b1101, 0]),
+            entry(LEAF_EXT_FEATURES, 0, [0, 0xffff_ffff, 0, 0]),
+        ])
+        .unwrap();
+        let modifiers = [
+            CpuidModifier {
+                leaf: LEAF_FEATURES,
+                subleaf: 0,
+                flags: 1,
+                registers: vec![
+                    // "0bx01x": bit 2 cleared, bit 1 set, bits 0 and 3 the host's.
+                    (
+                        CpuidRegister::Ecx,
+                        BitFilter {
+                            mask: 0b0110,
+                            value: 0b0010,
+                        },
+                    ),
+                    (
+                        CpuidRegister::Eax,
+                        BitFilter {
+                            mask: 0xffff_ffff,
+                            value: 0x1234,
+                        },
+                    ),
+                ],
+            },
+            CpuidModifier {
+                leaf: LEAF_EXT_FEATURES,
+                subleaf: 0,
+                flags: 0,
+                registers: vec![(
+                    CpuidRegister::Ebx,
+                    BitFilter {
+                        mask: AVX512F.into(),
+                        value: 0,
+                    },
+                )],
+            },
+        ];
+        apply_cpuid_modifiers(&mut cpuid, &modifiers).unwrap();
+        let e = cpuid.as_slice();
+        assert_eq!(e[0].ecx, 0b1011, "host 0b1101 through 0bx01x");
+        assert_eq!(e[0].eax, 0x1234);
+        assert_eq!(e[0].flags, 1);
+        assert_eq!(e[1].ebx, !AVX512F, "only AVX512F cleared");
+    }
+
+    #[test]
+    fn cpuid_modifier_of_a_missing_leaf_is_refused() {
+        let mut cpuid = CpuId::from_entries(&[entry(LEAF_FEATURES, 0, [0; 4])]).unwrap();
+        let missing = CpuidModifier {
+            leaf: LEAF_FEATURES,
+            subleaf: 1,
+            flags: 0,
+            registers: vec![],
+        };
+        assert_eq!(
+            apply_cpuid_modifiers(&mut cpuid, &[missing]),
+            Err(CpuidError::LeafNotSupported {
+                leaf: 1,
+                subleaf: 1
+            })
+        );
     }
 }

@@ -520,6 +520,7 @@ mod tests {
             Some(GuestAddress(0x100_0000)),
             1,
             arch::cpuid::CpuTemplate::None,
+            &[],
         )
         .unwrap();
         let saved_vcpu = vcpu.save().unwrap();

@@ -11,6 +11,7 @@
 //! whole flushes that do not fit are dropped and counted
 //! (`metrics.missed_flushes`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -90,26 +91,46 @@ impl MetricsSink {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let api = self.api.as_ref().map(|f| f());
+        let (devices, exits) = match vm {
+            Some(vm) => {
+                let e = vm.exits();
+                let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                let exits = VcpuExitCounts {
+                    io_in: get(&e.io_in),
+                    io_out: get(&e.io_out),
+                    mmio_read: get(&e.mmio_read),
+                    mmio_write: get(&e.mmio_write),
+                    failures: get(&e.failures),
+                };
+                (vm.device_metrics(), exits)
+            }
+            None => (BTreeMap::new(), VcpuExitCounts::default()),
+        };
         let vm_metrics = vm.map(|vm| {
             let [pio_r, pio_w, mmio_r, mmio_w] = vm.unhandled_accesses();
             json!({
                 "vcpu_exits": vm.exits(),
                 "unhandled": {"pio_reads": pio_r, "pio_writes": pio_w, "mmio_reads": mmio_r, "mmio_writes": mmio_w},
-                "devices": vm.device_metrics(),
+                "devices": &devices,
             })
         });
+        let firecracker = firecracker_groups(&devices, &exits, api.as_ref());
         let mut line = json!({
             "utc_timestamp_ms": now_ms,
-            "api": self.api.as_ref().map(|f| f()),
+            "api": api,
             "vm": vm_metrics,
             "serial": {"missed_bytes": crate::console::serial_missed_bytes()},
             "logger": {
                 "missed_lines": crate::logger::missed_lines(),
                 "suppressed_guest_lines": devices::log_limit::suppressed_lines(),
+                "missed_log_count": crate::logger::missed_lines(),
+                "missed_metrics_count": MISSED_FLUSHES.load(Ordering::Relaxed),
             },
             "metrics": {"missed_flushes": MISSED_FLUSHES.load(Ordering::Relaxed)},
         });
         if let Some(object) = line.as_object_mut() {
+            object.extend(firecracker);
             object.extend(self.labels.clone());
         }
         line
@@ -133,6 +154,169 @@ impl MetricsSink {
     pub fn drain(&self, timeout: std::time::Duration) -> bool {
         self.file.as_ref().is_none_or(|(_, f)| f.drain(timeout))
     }
+}
+
+/// The vCPU exit counts Firecracker's `vcpu` group reports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VcpuExitCounts {
+    /// Port-I/O reads (`exit_io_in`).
+    pub io_in: u64,
+    /// Port-I/O writes (`exit_io_out`).
+    pub io_out: u64,
+    /// MMIO reads (`exit_mmio_read`).
+    pub mmio_read: u64,
+    /// MMIO writes (`exit_mmio_write`).
+    pub mmio_write: u64,
+    /// Fatal exits (`failures`).
+    pub failures: u64,
+}
+
+/// Pairs of (flint counter, Firecracker key).
+type KeyMap = &'static [(&'static str, &'static str)];
+
+/// Per device kind: Firecracker's group name and its key for each flint
+/// counter (counters without a Firecracker meaning are left out).
+const DEVICE_KEYS: [(&str, &str, KeyMap); 5] = [
+    (
+        "drive",
+        "block",
+        &[
+            ("read_bytes", "read_bytes"),
+            ("write_bytes", "write_bytes"),
+            ("reads", "read_count"),
+            ("writes", "write_count"),
+            ("flushes", "flush_count"),
+            ("bad_requests", "invalid_reqs_count"),
+            ("throttled", "rate_limiter_throttled_events"),
+        ],
+    ),
+    (
+        "net",
+        "net",
+        &[
+            ("rx_frames", "rx_packets_count"),
+            ("rx_bytes", "rx_bytes_count"),
+            ("rx_dropped", "rx_fails"),
+            ("tx_frames", "tx_packets_count"),
+            ("tx_bytes", "tx_bytes_count"),
+            ("tx_dropped", "tx_fails"),
+            ("bad_chains", "tx_malformed_frames"),
+        ],
+    ),
+    (
+        "vsock",
+        "vsock",
+        &[
+            ("rx_packets", "rx_packets_count"),
+            ("rx_bytes", "rx_bytes_count"),
+            ("tx_packets", "tx_packets_count"),
+            ("tx_bytes", "tx_bytes_count"),
+        ],
+    ),
+    (
+        "rng",
+        "entropy",
+        &[
+            ("requests", "entropy_event_count"),
+            ("bytes", "entropy_bytes"),
+            ("errors", "host_rng_fails"),
+            ("throttled", "entropy_rate_limiter_throttled"),
+        ],
+    ),
+    (
+        "balloon",
+        "balloon",
+        &[
+            ("stats_updates", "stats_updates_count"),
+            ("errors", "event_fails"),
+        ],
+    ),
+];
+
+/// Firecracker's top-level metrics groups, from flint's counters, so tools
+/// written for Firecracker's metrics file find their keys. Device groups
+/// (`block`, `net`, `vsock`, `entropy`, `balloon`) sum every device of the
+/// kind; drives and interfaces also get their own `block_<id>`/`net_<id>`
+/// group, as in Firecracker. Values are cumulative since flint started
+/// (Firecracker's counters restart at each flush).
+pub fn firecracker_groups(
+    devices: &BTreeMap<String, BTreeMap<&'static str, u64>>,
+    exits: &VcpuExitCounts,
+    api: Option<&serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut groups: BTreeMap<String, BTreeMap<&str, u64>> = BTreeMap::new();
+    // Every group exists even without devices, with zero values.
+    for (_, group, keys) in DEVICE_KEYS {
+        let entry = groups.entry(group.to_string()).or_default();
+        for (_, key) in keys {
+            entry.insert(key, 0);
+        }
+    }
+    for (name, counters) in devices {
+        let (kind, id) = name.split_once(' ').unwrap_or((name.as_str(), ""));
+        let Some((_, group, keys)) = DEVICE_KEYS.iter().find(|(k, _, _)| *k == kind) else {
+            continue;
+        };
+        let own = matches!(*group, "block" | "net").then(|| format!("{group}_{id}"));
+        for (flint_key, fc_key) in keys.iter() {
+            let value = counters.get(flint_key).copied().unwrap_or(0);
+            *groups
+                .entry(group.to_string())
+                .or_default()
+                .entry(fc_key)
+                .or_default() += value;
+            if let Some(own) = &own {
+                *groups
+                    .entry(own.clone())
+                    .or_default()
+                    .entry(fc_key)
+                    .or_default() += value;
+            }
+        }
+        if kind == "net" {
+            let mmds = groups.entry("mmds".into()).or_default();
+            *mmds.entry("rx_accepted").or_default() +=
+                counters.get("mmds_tx_frames").copied().unwrap_or(0);
+            *mmds.entry("tx_frames").or_default() +=
+                counters.get("mmds_rx_frames").copied().unwrap_or(0);
+        }
+    }
+    let mmds = groups.entry("mmds".into()).or_default();
+    mmds.entry("rx_accepted").or_default();
+    mmds.entry("tx_frames").or_default();
+    let mut out: serde_json::Map<String, serde_json::Value> = groups
+        .into_iter()
+        .map(|(group, keys)| (group, json!(keys)))
+        .collect();
+    out.insert(
+        "vcpu".into(),
+        json!({
+            "exit_io_in": exits.io_in,
+            "exit_io_out": exits.io_out,
+            "exit_mmio_read": exits.mmio_read,
+            "exit_mmio_write": exits.mmio_write,
+            "failures": exits.failures,
+        }),
+    );
+    // A panic or a seccomp violation ends flint before the next flush:
+    // a line that is written always reports none.
+    out.insert("vmm".into(), json!({"panic_count": 0}));
+    out.insert("seccomp".into(), json!({"num_faults": 0}));
+    out.insert(
+        "uart".into(),
+        json!({"missed_write_count": crate::console::serial_missed_bytes()}),
+    );
+    let routes = api
+        .and_then(|a| a.get("routes"))
+        .and_then(|r| r.as_object());
+    for group in ["get_api_requests", "put_api_requests", "patch_api_requests"] {
+        let value = routes
+            .and_then(|r| r.get(group))
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        out.insert(group.into(), value);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -189,5 +373,110 @@ mod tests {
         assert!(line["utc_timestamp_ms"].is_u64());
         sink.set_labels(None, None);
         assert!(sink.snapshot(None).get("id").is_none());
+    }
+
+    #[test]
+    fn firecracker_groups_follow_the_counters() {
+        let devices: BTreeMap<String, BTreeMap<&'static str, u64>> = [
+            (
+                "drive root".to_string(),
+                [
+                    ("read_bytes", 512),
+                    ("reads", 1),
+                    ("flushes", 2),
+                    ("throttled", 0),
+                ]
+                .into(),
+            ),
+            (
+                "drive data".to_string(),
+                [
+                    ("read_bytes", 1024),
+                    ("reads", 2),
+                    ("write_bytes", 4096),
+                    ("writes", 1),
+                ]
+                .into(),
+            ),
+            (
+                "net eth0".to_string(),
+                [
+                    ("rx_frames", 3),
+                    ("rx_bytes", 300),
+                    ("tx_frames", 4),
+                    ("tx_bytes", 400),
+                    ("mmds_tx_frames", 5),
+                ]
+                .into(),
+            ),
+            (
+                "rng rng".to_string(),
+                [("bytes", 64), ("requests", 2)].into(),
+            ),
+            ("mem m".to_string(), [("plugged", 7)].into()),
+        ]
+        .into();
+        let exits = VcpuExitCounts {
+            io_in: 10,
+            io_out: 11,
+            mmio_read: 12,
+            mmio_write: 13,
+            failures: 1,
+        };
+        let api = json!({"routes": {"put_api_requests": {"actions_count": 3, "actions_fails": 1}}});
+        let g = firecracker_groups(&devices, &exits, Some(&api));
+        assert_eq!(g["block"]["read_bytes"], 1536);
+        assert_eq!(g["block"]["read_count"], 3);
+        assert_eq!(g["block"]["write_bytes"], 4096);
+        assert_eq!(g["block"]["write_count"], 1);
+        assert_eq!(g["block"]["flush_count"], 2);
+        assert_eq!(g["block_root"]["read_bytes"], 512);
+        assert_eq!(g["block_data"]["write_count"], 1);
+        assert_eq!(g["net"]["rx_packets_count"], 3);
+        assert_eq!(g["net"]["tx_bytes_count"], 400);
+        assert_eq!(g["net_eth0"]["rx_bytes_count"], 300);
+        assert_eq!(g["mmds"]["rx_accepted"], 5);
+        assert_eq!(g["entropy"]["entropy_bytes"], 64);
+        assert_eq!(
+            g["vsock"]["rx_bytes_count"], 0,
+            "groups exist without devices"
+        );
+        assert_eq!(g["vcpu"]["exit_io_in"], 10);
+        assert_eq!(g["vcpu"]["exit_mmio_write"], 13);
+        assert_eq!(g["vcpu"]["failures"], 1);
+        assert_eq!(g["put_api_requests"]["actions_count"], 3);
+        assert_eq!(g["patch_api_requests"], json!({}));
+        assert!(g.get("mem").is_none() && g.get("mem_m").is_none());
+    }
+
+    #[test]
+    fn a_line_has_firecracker_groups_and_keeps_flint_keys() {
+        let line = MetricsSink::new(None).snapshot(None);
+        for group in [
+            "utc_timestamp_ms",
+            "block",
+            "net",
+            "vsock",
+            "entropy",
+            "balloon",
+            "mmds",
+            "vcpu",
+            "vmm",
+            "seccomp",
+            "uart",
+            "logger",
+            "get_api_requests",
+            "put_api_requests",
+            "patch_api_requests",
+            "serial",
+            "metrics",
+        ] {
+            assert!(line.get(group).is_some(), "no {group}");
+        }
+        assert!(line["uart"]["missed_write_count"].is_u64());
+        assert!(line["logger"]["missed_log_count"].is_u64());
+        assert!(line["logger"]["missed_lines"].is_u64());
+        assert_eq!(line["vmm"]["panic_count"], 0);
+        assert_eq!(line["seccomp"]["num_faults"], 0);
     }
 }

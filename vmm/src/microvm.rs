@@ -95,6 +95,10 @@ pub struct BuildContext<'a> {
     pub vcpu_events: &'a VcpuEventSender,
     /// The VMM's event loop, which the devices join.
     pub event_manager: &'a mut EventManager<Subscriber>,
+    /// A custom CPU template's CPUID changes (`PUT /cpu-config`), applied
+    /// to every vCPU after normalization at boot (a restore keeps the
+    /// snapshot's CPUID).
+    pub cpuid_modifiers: Vec<arch::cpuid::CpuidModifier>,
 }
 
 /// A booted (or restored) microVM.
@@ -236,7 +240,14 @@ impl MicroVm {
         for id in 0..machine.vcpu_count {
             let vcpu = new_vcpu(id, &vm, &buses, &ctx, &caps)?;
             let entry = (id == 0).then_some(kernel.entry);
-            vcpu.configure(vm.kvm(), &mem, entry, machine.vcpu_count, template)?;
+            vcpu.configure(
+                vm.kvm(),
+                &mem,
+                entry,
+                machine.vcpu_count,
+                template,
+                &ctx.cpuid_modifiers,
+            )?;
             created.push(vcpu);
         }
         let microvm = Self::start(config, vm, mem, devices, buses, created, ctx, false)?;
@@ -483,6 +494,38 @@ fn new_vcpu(
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The CPUID part of a checked custom CPU template, in arch's terms.
+pub fn cpuid_modifiers(config: &api::CpuConfig) -> Vec<arch::cpuid::CpuidModifier> {
+    use api::CpuidRegisterName as N;
+    use arch::cpuid::CpuidRegister as R;
+    config
+        .cpuid_modifiers
+        .iter()
+        .map(|m| arch::cpuid::CpuidModifier {
+            leaf: m.leaf,
+            subleaf: m.subleaf,
+            flags: m.flags,
+            registers: m
+                .modifiers
+                .iter()
+                .map(|(name, f)| {
+                    let register = match name {
+                        N::Eax => R::Eax,
+                        N::Ebx => R::Ebx,
+                        N::Ecx => R::Ecx,
+                        N::Edx => R::Edx,
+                    };
+                    let filter = arch::cpuid::BitFilter {
+                        mask: f.mask,
+                        value: f.value,
+                    };
+                    (register, filter)
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 fn cpu_template(template: api::CpuTemplate) -> arch::cpuid::CpuTemplate {

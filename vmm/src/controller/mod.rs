@@ -72,6 +72,9 @@ pub struct VmmOptions {
     /// MMDS data store limit in bytes (`--mmds-size-limit`); Firecracker's
     /// default (`mmds::DEFAULT_SIZE_LIMIT`) when absent.
     pub mmds_size_limit: Option<usize>,
+    /// A custom CPU template from the config file (`cpu-config`), as a
+    /// `PUT /cpu-config` before anything else.
+    pub cpu_config: Option<api::CpuConfig>,
 }
 
 impl Default for VmmOptions {
@@ -86,6 +89,7 @@ impl Default for VmmOptions {
             seccomp: true,
             mmds_metadata: None,
             mmds_size_limit: None,
+            cpu_config: None,
         }
     }
 }
@@ -145,6 +149,8 @@ struct PendingConfig {
     mmds: Option<api::MmdsConfig>,
     pmem: Vec<api::PmemConfig>,
     memory_hotplug: Option<api::MemoryHotplugConfig>,
+    /// `PUT /cpu-config`'s template, applied at boot.
+    cpu_config: Option<api::CpuConfig>,
 }
 
 impl PendingConfig {
@@ -161,6 +167,7 @@ impl PendingConfig {
             mmds: config.mmds_config,
             pmem: config.pmem,
             memory_hotplug: config.memory_hotplug,
+            cpu_config: None,
         }
     }
 
@@ -240,6 +247,7 @@ impl Vmm {
         let vcpu_events =
             VcpuEventSender::new(event_tx, vcpu_wake.try_clone().map_err(os("vCPU eventfd"))?);
         let (sigint, sigterm) = signal_pipes()?;
+        let cpu_config = options.cpu_config.take();
         let (api_requests, api_wake, api_metrics) = match options.api.take() {
             Some(api) => (Some(api.requests), api.wake, Some(api.metrics)),
             None => (
@@ -292,7 +300,10 @@ impl Vmm {
             exit_evt,
             exit_status,
             vcpu_events,
-            pending: PendingConfig::default(),
+            pending: PendingConfig {
+                cpu_config,
+                ..PendingConfig::default()
+            },
             vm: None,
             metrics: Some(MetricsSink::new(api_metrics)),
             api_requests,
@@ -316,7 +327,9 @@ impl Vmm {
     fn run(mut self, start: Start) -> Result<RunEnd, MicroVmError> {
         match start {
             Start::Boot(config) => {
+                let cpu_config = self.pending.cpu_config.take();
                 self.pending = PendingConfig::from_config(config.clone());
+                self.pending.cpu_config = cpu_config;
                 self.boot(&config)?;
             }
             Start::Restore(params) => self
@@ -439,6 +452,12 @@ impl Vmm {
             exit_status: (&self.exit_evt, &self.exit_status),
             vcpu_events: &self.vcpu_events,
             event_manager: &mut self.event_manager,
+            cpuid_modifiers: self
+                .pending
+                .cpu_config
+                .as_ref()
+                .map(crate::microvm::cpuid_modifiers)
+                .unwrap_or_default(),
         }
     }
 

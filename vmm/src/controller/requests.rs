@@ -30,9 +30,14 @@ impl Vmm {
             R::PutMachineConfig(_) | R::PatchMachineConfig(_) | R::PutBootSource(_) | R::PutDrive(_)
             | R::PutNetworkInterface(_) | R::PutVsock(_) | R::PutEntropy(_) | R::PutBalloon(_)
             | R::PutSerial(_) | R::PutMmdsConfig(_) | R::PutPmem(_) | R::PutMemoryHotplug(_)
+            | R::PutCpuConfig(_)
                 if started =>
             {
                 bad_request("the VM is already running: this can only be configured before InstanceStart")
+            }
+            R::PutCpuConfig(config) => {
+                self.pending.cpu_config = Some(config);
+                ApiResponse::Empty
             }
             R::PutMachineConfig(machine) => self.update_section(|p| p.machine = machine, VmConfig::validate_machine_config),
             R::PatchMachineConfig(patch) => self.update_section(

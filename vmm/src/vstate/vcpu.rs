@@ -235,6 +235,8 @@ pub struct ExitCounters {
     pub interrupted: AtomicU64,
     /// Everything else (system events, fatal exits).
     pub other: AtomicU64,
+    /// Fatal exits alone (Firecracker's `vcpu.failures`).
+    pub failures: AtomicU64,
 }
 
 fn count(counter: &AtomicU64) {
@@ -348,6 +350,7 @@ impl Vcpu {
         boot_entry: Option<GuestAddress>,
         vcpu_count: u8,
         template: CpuTemplate,
+        cpuid_modifiers: &[arch::cpuid::CpuidModifier],
     ) -> Result<(), VcpuError> {
         let id = self.id;
         let kvm_err = |op| move |source| VcpuError::Kvm { id, op, source };
@@ -359,6 +362,8 @@ impl Vcpu {
             vcpu_count,
         };
         normalize_cpuid(&mut cpuid, topo, template)
+            .map_err(|source| VcpuError::Cpuid { id, source })?;
+        arch::cpuid::apply_cpuid_modifiers(&mut cpuid, cpuid_modifiers)
             .map_err(|source| VcpuError::Cpuid { id, source })?;
         self.fd
             .set_cpuid2(&cpuid)
@@ -471,6 +476,7 @@ impl Vcpu {
                 }
                 Step::Fatal(reason) => {
                     count(&self.buses.exits.other);
+                    count(&self.buses.exits.failures);
                     log::error!("vCPU {}: {reason}\n{}", self.id, self.dump_registers());
                     self.events.send(VcpuEvent::Fatal {
                         id: self.id,
