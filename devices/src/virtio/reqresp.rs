@@ -26,6 +26,34 @@ pub struct Served {
     pub corrupted: Option<String>,
 }
 
+impl Served {
+    /// Ends a served turn: interrupts the driver if chains completed and it
+    /// wants to hear of them; if the ring broke, logs it, raises a config
+    /// interrupt and returns `true` (the device must stop until reset).
+    /// `what` names the device in log lines.
+    pub fn finish(
+        &self,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+        interrupt: &super::IrqTrigger,
+        what: &str,
+    ) -> bool {
+        if self.completed > 0 && queue.needs_notification(mem).unwrap_or(true) {
+            if let Err(e) = interrupt.trigger(super::IrqKind::Vring) {
+                log::error!("{what}: raising the queue interrupt: {e}");
+            }
+        }
+        let Some(why) = &self.corrupted else {
+            return false;
+        };
+        log::error!("{what}: the driver corrupted the queue ({why}); device stopped until reset");
+        if let Err(e) = interrupt.trigger(super::IrqKind::Config) {
+            log::error!("{what}: raising the config interrupt: {e}");
+        }
+        true
+    }
+}
+
 /// Serves at most one turn's worth of chains: each request of `REQ` bytes
 /// goes to `handle`, whose `RESP`-byte answer is written back.
 pub fn serve<const REQ: usize, const RESP: usize>(

@@ -32,8 +32,8 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
-    read_config_bytes, reqresp, ActivateError, Activation, GuestMemory, IrqKind, IrqTrigger,
-    PendingRestore, VirtioDevice, VIRTIO_F_VERSION_1,
+    read_config_bytes, reqresp, ActivateError, Activation, GuestMemory, IrqTrigger, PendingRestore,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 pub use persist::{MemPersistError, MemState};
 
@@ -386,22 +386,13 @@ impl Mem {
             }
         };
         self.counters.refused += served.malformed as u64;
-        if served.completed > 0 {
-            use virtio_queue::QueueT;
-            if active.queue.needs_notification(&active.mem).unwrap_or(true) {
-                if let Err(e) = active.interrupt.trigger(IrqKind::Vring) {
-                    log::error!("virtio-mem: raising the queue interrupt: {e}");
-                }
-            }
-        }
-        if let Some(why) = served.corrupted {
-            log::error!(
-                "virtio-mem: the driver corrupted the queue ({why}); device stopped until reset"
-            );
+        if served.finish(
+            &mut active.queue,
+            &active.mem,
+            &active.interrupt,
+            "virtio-mem",
+        ) {
             self.needs_reset = true;
-            if let Err(e) = active.interrupt.trigger(IrqKind::Config) {
-                log::error!("virtio-mem: raising the config interrupt: {e}");
-            }
         }
         self.active = Some(active);
         served.completed

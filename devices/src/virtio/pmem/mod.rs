@@ -29,8 +29,8 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
-    read_config_bytes, reqresp, ActivateError, Activation, GuestMemory, IrqKind, IrqTrigger,
-    PendingRestore, VirtioDevice, VIRTIO_F_VERSION_1,
+    read_config_bytes, reqresp, ActivateError, Activation, GuestMemory, IrqTrigger, PendingRestore,
+    VirtioDevice, VIRTIO_F_VERSION_1,
 };
 pub use persist::{PmemPersistError, PmemState};
 
@@ -333,22 +333,8 @@ impl Pmem {
         );
         self.counters.flushes += flushes;
         self.counters.errors += errors + served.malformed as u64;
-        if served.completed > 0 {
-            use virtio_queue::QueueT;
-            if active.queue.needs_notification(&active.mem).unwrap_or(true) {
-                if let Err(e) = active.interrupt.trigger(IrqKind::Vring) {
-                    log::error!("{what}: raising the queue interrupt: {e}");
-                }
-            }
-        }
-        if let Some(why) = served.corrupted {
-            log::error!(
-                "{what}: the driver corrupted the queue ({why}); device stopped until reset"
-            );
+        if served.finish(&mut active.queue, &active.mem, &active.interrupt, &what) {
             self.needs_reset = true;
-            if let Err(e) = active.interrupt.trigger(IrqKind::Config) {
-                log::error!("{what}: raising the config interrupt: {e}");
-            }
         }
         self.active = Some(active);
         served.completed
