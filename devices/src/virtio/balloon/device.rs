@@ -35,7 +35,7 @@ impl VirtioDevice for Balloon {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         let mut space = self.config_space();
         if !space.write(offset, data) {
-            log::warn!(
+            crate::guest_warn!(
                 "balloon: {}-byte config write at {offset:#x} touches read-only fields; ignored there",
                 data.len()
             );
@@ -53,7 +53,7 @@ impl VirtioDevice for Balloon {
         let acked = acked_features & self.state.avail_features;
         let layout = QueueLayout::new(acked);
         if queues.len() < layout.count {
-            log::warn!(
+            crate::guest_warn!(
                 "balloon: activated with {} queues, the features need {}",
                 queues.len(),
                 layout.count

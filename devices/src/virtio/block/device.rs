@@ -57,7 +57,7 @@ impl VirtioDevice for Block {
         } = activation;
         let count = queues.len();
         let Ok([mut queue]) = <[_; 1]>::try_from(queues) else {
-            log::warn!(
+            crate::guest_warn!(
                 "drive {}: activated with {count} queues, expected 1",
                 self.state.drive_id
             );

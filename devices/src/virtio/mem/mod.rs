@@ -254,11 +254,11 @@ impl Mem {
         let gpa = self.args.addr + first * self.args.block_size;
         let len = (count * self.args.block_size) as usize;
         let Ok(host) = mem.get_host_address(GuestAddress(gpa)) else {
-            log::error!("virtio-mem: block at {gpa:#x} is not in guest memory");
+            crate::guest_error!("virtio-mem: block at {gpa:#x} is not in guest memory");
             return;
         };
         if !mem.check_range(GuestAddress(gpa), len) {
-            log::error!("virtio-mem: blocks at {gpa:#x}+{len:#x} are not in guest memory");
+            crate::guest_error!("virtio-mem: blocks at {gpa:#x}+{len:#x} are not in guest memory");
             return;
         }
         // SAFETY: [host, host + len) lies in one guest memory region (just
@@ -421,7 +421,7 @@ impl VirtioDevice for Mem {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::warn!(
+        crate::guest_warn!(
             "virtio-mem: {}-byte config write at {offset:#x} ignored (read-only config)",
             data.len()
         );

@@ -320,7 +320,7 @@ impl Net {
         };
         if !self.acked(CSUM) {
             if self.acked(TSO4) || self.acked(TSO6) {
-                log::warn!(
+                crate::guest_warn!(
                     "net {}: guest took TSO without GUEST_CSUM; TSO off",
                     self.iface_id
                 );

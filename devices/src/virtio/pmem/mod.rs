@@ -363,7 +363,7 @@ impl VirtioDevice for Pmem {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::warn!(
+        crate::guest_warn!(
             "pmem {}: {}-byte config write at {offset:#x} ignored (read-only config)",
             self.id,
             data.len()

@@ -64,7 +64,7 @@ impl VirtioDevice for Rng {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::warn!(
+        crate::guest_warn!(
             "entropy device: {}-byte config write at {offset:#x} ignored (no config space)",
             data.len()
         );
@@ -79,7 +79,7 @@ impl VirtioDevice for Rng {
         } = activation;
         let count = queues.len();
         let Ok([queue]) = <[_; 1]>::try_from(queues) else {
-            log::warn!("entropy device: activated with {count} queues, expected 1");
+            crate::guest_warn!("entropy device: activated with {count} queues, expected 1");
             return Err(ActivateError::BadQueue(count.min(1)));
         };
         let mut queue = queue;
