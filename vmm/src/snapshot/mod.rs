@@ -15,6 +15,7 @@
 
 pub mod format;
 pub mod memory;
+pub mod uffd;
 
 use std::collections::HashSet;
 use std::path::Path;
