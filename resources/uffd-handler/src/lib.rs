@@ -319,8 +319,15 @@ impl<'a> Handler<'a> {
                     _ => {}
                 }
             }
-            let hangup = libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR;
-            if fds[1].revents & hangup != 0 && deferred.is_empty() {
+            let mut hangup =
+                fds[1].revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0;
+            if fds[1].revents & libc::POLLIN != 0 {
+                // The VMM has nothing more to say: drop what it sends (so
+                // the socket does not stay readable), and notice its end.
+                let mut sink = [0u8; 4096];
+                hangup |= matches!((&*peer).read(&mut sink), Ok(0));
+            }
+            if hangup && deferred.is_empty() {
                 return Ok(());
             }
         }
