@@ -21,13 +21,16 @@ Figures:
   snapshot        latency of PUT /snapshot/create (Full) of the paused guest (ms)
   restore (File)  new process start -> PUT /snapshot/load with resume_vm
                   answered (ms)
+  restore (Uffd)  the same with mem_backend Uffd, the example handler
+                  (resources/uffd-handler, started first, not timed) serving
+                  the memory file: the VMM's share of a lazy restore (ms)
   boot->READY     process start -> the guest prints GUEST-READY (s; the
                   emulated guest kernel dominates here)
 
 Without FC_BIN (path to a firecracker binary built from its public source)
 only flint's figures are printed.
 
-Usage: FC_BIN=/path/to/firecracker bench/compare.py [--flint PATH] [--runs N]
+Usage: FC_BIN=/path/to/firecracker bench/compare.py [--flint PATH] [--uffd-handler PATH] [--runs N]
 """
 import argparse
 import http.client
@@ -54,6 +57,7 @@ FIGURES = [
     ("pause", "ms", 0.2),
     ("snapshot", "ms", 0.7),
     ("restore (File)", "ms", 0.5),
+    ("restore (Uffd)", "ms", 0.5),
     ("boot->READY", "s", 1.0),
 ]
 
@@ -199,19 +203,60 @@ def one_run(binary, kernel, initrd, work, tag):
         fig["restore (File)"] = (time.perf_counter() - restored.t0) * 1e3
     finally:
         restored.stop()
+    try:
+        fig["restore (Uffd)"] = restore_uffd(binary, work, tag, snap, mem)
+    finally:
         for path in (snap, mem):
             if os.path.exists(path):
                 os.unlink(path)
     return fig
 
 
+UFFD_HANDLER = os.path.join(REPO, "target", "release", "uffd-handler")
+
+
+def restore_uffd(binary, work, tag, snap, mem):
+    """New process start -> PUT /snapshot/load (mem_backend Uffd, resume_vm)
+    answered, in ms, with the example handler serving `mem` (it speaks
+    Firecracker's protocol, so it serves both VMMs)."""
+    handler_sock = os.path.join(work, f"{tag}-uffd.sock")
+    handler = subprocess.Popen([UFFD_HANDLER, handler_sock, mem],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.perf_counter() + 30
+        while not os.path.exists(handler_sock):
+            if handler.poll() is not None or time.perf_counter() > deadline:
+                raise RuntimeError("the uffd handler did not start")
+            time.sleep(0.001)
+        restored = Vmm(binary, work, f"{tag}-c")
+        try:
+            restored.wait_api()
+            call(restored.sock, "PUT", "/snapshot/load", {
+                "snapshot_path": snap,
+                "mem_backend": {"backend_type": "Uffd", "backend_path": handler_sock},
+                "resume_vm": True})
+            return (time.perf_counter() - restored.t0) * 1e3
+        finally:
+            restored.stop()
+    finally:
+        handler.kill()
+        handler.wait()
+        if os.path.exists(handler_sock):
+            os.unlink(handler_sock)
+
+
 def main():
+    global UFFD_HANDLER
     ap = argparse.ArgumentParser()
     ap.add_argument("--flint", default=os.path.join(REPO, "target", "release", "flint"))
+    ap.add_argument("--uffd-handler", default=UFFD_HANDLER)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     if not os.path.exists(args.flint):
         subprocess.run(["cargo", "build", "--release", "--bin", "flint"], cwd=REPO, check=True)
+    UFFD_HANDLER = args.uffd_handler
+    if not os.path.exists(UFFD_HANDLER):
+        subprocess.run(["cargo", "build", "--release", "-p", "uffd-handler"], cwd=REPO, check=True)
     fc = os.environ.get("FC_BIN")
     guest = guest_dir()
     kernel, initrd = os.path.join(guest, "vmlinux"), os.path.join(guest, "initramfs.cpio")

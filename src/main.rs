@@ -307,6 +307,7 @@ fn restore_params(
     Ok(api::SnapshotLoadParams {
         snapshot_path: dir.join("vmstate"),
         mem_file_path: dir.join("memory"),
+        mem_backend: api::MemBackendType::File,
         resume_vm: !paused,
         enable_diff_snapshots: false,
         copy_memory,

@@ -275,6 +275,19 @@ fn request_bodies_are_the_tables_schemas() {
     }
 }
 
+/// Drops from a filled-in body what a rule across fields, which the schema
+/// cannot express, forbids: `snapshot/load` with a `Uffd` mem_backend takes
+/// neither `mem_file_path` nor `copy_memory` (the handler fills memory).
+fn cross_field_rules(path: &str, mut body: Value) -> Value {
+    if path == "/snapshot/load" && body["mem_backend"]["backend_type"] == json!("Uffd") {
+        if let Some(object) = body.as_object_mut() {
+            object.remove("mem_file_path");
+            object.remove("copy_memory");
+        }
+    }
+    body
+}
+
 #[test]
 fn request_schemas_match_what_serde_accepts() {
     let spec = spec();
@@ -286,7 +299,10 @@ fn request_schemas_match_what_serde_accepts() {
         let at = format!("{method} {path}");
         for variant in 0..6 {
             for nulls in [false, true] {
-                let body = example(&spec, &schema, Fill::All { variant, nulls }, "");
+                let body = cross_field_rules(
+                    path,
+                    example(&spec, &schema, Fill::All { variant, nulls }, ""),
+                );
                 try_parse_json(path, method, &body)
                     .map_err(|e| format!("{at} {body}: {e}"))
                     .unwrap();

@@ -295,11 +295,22 @@ fn firecracker_snapshot_load_bodies() {
         panic!("not a LoadSnapshot")
     };
     assert_eq!(p.mem_file_path, std::path::PathBuf::from("/m"));
+    assert_eq!(p.mem_backend, api::MemBackendType::File);
     assert!(p.enable_diff_snapshots);
+    // Uffd: the handler's socket, handed to the VMM.
+    let ApiRequest::LoadSnapshot(p) = parse_ok(
+        "/snapshot/load",
+        "PUT",
+        r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}, "resume_vm": true}"#,
+    ) else {
+        panic!("not a LoadSnapshot")
+    };
+    assert_eq!(p.mem_file_path, std::path::PathBuf::from("/u"));
+    assert_eq!(p.mem_backend, api::MemBackendType::Uffd);
     for (body, says) in [
         (
-            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}}"#,
-            "Uffd is not supported yet",
+            r#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/u"}, "copy_memory": true}"#,
+            "copy_memory applies to a File mem_backend",
         ),
         (r#"{"snapshot_path": "/s"}"#, "missing mem_backend"),
         (

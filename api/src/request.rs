@@ -521,15 +521,19 @@ pub struct NetOverride {
 
 /// Body of `PUT /snapshot/load` (Firecracker's shape plus flint's overrides),
 /// as the VMM uses it. Parsed from [`SnapshotLoadBody`], Firecracker's full
-/// body, which the conversion checks (one memory source, no UFFD yet, ...).
+/// body, which the conversion checks (one memory source, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "SnapshotLoadBody", into = "SnapshotLoadBody")]
 pub struct SnapshotLoadParams {
     /// The state file.
     pub snapshot_path: PathBuf,
     /// The (full, or merged) memory file (`mem_backend` of type `File`, or
-    /// the deprecated `mem_file_path`).
+    /// the deprecated `mem_file_path`); with [`MemBackendType::Uffd`], the
+    /// page-fault handler's Unix socket instead (`backend_path`).
     pub mem_file_path: PathBuf,
+    /// Where memory comes from: the file, mapped or copied (`File`), or a
+    /// page-fault handler serving it through a userfaultfd (`Uffd`).
+    pub mem_backend: MemBackendType,
     /// Run the vCPUs once restored (else the VM stays paused).
     pub resume_vm: bool,
     /// Log dirty pages from now on, so the restored VM can take diff
@@ -561,8 +565,9 @@ pub struct MemBackend {
 pub enum MemBackendType {
     /// A memory file written by `snapshot/create`.
     File,
-    /// A userfaultfd page-fault handler listening on a Unix socket; not
-    /// supported yet.
+    /// A userfaultfd page-fault handler listening on a Unix socket
+    /// (Firecracker's protocol: it gets the regions as JSON and the
+    /// userfaultfd, and fills each page on its first touch).
     Uffd,
 }
 
@@ -640,26 +645,25 @@ impl TryFrom<SnapshotLoadBody> for SnapshotLoadParams {
     type Error = String;
 
     fn try_from(body: SnapshotLoadBody) -> Result<Self, String> {
-        let mem_file_path = match (body.mem_file_path, body.mem_backend) {
+        let (mem_file_path, mem_backend) = match (body.mem_file_path, body.mem_backend) {
             (Some(path), Some(backend))
                 if backend.backend_type == MemBackendType::File && backend.backend_path == path =>
             {
-                path
+                (path, MemBackendType::File)
             }
             (Some(_), Some(_)) => {
                 return Err("give either mem_backend or mem_file_path, not both".into())
             }
             (None, None) => return Err("missing mem_backend (or mem_file_path)".into()),
-            (Some(path), None) => path,
-            (None, Some(backend)) => match backend.backend_type {
-                MemBackendType::File => backend.backend_path,
-                MemBackendType::Uffd => {
-                    return Err(
-                        "mem_backend.backend_type: Uffd is not supported yet (use File)".into(),
-                    )
-                }
-            },
+            (Some(path), None) => (path, MemBackendType::File),
+            (None, Some(backend)) => (backend.backend_path, backend.backend_type),
         };
+        if mem_backend == MemBackendType::Uffd && body.copy_memory {
+            return Err(
+                "copy_memory applies to a File mem_backend (a Uffd handler fills memory itself)"
+                    .into(),
+            );
+        }
         if body.vsock_override.is_some() {
             return Err("vsock_override: not supported yet".into());
         }
@@ -687,6 +691,7 @@ impl TryFrom<SnapshotLoadBody> for SnapshotLoadParams {
         Ok(SnapshotLoadParams {
             snapshot_path: body.snapshot_path,
             mem_file_path,
+            mem_backend,
             resume_vm: body.resume_vm,
             enable_diff_snapshots: body
                 .track_dirty_pages
@@ -704,7 +709,7 @@ impl From<SnapshotLoadParams> for SnapshotLoadBody {
         SnapshotLoadBody {
             snapshot_path: p.snapshot_path,
             mem_backend: Some(MemBackend {
-                backend_type: MemBackendType::File,
+                backend_type: p.mem_backend,
                 backend_path: p.mem_file_path,
             }),
             resume_vm: p.resume_vm,

@@ -234,6 +234,9 @@ struct Vmm {
     /// The metadata store, shared by the API handlers and every net device
     /// MMDS listens on; its data outlives VMs (not in snapshots).
     mmds: Arc<Mutex<mmds::Mmds>>,
+    /// A VM restored with `mem_backend` `Uffd`: flint's hold on the
+    /// userfaultfd and the handler's connection, kept while the VM may run.
+    uffd: Option<crate::snapshot::uffd::UffdBackend>,
 }
 
 impl Vmm {
@@ -313,6 +316,7 @@ impl Vmm {
             control_busy: None,
             migration_undo: (false, false),
             mmds: Arc::new(Mutex::new(store)),
+            uffd: None,
         })
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use api::{SnapshotLoadParams, VmConfig};
+use api::{MemBackendType, SnapshotLoadParams, VmConfig};
 
 use super::{PendingConfig, Vmm};
 use crate::microvm::{MicroVm, MicroVmError, RestoreSource};
@@ -48,24 +48,39 @@ impl Vmm {
         if params.enable_diff_snapshots {
             state.config.machine_config.track_dirty_pages = true;
         }
-        let mem = if params.copy_memory {
-            load_copy(&params.mem_file_path, &state.memory, state.snapshot_id)
-        } else {
-            map_private(&params.mem_file_path, &state.memory, state.snapshot_id)
-        }
-        .map_err(|e| e.to_string())?;
+        let (mem, uffd, how) = match params.mem_backend {
+            // The handler gets the regions before anything touches them.
+            MemBackendType::Uffd => {
+                let (mem, backend) = crate::snapshot::uffd::memory_from_handler(
+                    &params.mem_file_path,
+                    &state.memory,
+                )
+                .map_err(|e| e.to_string())?;
+                (mem, Some(backend), "served by a page-fault handler")
+            }
+            MemBackendType::File if params.copy_memory => (
+                load_copy(&params.mem_file_path, &state.memory, state.snapshot_id)
+                    .map_err(|e| e.to_string())?,
+                None,
+                "copied",
+            ),
+            MemBackendType::File => (
+                map_private(&params.mem_file_path, &state.memory, state.snapshot_id)
+                    .map_err(|e| e.to_string())?,
+                None,
+                "lazily mapped",
+            ),
+        };
         let config = state.config.clone();
+        // On failure the VM and `uffd` are dropped: the handler sees its
+        // connection close.
         self.restore(state, mem).map_err(|e| e.to_string())?;
+        self.uffd = uffd;
         self.pending = PendingConfig::from_config(config);
         log::info!(
-            "snapshot {} restored in {} ms ({} memory)",
+            "snapshot {} restored in {} ms (memory {how})",
             params.snapshot_path.display(),
             started.elapsed().as_millis(),
-            if params.copy_memory {
-                "copied"
-            } else {
-                "lazily mapped"
-            }
         );
         if params.resume_vm {
             if let Some(vm) = self.vm.as_mut() {

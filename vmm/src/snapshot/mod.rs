@@ -6,7 +6,9 @@
 //!   (interrupt controllers, PIT, clock), `vcpus`, `serial`, and one
 //!   `device:<name>` section per virtio device (its version is the device's
 //!   state version);
-//! * the **memory file** ([`memory`]): guest RAM, full or as a diff.
+//! * the **memory file** ([`memory`]): guest RAM, full or as a diff; on
+//!   restore mapped or copied, or served page by page by a userfaultfd
+//!   handler that has the file ([`uffd`], `mem_backend` `Uffd`).
 //!
 //! Decoding a state file checks everything that does not need the devices'
 //! host resources before anything is allocated or reaches KVM
@@ -15,6 +17,7 @@
 
 pub mod format;
 pub mod memory;
+pub mod uffd;
 
 use std::collections::HashSet;
 use std::path::Path;
