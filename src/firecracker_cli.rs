@@ -551,11 +551,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(extras.cpu_config.unwrap().cpuid_modifiers[0].leaf, 1);
-        let err = parse_config_file(
+        let (_, extras) = parse_config_file(
             r#"{"boot-source": {"kernel_image_path": "k"}, "cpu-config": {"msr_modifiers": [{"addr": "0x10a", "bitmap": "0b0"}]}}"#,
         )
+        .unwrap();
+        assert_eq!(extras.cpu_config.unwrap().msr_modifiers[0].addr, 0x10a);
+        let err = parse_config_file(
+            r#"{"boot-source": {"kernel_image_path": "k"}, "cpu-config": {"msr_modifiers": [{"addr": "0x10a", "bitmap": "0b2"}]}}"#,
+        )
         .unwrap_err();
-        assert!(err.contains("cpu-config") && err.contains("MSR"), "{err}");
+        assert!(
+            err.contains("cpu-config") && err.contains("msr_modifiers[0].bitmap"),
+            "{err}"
+        );
     }
 
     #[test]
