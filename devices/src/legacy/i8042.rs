@@ -29,18 +29,33 @@ impl I8042 {
     }
 }
 
+/// The i8042's access counters (Firecracker's `i8042` metrics group).
+pub static I8042_COUNTERS: super::LegacyCounters = super::LegacyCounters::new();
+
 impl BusDevice for I8042 {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        let c = &I8042_COUNTERS;
         if let (Ok(offset), [byte]) = (u8::try_from(offset), data) {
             *byte = self.inner.read(offset);
+            super::LegacyCounters::inc(&c.read_count);
+        } else {
+            super::LegacyCounters::inc(&c.missed_read_count);
         }
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        let c = &I8042_COUNTERS;
         if let (Ok(offset), [byte]) = (u8::try_from(offset), data) {
+            super::LegacyCounters::inc(&c.write_count);
+            if offset == 4 && *byte == 0xfe {
+                super::LegacyCounters::inc(&c.reset_count);
+            }
             if let Err(e) = self.inner.write(offset, *byte) {
+                super::LegacyCounters::inc(&c.error_count);
                 crate::guest_error!("i8042: signalling the reset event failed: {e}");
             }
+        } else {
+            super::LegacyCounters::inc(&c.missed_write_count);
         }
     }
 }

@@ -484,8 +484,21 @@ impl Vmm {
             VmStateRequest::Resumed if !vm.is_paused() => {
                 return bad_request("the VM is not paused")
             }
-            VmStateRequest::Paused => vm.pause(),
-            VmStateRequest::Resumed => vm.resume(),
+            VmStateRequest::Paused => {
+                let started = std::time::Instant::now();
+                let paused = vm.pause();
+                crate::metrics::record_latency(crate::metrics::Latency::PauseVm, started.elapsed());
+                paused
+            }
+            VmStateRequest::Resumed => {
+                let started = std::time::Instant::now();
+                let resumed = vm.resume();
+                crate::metrics::record_latency(
+                    crate::metrics::Latency::ResumeVm,
+                    started.elapsed(),
+                );
+                resumed
+            }
         };
         match result {
             Ok(()) => {

@@ -57,6 +57,7 @@ impl Vmm {
         let config = state.config.clone();
         self.restore(state, mem).map_err(|e| e.to_string())?;
         self.pending = PendingConfig::from_config(config);
+        crate::metrics::record_latency(crate::metrics::Latency::LoadSnapshot, started.elapsed());
         log::info!(
             "snapshot {} restored in {} ms ({} memory)",
             params.snapshot_path.display(),
