@@ -428,6 +428,12 @@ impl MicroVm {
         })
     }
 
+    /// Presses Ctrl+Alt+Del on the guest's i8042 keyboard (Firecracker's
+    /// `SendCtrlAltDel`); what follows is the guest's to decide.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), devices::legacy::i8042::I8042Error> {
+        lock(&self.devices.i8042).send_ctrl_alt_del()
+    }
+
     /// vCPU exit counters.
     pub fn exits(&self) -> &ExitCounters {
         &self.buses.exits
