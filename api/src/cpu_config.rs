@@ -1,5 +1,5 @@
 //! Firecracker's custom CPU template (`PUT /cpu-config`, the config file's
-//! `cpu-config`): which CPUID bits the guest sees, forced per bit.
+//! `cpu-config`): which CPUID and MSR bits the guest sees, forced per bit.
 //!
 //! Parsed and checked while deserializing (a body that deserializes is
 //! usable), so every route and file that takes one gets the same checks and
@@ -65,8 +65,8 @@ pub struct MsrModifier {
 pub struct CpuConfig {
     /// CPUID changes, applied after flint's normalization.
     pub cpuid_modifiers: Vec<CpuidLeafModifier>,
-    /// MSR changes (flint refuses a template with any: it does not set
-    /// template MSRs yet, and a silently ignored one would lie to the guest).
+    /// MSR changes, applied to each vCPU after its boot MSRs (the fixed
+    /// bits replace those KVM_GET_MSRS reads).
     pub msr_modifiers: Vec<MsrModifier>,
 }
 
@@ -320,14 +320,11 @@ impl TryFrom<RawCpuConfig> for CpuConfig {
         for (i, m) in raw.msr_modifiers.iter().enumerate() {
             let at = format!("msr_modifiers[{i}]");
             let addr = number(&m.addr, &format!("{at}.addr"))?;
+            if msr_modifiers.iter().any(|o: &MsrModifier| o.addr == addr) {
+                return Err(format!("{at}: MSR {addr:#x} appears twice"));
+            }
             let bitmap = parse_bitmap(&m.bitmap, 64, &format!("{at}.bitmap"))?;
             msr_modifiers.push(MsrModifier { addr, bitmap });
-        }
-        if let Some(m) = msr_modifiers.first() {
-            return Err(format!(
-                "msr_modifiers[0]: MSR {:#x}: flint does not set MSRs from a CPU template (only cpuid_modifiers are supported)",
-                m.addr
-            ));
         }
         Ok(CpuConfig {
             cpuid_modifiers,
@@ -376,6 +373,32 @@ mod tests {
     }
 
     #[test]
+    fn msr_modifiers_parse_as_firecracker_writes_them() {
+        let c = parse(
+            r#"{"msr_modifiers": [{"addr": "0xc0000103", "bitmap": "0b1010_xxxx_0000_0101"},
+                {"addr": 266, "bitmap": "0bxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.msr_modifiers[0].addr, 0xc000_0103);
+        assert_eq!(
+            c.msr_modifiers[0].bitmap,
+            BitmapFilter {
+                mask: 0xf0ff,
+                value: 0xa005
+            }
+        );
+        assert_eq!(
+            c.msr_modifiers[1],
+            MsrModifier {
+                addr: 0x10a,
+                bitmap: BitmapFilter { mask: 1, value: 1 }
+            }
+        );
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(parse(&text).unwrap(), c, "the written form reads back");
+    }
+
+    #[test]
     fn hostile_templates_are_refused_naming_the_problem() {
         let cases = [
             (
@@ -416,8 +439,12 @@ mod tests {
                 "twice",
             ),
             (
-                r#"{"msr_modifiers": [{"addr": "0x10a", "bitmap": "0b0"}]}"#,
-                "does not set MSRs",
+                r#"{"msr_modifiers": [{"addr": "0x10a", "bitmap": "0b0"}, {"addr": 266, "bitmap": "0b1"}]}"#,
+                "msr_modifiers[1]: MSR 0x10a appears twice",
+            ),
+            (
+                r#"{"msr_modifiers": [{"addr": "0x1_0000_0000", "bitmap": "0b0"}]}"#,
+                "msr_modifiers[0].addr",
             ),
             (
                 r#"{"msr_modifiers": [{"addr": "0x10a", "bitmap": "0b2"}]}"#,
@@ -439,5 +466,10 @@ mod tests {
             vec![r#"{"leaf": 1}"#; MAX_CPU_MODIFIERS + 1].join(",")
         );
         assert!(parse(&many).unwrap_err().contains("at most"));
+        let wide = format!(
+            r#"{{"msr_modifiers": [{{"addr": 1, "bitmap": "0b{}"}}]}}"#,
+            "1".repeat(65)
+        );
+        assert!(parse(&wide).unwrap_err().contains("65 bits"));
     }
 }

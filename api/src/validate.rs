@@ -75,6 +75,7 @@ impl VmConfig {
         self.validate_vsock()?;
         self.validate_entropy()?;
         self.validate_balloon()?;
+        check_huge_pages_balloon(self)?;
         self.validate_serial()?;
         self.validate_devmem()?;
         self.validate_mmds()
@@ -608,39 +609,55 @@ impl crate::NetPatch {
     }
 }
 
-/// Checks `machine-config.huge_pages`: flint backs guest memory with
-/// ordinary pages only, so `2M` is refused, saying whether the host even
-/// has the pages, and `Transparent` is refused.
+/// Checks `machine-config.huge_pages`: `2M` (hugetlbfs pages, as
+/// Firecracker) needs a RAM size in whole 2 MiB pages and, so a boot does
+/// not fail late, enough free 2 MiB pages on the host now (the mapping
+/// reserves them at boot; that is checked again there). `Transparent` is
+/// refused.
 fn check_huge_pages(huge_pages: HugePages, mem_size_mib: u64) -> Result<(), ConfigError> {
     let field = "machine-config.huge_pages";
     match huge_pages {
         HugePages::None => Ok(()),
         HugePages::Transparent => Err(invalid(
             field,
-            "\"Transparent\" is not supported yet (use \"None\")",
+            "\"Transparent\" is not supported yet (use \"None\" or \"2M\")",
         )),
         HugePages::Hugetlbfs2M => {
+            if !mem_size_mib.is_multiple_of(2) {
+                return Err(invalid(
+                    field,
+                    format!("\"2M\": mem_size_mib {mem_size_mib} is not a multiple of 2 (whole 2 MiB pages)"),
+                ));
+            }
             let free =
                 std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
                     .ok()
                     .and_then(|s| s.trim().parse::<u64>().ok())
                     .unwrap_or(0);
-            let needed = mem_size_mib.div_ceil(2);
+            let needed = mem_size_mib / 2;
             if free < needed {
-                Err(invalid(
+                return Err(invalid(
                     field,
                     format!(
                         "\"2M\": the host has {free} free 2 MiB huge pages, the guest needs {needed} (reserve them in /proc/sys/vm/nr_hugepages), or use \"None\""
                     ),
-                ))
-            } else {
-                Err(invalid(
-                    field,
-                    "\"2M\": backing guest memory with hugetlbfs pages is not supported yet (use \"None\")",
-                ))
+                ));
             }
+            Ok(())
         }
     }
+}
+
+/// Firecracker's restriction: a balloon cannot give hugetlbfs pages back
+/// to the host, so it is refused with `huge_pages: "2M"`.
+pub(crate) fn check_huge_pages_balloon(config: &VmConfig) -> Result<(), ConfigError> {
+    if config.machine_config.huge_pages == HugePages::Hugetlbfs2M && config.balloon.is_some() {
+        return Err(invalid(
+            "balloon",
+            "not supported with machine-config.huge_pages \"2M\" (a balloon cannot return hugetlbfs pages to the host)",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a drive's Firecracker fields: `io_engine` `Async` and vhost-user

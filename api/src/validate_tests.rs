@@ -473,8 +473,25 @@ fn firecracker_fields_flint_cannot_honour_are_refused() {
     c.machine_config.huge_pages = crate::HugePages::Transparent;
     assert_refused(c.validate(), "machine-config.huge_pages", "not supported");
     c.machine_config.huge_pages = crate::HugePages::Hugetlbfs2M;
-    assert_refused(c.validate(), "machine-config.huge_pages", "2M");
+    c.machine_config.mem_size_mib = 129;
+    assert_refused(c.validate(), "machine-config.huge_pages", "multiple of 2");
+    c.machine_config.mem_size_mib = 1 << 30;
+    assert_refused(
+        c.validate_with_host_mem(None),
+        "machine-config.huge_pages",
+        "free 2 MiB huge pages",
+    );
+    c.machine_config.mem_size_mib = 128;
+    c.balloon =
+        Some(serde_json::from_str(r#"{"amount_mib": 0, "deflate_on_oom": false}"#).unwrap());
+    assert_refused(
+        crate::validate::check_huge_pages_balloon(&c),
+        "balloon",
+        "huge_pages",
+    );
     c.machine_config.huge_pages = crate::HugePages::None;
+    crate::validate::check_huge_pages_balloon(&c).unwrap();
+    c.balloon = None;
     c.validate().unwrap();
 
     add_drive(&mut c, dir.path(), "d", false);

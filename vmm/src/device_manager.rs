@@ -24,7 +24,7 @@ use arch::layout::{
     SERIAL_IRQ,
 };
 use devices::legacy::exit_status::EXIT_STATUS_PORT;
-use devices::legacy::i8042::{I8042_PORT_BASE, I8042_PORT_LEN};
+use devices::legacy::i8042::{I8042_KBD_IRQ, I8042_PORT_BASE, I8042_PORT_LEN};
 use devices::legacy::serial::{
     SerialOutput, SerialState, COM1_PORT_BASE, COM2_PORT_BASE, SERIAL_PORT_LEN,
 };
@@ -164,6 +164,8 @@ pub struct DeviceManager {
     pub mmio: Bus,
     /// The console UART (the event loop feeds it stdin).
     pub serial: Arc<Mutex<Serial>>,
+    /// The i8042 (the API's `SendCtrlAltDel` presses keys on it).
+    pub i8042: Arc<Mutex<I8042>>,
     /// Devices whose work runs on the event loop, to be registered with it.
     pub subscribers: Vec<Subscriber>,
     /// `virtio_mmio.device=...` words for the kernel command line, in order.
@@ -220,12 +222,13 @@ impl DeviceManager {
                 None,
             )?;
         }
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(legacy.reset_evt))),
-            I8042_PORT_BASE,
-            I8042_PORT_LEN,
-        )
-        .map_err(|e| DeviceError::Bus("i8042".into(), e))?;
+        let kbd_irq = EventFdTrigger::new().map_err(|e| DeviceError::EventFd("i8042".into(), e))?;
+        vm.fd()
+            .register_irqfd(&kbd_irq, I8042_KBD_IRQ)
+            .map_err(|e| DeviceError::Kvm("i8042".into(), "irqfd", e))?;
+        let i8042 = Arc::new(Mutex::new(I8042::with_keyboard(legacy.reset_evt, kbd_irq)));
+        pio.insert(i8042.clone(), I8042_PORT_BASE, I8042_PORT_LEN)
+            .map_err(|e| DeviceError::Bus("i8042".into(), e))?;
         pio.insert(
             Arc::new(Mutex::new(ExitStatusPort::new(
                 legacy.exit_status,
@@ -240,6 +243,7 @@ impl DeviceManager {
             pio,
             mmio: Bus::new(),
             serial,
+            i8042,
             subscribers: Vec::new(),
             cmdline_devices: Vec::new(),
             boot_args: Vec::new(),

@@ -35,6 +35,16 @@ pub enum MemoryError {
         /// What vm-memory reported.
         source: vm_memory::mmap::FromRangesError,
     },
+    /// The host could not give 2 MiB huge pages for `huge_pages: "2M"`.
+    #[error("mapping {size_mib} MiB of guest memory with 2 MiB huge pages: {source} (the host needs {pages} free pages: see /proc/sys/vm/nr_hugepages)")]
+    HugePages {
+        /// Requested size.
+        size_mib: u64,
+        /// 2 MiB pages needed.
+        pages: u64,
+        /// What mmap (or vm-memory) reported.
+        source: std::io::Error,
+    },
 }
 
 /// Maps `mem_size_mib` MiB of guest RAM.
@@ -58,6 +68,58 @@ pub fn create_guest_memory_with(
         source,
     })
 }
+
+/// Guest RAM as [`create_guest_memory_with`], backed as `huge_pages` says:
+/// `2M` maps RAM with `MAP_HUGETLB | MAP_HUGE_2MB` (Firecracker's hugetlbfs
+/// backing), reserving the pages at once so a host without enough free
+/// ones fails here, not with a SIGBUS later; the hotplug region keeps
+/// ordinary pages (it is mostly unplugged, and must cost nothing then).
+pub fn create_guest_memory_backed(
+    mem_size_mib: u64,
+    hotplug: Option<&api::MemoryHotplugConfig>,
+    huge_pages: api::HugePages,
+) -> Result<GuestMemory, MemoryError> {
+    if huge_pages != api::HugePages::Hugetlbfs2M {
+        return create_guest_memory_with(mem_size_mib, hotplug);
+    }
+    let pages = mem_size_mib.div_ceil(2);
+    let huge_err = |source| MemoryError::HugePages {
+        size_mib: mem_size_mib,
+        pages,
+        source,
+    };
+    let mut regions = Vec::new();
+    for (addr, size) in arch::layout::ram_regions(mem_size_mib << 20) {
+        let size = size.next_multiple_of(HUGE_PAGE_SIZE);
+        let flags =
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_HUGE_2MB;
+        let bitmap = vm_memory::bitmap::NewBitmap::with_len(size);
+        let mapping = vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(size, bitmap)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags)
+            .with_hugetlbfs(true)
+            .build()
+            .map_err(|e| huge_err(std::io::Error::other(e.to_string())))?;
+        let region = vm_memory::GuestRegionMmap::new(mapping, addr)
+            .ok_or_else(|| huge_err(std::io::Error::other("region overflows")))?;
+        regions.push(region);
+    }
+    if let Some(h) = hotplug {
+        let (addr, size) = hotplug_region(mem_size_mib, h);
+        let region =
+            vm_memory::GuestRegionMmap::from_range(GuestAddress(addr), size as usize, None)
+                .map_err(|source| MemoryError::Map {
+                    size_mib: mem_size_mib,
+                    source,
+                })?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions)
+        .map_err(|e| huge_err(std::io::Error::other(e.to_string())))
+}
+
+/// A 2 MiB huge page.
+const HUGE_PAGE_SIZE: usize = 2 << 20;
 
 /// Alignment of the areas above RAM (1 GiB: a Linux memory block and
 /// sparsemem section multiple, whatever the guest's block size).
@@ -185,5 +247,72 @@ mod tests {
             Some(((5 << 30) + (2 << 20), DEVICE_SLOT_BASE + 1))
         );
         assert_eq!(space.allocate(u64::MAX), None);
+    }
+
+    /// `huge_pages: "2M"`: with free pages reserved (the test sets
+    /// `/proc/sys/vm/nr_hugepages`, as root, and puts it back), RAM is
+    /// mapped with 2 MiB pages (smaps says so); without them the mapping
+    /// fails with an error that says what the host lacks.
+    #[test]
+    fn huge_pages_back_ram_with_2m_pages() {
+        const PATH: &str = "/proc/sys/vm/nr_hugepages";
+        let Ok(before) = std::fs::read_to_string(PATH) else {
+            assert!(std::env::var_os("CI").is_none(), "{PATH} is needed in CI");
+            return;
+        };
+        let before: u64 = before.trim().parse().unwrap();
+        let free = || -> u64 {
+            std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        // Put the pool back however the test ends.
+        struct Restore(u64);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let _ = std::fs::write("/proc/sys/vm/nr_hugepages", self.0.to_string());
+            }
+        }
+        let _restore = Restore(before);
+        if std::fs::write(PATH, (before + 8).to_string()).is_err() || free() < 8 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must be able to reserve 8 huge pages (root)"
+            );
+            eprintln!("skipped: cannot reserve 2 MiB huge pages here");
+            return;
+        }
+        let mem = create_guest_memory_backed(16, None, api::HugePages::Hugetlbfs2M).unwrap();
+        mem.write_obj(0xfeed_u64, GuestAddress(0x1000)).unwrap();
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(0x1000)).unwrap(), 0xfeed);
+        let host = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let header = format!("{host:x}-");
+        // The mapping's header line, then its `Field: value` lines.
+        let block = smaps
+            .split_inclusive('\n')
+            .skip_while(|l| !l.starts_with(&header))
+            .enumerate()
+            .take_while(|(i, l)| {
+                *i == 0
+                    || l.split_whitespace()
+                        .next()
+                        .is_some_and(|w| w.ends_with(':'))
+            })
+            .map(|(_, l)| l)
+            .collect::<String>();
+        assert!(
+            block.contains("KernelPageSize:     2048 kB"),
+            "guest RAM at {host:#x} is not on 2 MiB pages:\n{block}"
+        );
+        drop(mem);
+
+        // More than the pool holds: a clear error, not a SIGBUS later.
+        std::fs::write(PATH, before.to_string()).unwrap();
+        let err = create_guest_memory_backed(2 * (free() + 1), None, api::HugePages::Hugetlbfs2M)
+            .unwrap_err();
+        assert!(err.to_string().contains("nr_hugepages"), "{err}");
     }
 }

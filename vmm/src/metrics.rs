@@ -2,7 +2,12 @@
 //!
 //! Written on the API's `FlushMetrics` action, every
 //! [`crate::wakeups::METRICS_PERIOD`] once a path is set, and at exit.
-//! Counters are cumulative since flint started.
+//! Firecracker's groups (`block`, `net`, `vcpu`, `uart`, ...) hold what
+//! Firecracker's do: counters are deltas since the previous line written
+//! (its `SharedIncMetric`s reset at each flush, so tools sum them), and
+//! values (`latencies_us`, `api_server`, `seccomp.num_faults`, ...) are
+//! the latest. flint's own keys (`vm`, `api`, `serial`, ...) are
+//! cumulative since flint started.
 //!
 //! The file never blocks the VMM thread: it is opened non-blocking (a FIFO
 //! without a reader `O_RDWR`, see [`crate::bounded_writer::open_output`]);
@@ -14,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
@@ -25,6 +30,89 @@ use crate::microvm::MicroVm;
 pub const METRICS_BUFFER: usize = 256 * 1024;
 
 static MISSED_FLUSHES: AtomicU64 = AtomicU64::new(0);
+
+/// An operation whose last duration Firecracker's `latencies_us` group
+/// reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Latency {
+    /// `PUT /snapshot/create` with `Full`.
+    FullCreateSnapshot,
+    /// `PUT /snapshot/create` with `Diff`.
+    DiffCreateSnapshot,
+    /// `PUT /snapshot/load`.
+    LoadSnapshot,
+    /// `PATCH /vm` `Paused`.
+    PauseVm,
+    /// `PATCH /vm` `Resumed`.
+    ResumeVm,
+}
+
+/// Firecracker's key for each [`Latency`], in order.
+const LATENCY_KEYS: [&str; 5] = [
+    "full_create_snapshot",
+    "diff_create_snapshot",
+    "load_snapshot",
+    "pause_vm",
+    "resume_vm",
+];
+
+static LATENCIES_US: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+
+static PROCESS_STARTUP_US: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+
+/// Records Firecracker's `api_server.process_startup_time_us` and
+/// `process_startup_time_cpu_us` (from `--start-time-us` /
+/// `--start-time-cpu-us`: the time from the process start to flint's main).
+pub fn record_process_startup(wall_us: u64, cpu_us: u64) {
+    PROCESS_STARTUP_US[0].store(wall_us, Ordering::Relaxed);
+    PROCESS_STARTUP_US[1].store(cpu_us, Ordering::Relaxed);
+}
+
+/// Records how long `what` took (the latest one is reported).
+pub fn record_latency(what: Latency, took: Duration) {
+    let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    LATENCIES_US[what as usize].store(us, Ordering::Relaxed);
+}
+
+/// Firecracker keys that are values, not counters: reported as they are,
+/// never as deltas (`group`, `key`; `"*"` for the whole group).
+const STORE_KEYS: [(&str, &str); 8] = [
+    ("api_server", "*"),
+    ("latencies_us", "*"),
+    ("seccomp", "num_faults"),
+    ("vmm", "panic_count"),
+    ("signals", "sigbus"),
+    ("signals", "sigsegv"),
+    ("signals", "sigill"),
+    ("signals", "sighup"),
+];
+
+/// Turns the cumulative counters of Firecracker's groups into deltas since
+/// the previous call, as Firecracker's flush does; `last` keeps what was
+/// reported (a counter is only consumed when its line is written).
+pub fn per_flush_deltas(
+    groups: &mut serde_json::Map<String, serde_json::Value>,
+    last: &mut BTreeMap<String, u64>,
+) {
+    for (group, keys) in groups.iter_mut() {
+        let Some(keys) = keys.as_object_mut() else {
+            continue;
+        };
+        for (key, value) in keys.iter_mut() {
+            let Some(now) = value.as_u64() else {
+                continue;
+            };
+            if STORE_KEYS
+                .iter()
+                .any(|(g, k)| g == group && (*k == "*" || k == key))
+            {
+                continue;
+            }
+            let before = last.insert(format!("{group}.{key}"), now).unwrap_or(0);
+            *value = json!(now.saturating_sub(before));
+        }
+    }
+}
 
 /// Why metrics could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +129,8 @@ pub struct MetricsSink {
     /// Extra top-level fields of every line (Firecracker's `emit_id` and
     /// `properties`), so operators can tell whose metrics a line holds.
     labels: serde_json::Map<String, serde_json::Value>,
+    /// Firecracker counters as last written (see [`per_flush_deltas`]).
+    reported: BTreeMap<String, u64>,
 }
 
 impl MetricsSink {
@@ -50,6 +140,7 @@ impl MetricsSink {
             file: None,
             api,
             labels: serde_json::Map::new(),
+            reported: BTreeMap::new(),
         }
     }
 
@@ -86,8 +177,17 @@ impl MetricsSink {
         Ok(())
     }
 
-    /// The current metrics as JSON.
+    /// The current metrics as JSON, every counter cumulative (the written
+    /// lines hold Firecracker's per-flush deltas: [`MetricsSink::write`]).
     pub fn snapshot(&self, vm: Option<&MicroVm>) -> serde_json::Value {
+        self.line(vm, None)
+    }
+
+    fn line(
+        &self,
+        vm: Option<&MicroVm>,
+        reported: Option<&mut BTreeMap<String, u64>>,
+    ) -> serde_json::Value {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -115,7 +215,12 @@ impl MetricsSink {
                 "devices": &devices,
             })
         });
-        let firecracker = firecracker_groups(&devices, &exits, api.as_ref());
+        let mut firecracker = firecracker_groups(&devices, &exits, api.as_ref());
+        if let Some(reported) = reported {
+            per_flush_deltas(&mut firecracker, reported);
+        }
+        // flint's keys join Firecracker's in the groups both have.
+        let logger = firecracker.remove("logger");
         let mut line = json!({
             "utc_timestamp_ms": now_ms,
             "api": api,
@@ -124,11 +229,14 @@ impl MetricsSink {
             "logger": {
                 "missed_lines": crate::logger::missed_lines(),
                 "suppressed_guest_lines": devices::log_limit::suppressed_lines(),
-                "missed_log_count": crate::logger::missed_lines(),
-                "missed_metrics_count": MISSED_FLUSHES.load(Ordering::Relaxed),
             },
             "metrics": {"missed_flushes": MISSED_FLUSHES.load(Ordering::Relaxed)},
         });
+        if let (Some(serde_json::Value::Object(fc)), Some(serde_json::Value::Object(own))) =
+            (logger, line.get_mut("logger"))
+        {
+            own.extend(fc);
+        }
         if let Some(object) = line.as_object_mut() {
             object.extend(firecracker);
             object.extend(self.labels.clone());
@@ -139,7 +247,9 @@ impl MetricsSink {
     /// Appends the current metrics to the file, if one is set. Never
     /// blocks: a flush that does not fit the buffer is dropped and counted.
     pub fn write(&mut self, vm: Option<&MicroVm>) -> Result<(), MetricsError> {
-        let line = format!("{}\n", self.snapshot(vm));
+        let mut reported = std::mem::take(&mut self.reported);
+        let line = format!("{}\n", self.line(vm, Some(&mut reported)));
+        self.reported = reported;
         if let Some((path, file)) = self.file.as_mut() {
             file.write_record(line.as_bytes())
                 .map_err(|source| MetricsError {
@@ -237,8 +347,8 @@ const DEVICE_KEYS: [(&str, &str, KeyMap); 5] = [
 /// written for Firecracker's metrics file find their keys. Device groups
 /// (`block`, `net`, `vsock`, `entropy`, `balloon`) sum every device of the
 /// kind; drives and interfaces also get their own `block_<id>`/`net_<id>`
-/// group, as in Firecracker. Values are cumulative since flint started
-/// (Firecracker's counters restart at each flush).
+/// group, as in Firecracker. Values are cumulative since flint started;
+/// [`per_flush_deltas`] makes the written lines per-flush, as Firecracker's.
 pub fn firecracker_groups(
     devices: &BTreeMap<String, BTreeMap<&'static str, u64>>,
     exits: &VcpuExitCounts,
@@ -298,13 +408,72 @@ pub fn firecracker_groups(
             "failures": exits.failures,
         }),
     );
-    // A panic or a seccomp violation ends flint before the next flush:
-    // a line that is written always reports none.
+    // A panic, a seccomp violation or a deadly signal ends flint before the
+    // next flush: a line that is written always reports none.
     out.insert("vmm".into(), json!({"panic_count": 0}));
     out.insert("seccomp".into(), json!({"num_faults": 0}));
     out.insert(
-        "uart".into(),
-        json!({"missed_write_count": crate::console::serial_missed_bytes()}),
+        "signals".into(),
+        json!({"sigbus": 0, "sigsegv": 0, "sigxfsz": 0, "sigxcpu": 0, "sigpipe": 0, "sighup": 0, "sigill": 0}),
+    );
+    let legacy =
+        |c: &devices::legacy::LegacyCounters| -> serde_json::Map<String, serde_json::Value> {
+            c.values()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect()
+        };
+    let mut uart = legacy(&devices::legacy::serial::UART_COUNTERS);
+    uart.remove("reset_count");
+    uart.insert("flush_count".into(), json!(0));
+    // Bytes the console output could not take: flint's meaning of a missed write.
+    let missed = devices::legacy::serial::UART_COUNTERS
+        .missed_write_count
+        .load(Ordering::Relaxed)
+        + crate::console::serial_missed_bytes();
+    uart.insert("missed_write_count".into(), json!(missed));
+    out.insert("uart".into(), uart.into());
+    out.insert(
+        "i8042".into(),
+        legacy(&devices::legacy::i8042::I8042_COUNTERS).into(),
+    );
+    // No RTC on x86 (Firecracker reports it on aarch64): zero, for tools
+    // that read the group anyway.
+    out.insert(
+        "rtc".into(),
+        json!({"error_count": 0, "missed_read_count": 0, "missed_write_count": 0}),
+    );
+    let mut latencies = serde_json::Map::new();
+    for (key, value) in LATENCY_KEYS.iter().zip(&LATENCIES_US) {
+        let us = value.load(Ordering::Relaxed);
+        // flint's API thread only forwards: the VMM's figure is the whole.
+        latencies.insert(key.to_string(), json!(us));
+        latencies.insert(format!("vmm_{key}"), json!(us));
+    }
+    out.insert("latencies_us".into(), latencies.into());
+    out.insert(
+        "api_server".into(),
+        json!({
+            "process_startup_time_us": PROCESS_STARTUP_US[0].load(Ordering::Relaxed),
+            "process_startup_time_cpu_us": PROCESS_STARTUP_US[1].load(Ordering::Relaxed),
+        }),
+    );
+    let deprecated = api
+        .and_then(|a| a.get("deprecated_http_api_calls"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    out.insert(
+        "deprecated_api".into(),
+        json!({"deprecated_http_api_calls": deprecated}),
+    );
+    out.insert(
+        "logger".into(),
+        json!({
+            "missed_log_count": crate::logger::missed_lines(),
+            "missed_metrics_count": MISSED_FLUSHES.load(Ordering::Relaxed),
+            "metrics_fails": 0,
+            "rate_limited_log_count": devices::log_limit::suppressed_lines(),
+        }),
     );
     let routes = api
         .and_then(|a| a.get("routes"))
@@ -470,13 +639,94 @@ mod tests {
             "patch_api_requests",
             "serial",
             "metrics",
+            "api_server",
+            "latencies_us",
+            "signals",
+            "i8042",
+            "rtc",
+            "deprecated_api",
         ] {
             assert!(line.get(group).is_some(), "no {group}");
+        }
+        for (group, key) in [
+            ("api_server", "process_startup_time_us"),
+            ("latencies_us", "full_create_snapshot"),
+            ("latencies_us", "vmm_load_snapshot"),
+            ("latencies_us", "pause_vm"),
+            ("signals", "sigsegv"),
+            ("i8042", "reset_count"),
+            ("uart", "write_count"),
+            ("uart", "flush_count"),
+            ("rtc", "error_count"),
+            ("deprecated_api", "deprecated_http_api_calls"),
+            ("logger", "rate_limited_log_count"),
+        ] {
+            assert!(line[group][key].is_u64(), "no {group}.{key}: {line}");
         }
         assert!(line["uart"]["missed_write_count"].is_u64());
         assert!(line["logger"]["missed_log_count"].is_u64());
         assert!(line["logger"]["missed_lines"].is_u64());
         assert_eq!(line["vmm"]["panic_count"], 0);
         assert_eq!(line["seccomp"]["num_faults"], 0);
+    }
+
+    /// As Firecracker's flush: counters in written lines are deltas (their
+    /// sum is the total), values are the latest, and the cumulative view
+    /// does not consume anything.
+    #[test]
+    fn written_lines_hold_per_flush_deltas() {
+        let mut groups: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+            r#"{"block": {"read_count": 5}, "latencies_us": {"pause_vm": 70}, "seccomp": {"num_faults": 0}}"#,
+        )
+        .unwrap();
+        let mut last = BTreeMap::new();
+        let mut first = groups.clone();
+        per_flush_deltas(&mut first, &mut last);
+        assert_eq!(first["block"]["read_count"], 5);
+        groups["block"]["read_count"] = json!(12);
+        let mut second = groups.clone();
+        per_flush_deltas(&mut second, &mut last);
+        assert_eq!(second["block"]["read_count"], 7, "12 - 5");
+        assert_eq!(
+            second["latencies_us"]["pause_vm"], 70,
+            "a value, not a counter"
+        );
+        let mut third = groups.clone();
+        per_flush_deltas(&mut third, &mut last);
+        assert_eq!(third["block"]["read_count"], 0);
+
+        // Through the sink: the file's uart writes sum to what the device
+        // counted between the flushes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.json");
+        let mut sink = MetricsSink::new(None);
+        sink.set_path(&path).unwrap();
+        sink.write(None).unwrap();
+        let mut uart = devices::legacy::Serial::new(
+            devices::trigger::EventFdTrigger::new().unwrap(),
+            Box::new(std::io::sink()),
+        );
+        for _ in 0..3 {
+            devices::BusDevice::write(&mut uart, 0x3f8, 0, b"x");
+        }
+        let cumulative = sink.snapshot(None)["uart"]["write_count"].as_u64().unwrap();
+        assert!(cumulative >= 3);
+        sink.write(None).unwrap();
+        sink.write(None).unwrap();
+        assert!(sink.drain(Duration::from_secs(60)));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        // Other tests in this process may write to a UART too: at least ours.
+        assert!(lines[1]["uart"]["write_count"].as_u64().unwrap() >= 3);
+        let sum: u64 = lines
+            .iter()
+            .map(|l| l["uart"]["write_count"].as_u64().unwrap())
+            .sum();
+        assert!(sum <= sink.snapshot(None)["uart"]["write_count"].as_u64().unwrap());
+        assert!(sum >= cumulative);
     }
 }

@@ -99,6 +99,9 @@ pub struct BuildContext<'a> {
     /// to every vCPU after normalization at boot (a restore keeps the
     /// snapshot's CPUID).
     pub cpuid_modifiers: Vec<arch::cpuid::CpuidModifier>,
+    /// The template's MSR changes, applied to every vCPU after its boot
+    /// MSRs (a restore keeps the snapshot's MSRs).
+    pub msr_modifiers: Vec<api::MsrModifier>,
 }
 
 /// A booted (or restored) microVM.
@@ -194,8 +197,11 @@ impl MicroVm {
     /// Builds the VM described by `config`, loads its kernel and starts its vCPUs.
     pub fn boot(config: &VmConfig, mut ctx: BuildContext) -> Result<Self, MicroVmError> {
         let machine = &config.machine_config;
-        let mem =
-            memory::create_guest_memory_with(machine.mem_size_mib, config.memory_hotplug.as_ref())?;
+        let mem = memory::create_guest_memory_backed(
+            machine.mem_size_mib,
+            config.memory_hotplug.as_ref(),
+            machine.huge_pages,
+        )?;
         let Skeleton {
             vm,
             mem,
@@ -248,6 +254,7 @@ impl MicroVm {
                 template,
                 &ctx.cpuid_modifiers,
             )?;
+            vcpu.apply_msr_modifiers(&ctx.msr_modifiers)?;
             created.push(vcpu);
         }
         let microvm = Self::start(config, vm, mem, devices, buses, created, ctx, false)?;
@@ -419,6 +426,12 @@ impl MicroVm {
             vcpus,
             devices: self.devices.save()?,
         })
+    }
+
+    /// Presses Ctrl+Alt+Del on the guest's i8042 keyboard (Firecracker's
+    /// `SendCtrlAltDel`); what follows is the guest's to decide.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), devices::legacy::i8042::I8042Error> {
+        lock(&self.devices.i8042).send_ctrl_alt_del()
     }
 
     /// vCPU exit counters.

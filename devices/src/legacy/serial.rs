@@ -126,19 +126,36 @@ impl Serial {
     }
 }
 
+/// The UARTs' access counters (Firecracker's `uart` group: reads and
+/// writes of the data register, ignored accesses, failed writes).
+pub static UART_COUNTERS: super::LegacyCounters = super::LegacyCounters::new();
+
 impl BusDevice for Serial {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        let c = &UART_COUNTERS;
         if let (Ok(offset), [byte]) = (u8::try_from(offset), data) {
             *byte = self.inner.read(offset);
+            if offset == 0 {
+                super::LegacyCounters::inc(&c.read_count);
+            }
+        } else {
+            super::LegacyCounters::inc(&c.missed_read_count);
         }
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        let c = &UART_COUNTERS;
         if let (Ok(offset), [byte]) = (u8::try_from(offset), data) {
+            if offset == 0 {
+                super::LegacyCounters::inc(&c.write_count);
+            }
             if let Err(e) = self.inner.write(offset, *byte) {
+                super::LegacyCounters::inc(&c.error_count);
                 // A console that cannot be written (closed stdout) must not stop the guest.
                 crate::guest_debug!("serial: {e}");
             }
+        } else {
+            super::LegacyCounters::inc(&c.missed_write_count);
         }
     }
 }

@@ -181,6 +181,12 @@ fn write_snapshot(job: SnapshotJob, back: &Back) {
         Ok(written)
     })();
     if let Ok(written) = &result {
+        let latency = if job.kind == "Diff" {
+            crate::metrics::Latency::DiffCreateSnapshot
+        } else {
+            crate::metrics::Latency::FullCreateSnapshot
+        };
+        crate::metrics::record_latency(latency, started.elapsed());
         log::info!(
             "{} snapshot written in {} ms: state {}, memory {} ({:.1} MiB of data)",
             job.kind,

@@ -462,6 +462,12 @@ impl Vmm {
                 .as_ref()
                 .map(crate::microvm::cpuid_modifiers)
                 .unwrap_or_default(),
+            msr_modifiers: self
+                .pending
+                .cpu_config
+                .as_ref()
+                .map(|c| c.msr_modifiers.clone())
+                .unwrap_or_default(),
         }
     }
 

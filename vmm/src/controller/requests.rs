@@ -27,19 +27,32 @@ impl Vmm {
             R::GetMachineConfig => ApiResponse::MachineConfig(self.pending.machine.clone()),
             // Before PUT /boot-source the kernel path is empty.
             R::GetVmConfig => ApiResponse::VmConfig(self.pending.candidate()),
-            R::PutMachineConfig(_) | R::PatchMachineConfig(_) | R::PutBootSource(_) | R::PutDrive(_)
-            | R::PutNetworkInterface(_) | R::PutVsock(_) | R::PutEntropy(_) | R::PutBalloon(_)
-            | R::PutSerial(_) | R::PutMmdsConfig(_) | R::PutPmem(_) | R::PutMemoryHotplug(_)
+            R::PutMachineConfig(_)
+            | R::PatchMachineConfig(_)
+            | R::PutBootSource(_)
+            | R::PutDrive(_)
+            | R::PutNetworkInterface(_)
+            | R::PutVsock(_)
+            | R::PutEntropy(_)
+            | R::PutBalloon(_)
+            | R::PutSerial(_)
+            | R::PutMmdsConfig(_)
+            | R::PutPmem(_)
+            | R::PutMemoryHotplug(_)
             | R::PutCpuConfig(_)
                 if started =>
             {
-                bad_request("the VM is already running: this can only be configured before InstanceStart")
+                bad_request(
+                    "the VM is already running: this can only be configured before InstanceStart",
+                )
             }
             R::PutCpuConfig(config) => {
                 self.pending.cpu_config = Some(config);
                 ApiResponse::Empty
             }
-            R::PutMachineConfig(machine) => self.update_section(|p| p.machine = machine, VmConfig::validate_machine_config),
+            R::PutMachineConfig(machine) => {
+                self.update_section(|p| p.machine = machine, VmConfig::validate_machine_config)
+            }
             R::PatchMachineConfig(patch) => self.update_section(
                 |p| {
                     let m = &mut p.machine;
@@ -64,9 +77,10 @@ impl Vmm {
                 },
                 VmConfig::validate_machine_config,
             ),
-            R::PutBootSource(source) => {
-                self.update_section(|p| p.boot_source = Some(source), VmConfig::validate_boot_source)
-            }
+            R::PutBootSource(source) => self.update_section(
+                |p| p.boot_source = Some(source),
+                VmConfig::validate_boot_source,
+            ),
             R::PutDrive(drive) => self.update_section(
                 |p| match p.drives.iter_mut().find(|d| d.drive_id == drive.drive_id) {
                     Some(existing) => *existing = drive,
@@ -107,9 +121,15 @@ impl Vmm {
             R::GetMmds => {
                 let store = self.mmds_store();
                 let data = store.get();
-                ApiResponse::Mmds(if data.is_object() { data.clone() } else { serde_json::json!({}) })
+                ApiResponse::Mmds(if data.is_object() {
+                    data.clone()
+                } else {
+                    serde_json::json!({})
+                })
             }
-            R::PutSerial(serial) => self.update_section(|p| p.serial = Some(serial), VmConfig::validate_serial),
+            R::PutSerial(serial) => {
+                self.update_section(|p| p.serial = Some(serial), VmConfig::validate_serial)
+            }
             R::PutBalloon(balloon) => {
                 self.update_section(|p| p.balloon = Some(balloon), VmConfig::validate_balloon)
             }
@@ -143,14 +163,18 @@ impl Vmm {
                     VmConfig::validate_balloon,
                 )
             }
-            R::GetBalloonStatistics | R::StartBalloonHinting(_) | R::StopBalloonHinting
+            R::GetBalloonStatistics
+            | R::StartBalloonHinting(_)
+            | R::StopBalloonHinting
             | R::GetBalloonHintingStatus
                 if !started =>
             {
                 bad_request("the VM is not started")
             }
             // Run-time balloon requests, on the running device.
-            R::GetBalloon => self.with_balloon(|b| Ok(ApiResponse::Balloon(balloon::api_config(b)))),
+            R::GetBalloon => {
+                self.with_balloon(|b| Ok(ApiResponse::Balloon(balloon::api_config(b))))
+            }
             R::GetBalloonStatistics => {
                 self.with_balloon(|b| balloon::api_stats(b).map(ApiResponse::BalloonStatistics))
             }
@@ -167,7 +191,10 @@ impl Vmm {
             ),
             R::GetMemoryHotplug | R::PatchMemoryHotplug(_) => self.memory_hotplug(request),
             R::PatchBalloon(update) => {
-                let mem = self.vm.as_ref().map_or(0, |vm| vm.config().machine_config.mem_size_mib);
+                let mem = self
+                    .vm
+                    .as_ref()
+                    .map_or(0, |vm| vm.config().machine_config.mem_size_mib);
                 if u64::from(update.amount_mib) > mem {
                     return bad_request(format!(
                         "balloon target {} MiB is larger than guest memory ({mem} MiB)",
@@ -184,9 +211,11 @@ impl Vmm {
                     .map(|_| ApiResponse::Empty)
                     .map_err(|e| e.to_string())
             }),
-            R::StopBalloonHinting => {
-                self.with_balloon(|b| b.stop_hinting().map(|()| ApiResponse::Empty).map_err(|e| e.to_string()))
-            }
+            R::StopBalloonHinting => self.with_balloon(|b| {
+                b.stop_hinting()
+                    .map(|()| ApiResponse::Empty)
+                    .map_err(|e| e.to_string())
+            }),
             R::GetBalloonHintingStatus => self.with_balloon(|b| {
                 b.hinting_status()
                     .map(|s| {
@@ -198,13 +227,23 @@ impl Vmm {
                     .map_err(|e| e.to_string())
             }),
             R::PatchDrive(patch) => {
-                let known = self.pending.drives.iter().any(|d| d.drive_id == patch.drive_id);
+                let known = self
+                    .pending
+                    .drives
+                    .iter()
+                    .any(|d| d.drive_id == patch.drive_id);
                 if let (Some(_), false) = (&self.vm, known) {
-                    return ApiResponse::Error(ApiError::not_found(format!("no drive {:?}", patch.drive_id)));
+                    return ApiResponse::Error(ApiError::not_found(format!(
+                        "no drive {:?}",
+                        patch.drive_id
+                    )));
                 }
                 if let Some(vm) = self.vm.as_mut() {
                     if patch.path_on_host.as_ref().is_some_and(|p| !p.is_file()) {
-                        return bad_request(format!("drives[{}].path_on_host: not a file", patch.drive_id));
+                        return bad_request(format!(
+                            "drives[{}].path_on_host: not a file",
+                            patch.drive_id
+                        ));
                     }
                     return match vm.update_device::<crate::devices::block::BlockKind>(&patch) {
                         Ok(()) => {
@@ -214,8 +253,16 @@ impl Vmm {
                         Err(e) => bad_request(e),
                     };
                 }
-                let Some(index) = self.pending.drives.iter().position(|d| d.drive_id == patch.drive_id) else {
-                    return ApiResponse::Error(ApiError::not_found(format!("no drive {:?}", patch.drive_id)));
+                let Some(index) = self
+                    .pending
+                    .drives
+                    .iter()
+                    .position(|d| d.drive_id == patch.drive_id)
+                else {
+                    return ApiResponse::Error(ApiError::not_found(format!(
+                        "no drive {:?}",
+                        patch.drive_id
+                    )));
                 };
                 self.update_section(
                     |p| {
@@ -231,7 +278,11 @@ impl Vmm {
                 )
             }
             R::PatchNetworkInterface(patch) => {
-                let known = self.pending.nets.iter().any(|n| n.iface_id == patch.iface_id);
+                let known = self
+                    .pending
+                    .nets
+                    .iter()
+                    .any(|n| n.iface_id == patch.iface_id);
                 if let (Some(_), false) = (&self.vm, known) {
                     return ApiResponse::Error(ApiError::not_found(format!(
                         "no network interface {:?}",
@@ -247,7 +298,12 @@ impl Vmm {
                         Err(e) => bad_request(e),
                     };
                 }
-                let Some(index) = self.pending.nets.iter().position(|n| n.iface_id == patch.iface_id) else {
+                let Some(index) = self
+                    .pending
+                    .nets
+                    .iter()
+                    .position(|n| n.iface_id == patch.iface_id)
+                else {
                     return ApiResponse::Error(ApiError::not_found(format!(
                         "no network interface {:?}",
                         patch.iface_id
@@ -269,15 +325,21 @@ impl Vmm {
             R::Action(ActionType::InstanceStart) => self.instance_start(),
             R::Action(ActionType::Stop) => {
                 if !started {
-                    return bad_request("the VM is not started (send SIGTERM to end a flint that has not booted)");
+                    return bad_request(
+                        "the VM is not started (send SIGTERM to end a flint that has not booted)",
+                    );
                 }
                 log::info!("stop requested through the API");
                 self.end_requested = Some(Outcome::ApiStop);
                 ApiResponse::Empty
             }
-            R::Action(ActionType::SendCtrlAltDel) => {
-                bad_request("SendCtrlAltDel: this VM has no i8042 keyboard for the guest to read; use the guest's own reboot")
-            }
+            R::Action(ActionType::SendCtrlAltDel) => match self.vm.as_ref() {
+                None => bad_request("SendCtrlAltDel: the VM is not started"),
+                Some(vm) => match vm.send_ctrl_alt_del() {
+                    Ok(()) => ApiResponse::Empty,
+                    Err(e) => bad_request(format!("SendCtrlAltDel: {e}")),
+                },
+            },
             R::Action(ActionType::FlushMetrics) => match self.metrics.as_mut() {
                 // A failed write is the answer, not a 204.
                 Some(sink) if sink.has_path() => match sink.write(self.vm.as_ref()) {
@@ -484,8 +546,21 @@ impl Vmm {
             VmStateRequest::Resumed if !vm.is_paused() => {
                 return bad_request("the VM is not paused")
             }
-            VmStateRequest::Paused => vm.pause(),
-            VmStateRequest::Resumed => vm.resume(),
+            VmStateRequest::Paused => {
+                let started = std::time::Instant::now();
+                let paused = vm.pause();
+                crate::metrics::record_latency(crate::metrics::Latency::PauseVm, started.elapsed());
+                paused
+            }
+            VmStateRequest::Resumed => {
+                let started = std::time::Instant::now();
+                let resumed = vm.resume();
+                crate::metrics::record_latency(
+                    crate::metrics::Latency::ResumeVm,
+                    started.elapsed(),
+                );
+                resumed
+            }
         };
         match result {
             Ok(()) => {

@@ -77,6 +77,7 @@ impl Vmm {
         self.restore(state, mem).map_err(|e| e.to_string())?;
         self.uffd = uffd;
         self.pending = PendingConfig::from_config(config);
+        crate::metrics::record_latency(crate::metrics::Latency::LoadSnapshot, started.elapsed());
         log::info!(
             "snapshot {} restored in {} ms (memory {how})",
             params.snapshot_path.display(),

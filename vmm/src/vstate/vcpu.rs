@@ -73,6 +73,14 @@ pub enum VcpuError {
         /// FAM wrapper error.
         source: vmm_sys_util::fam::Error,
     },
+    /// A custom CPU template's MSR could not be applied.
+    #[error("vCPU {id}: CPU template: {source}")]
+    MsrTemplate {
+        /// vCPU index.
+        id: u8,
+        /// Which MSR and why.
+        source: crate::vstate::msr_template::MsrTemplateError,
+    },
     /// An eventfd, signal handler or thread could not be created.
     #[error("vCPU {id}: {what}: {source}")]
     Os {
@@ -382,6 +390,17 @@ impl Vcpu {
                 .map_err(|source| VcpuError::Regs { id, source })?;
         }
         arch::lapic::setup_lapic(&self.fd).map_err(kvm_err("KVM_GET/SET_LAPIC"))
+    }
+
+    /// Applies a custom CPU template's MSR changes (after [`Vcpu::configure`],
+    /// so they win over the boot MSRs).
+    pub fn apply_msr_modifiers(&self, modifiers: &[api::MsrModifier]) -> Result<(), VcpuError> {
+        crate::vstate::msr_template::apply_msr_modifiers(&self.fd, modifiers)
+            .map(|_| ())
+            .map_err(|source| VcpuError::MsrTemplate {
+                id: self.id,
+                source,
+            })
     }
 
     /// Starts the vCPU's thread, running the guest at once or (`paused`,
