@@ -77,6 +77,7 @@ impl VmConfig {
         self.validate_balloon()?;
         self.validate_serial()?;
         self.validate_devmem()?;
+        self.validate_fs()?;
         self.validate_mmds()
     }
 
@@ -117,7 +118,8 @@ impl VmConfig {
             + usize::from(self.entropy.is_some())
             + usize::from(self.balloon.is_some())
             + self.pmem.len()
-            + usize::from(self.memory_hotplug.is_some());
+            + usize::from(self.memory_hotplug.is_some())
+            + self.fs.len();
         if count > MAX_VIRTIO_DEVICES {
             let field = if self.drives.len() > self.network_interfaces.len() {
                 "drives"

@@ -194,8 +194,11 @@ impl MicroVm {
     /// Builds the VM described by `config`, loads its kernel and starts its vCPUs.
     pub fn boot(config: &VmConfig, mut ctx: BuildContext) -> Result<Self, MicroVmError> {
         let machine = &config.machine_config;
-        let mem =
-            memory::create_guest_memory_with(machine.mem_size_mib, config.memory_hotplug.as_ref())?;
+        let mem = memory::create_guest_memory_backed(
+            machine.mem_size_mib,
+            config.memory_hotplug.as_ref(),
+            memory::MemoryBacking::for_config(config),
+        )?;
         let Skeleton {
             vm,
             mem,
