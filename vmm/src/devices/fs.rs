@@ -65,3 +65,34 @@ pub fn refuse_snapshot(config: &VmConfig, what: &str) -> Result<(), String> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_and_migrations_of_a_vm_with_fs_are_refused_naming_the_tag() {
+        let mut config: VmConfig = serde_json::from_value(serde_json::json!({
+            "boot-source": {"kernel_image_path": "/vmlinux"},
+        }))
+        .unwrap();
+        assert_eq!(refuse_snapshot(&config, "snapshotted"), Ok(()));
+        config.fs.push(FsConfig {
+            tag: "vol0".into(),
+            socket: "/run/v.sock".into(),
+            num_request_queues: 1,
+            queue_size: 1024,
+        });
+        assert_eq!(
+            refuse_snapshot(&config, "snapshotted").unwrap_err(),
+            "virtio-fs device vol0 cannot be snapshotted: its state lives in virtiofsd"
+        );
+        assert!(refuse_snapshot(&config, "migrated")
+            .unwrap_err()
+            .contains("cannot be migrated"));
+        assert_eq!(
+            super::super::configured_names(&config),
+            ["fs vol0".to_string()]
+        );
+    }
+}
