@@ -94,8 +94,8 @@ def main():
         fs = n / max(t["T-FS"] - t["T-FS-BASE"], 0.01)
         blk = n / max(t["T-BLK"] - t["T-BLK-BASE"], 0.01)
         print(f"sequential read of {n} MiB (cold, bs=1M):")
-        print(f"  virtio-fs : {fs:8.1f} MiB/s  ({t['T-FS']:.2f} s, dd start {t['T-FS-BASE']:.2f} s)")
-        print(f"  virtio-blk: {blk:8.1f} MiB/s  ({t['T-BLK']:.2f} s, dd start {t['T-BLK-BASE']:.2f} s)")
+        print(f"  virtio-fs : {fs:8.2f} MiB/s  ({t['T-FS']:.2f} s, dd start {t['T-FS-BASE']:.2f} s)")
+        print(f"  virtio-blk: {blk:8.2f} MiB/s  ({t['T-BLK']:.2f} s, dd start {t['T-BLK-BASE']:.2f} s)")
         print(f"  ratio fs/blk: {fs / blk:.2f}")
     finally:
         if daemon:
