@@ -208,7 +208,8 @@ fn try_parse(template: &str, method: &str, body: &[u8]) -> Result<(), String> {
     let path = template
         .replace("{drive_id}", "d")
         .replace("{iface_id}", "d")
-        .replace("{id}", "d");
+        .replace("{id}", "d")
+        .replace("{tag}", "d");
     let matched = match_path(&path).ok_or(format!("{path} does not route"))?;
     let route = matched
         .route(method)

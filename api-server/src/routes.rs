@@ -153,6 +153,7 @@ pub(crate) const ROUTES: &[RouteSpec] = &[
     route!("PATCH" "/balloon/hinting/stop" => ApiRequest::StopBalloonHinting),
     route!("GET" "/balloon/hinting/status" => ApiRequest::GetBalloonHintingStatus),
     route!("PUT" "/pmem/{id}", body "Pmem", id id => ApiRequest::PutPmem),
+    route!("PUT" "/fs/{tag}", body "Fs", id tag => ApiRequest::PutFs),
     route!("PUT" "/hotplug/memory", body "MemoryHotplugConfig" => ApiRequest::PutMemoryHotplug),
     route!("PATCH" "/hotplug/memory", body "MemoryHotplugSizeUpdate" => ApiRequest::PatchMemoryHotplug),
     route!("GET" "/hotplug/memory" => ApiRequest::GetMemoryHotplug),

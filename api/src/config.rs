@@ -51,6 +51,9 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub memory_hotplug: Option<crate::MemoryHotplugConfig>,
+    /// virtio-fs devices: host directories served by vhost-user daemons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<crate::FsConfig>,
     /// Where the guest's serial console goes; none keeps flint's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
@@ -432,6 +435,9 @@ impl VmConfig {
         }
         if let Some(vsock) = self.vsock.as_mut() {
             resolve(&mut vsock.uds_path);
+        }
+        for fs in &mut self.fs {
+            resolve(&mut fs.socket);
         }
         if let Some(out) = self
             .serial

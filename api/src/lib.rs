@@ -14,6 +14,7 @@ mod config;
 mod cpu_config;
 mod devmem;
 mod fields;
+mod fs;
 mod mac;
 pub mod request;
 mod validate;
@@ -39,6 +40,7 @@ pub use devmem::{
     MemoryHotplugConfig, MemoryHotplugSizeUpdate, MemoryHotplugStatus, PmemConfig, MAX_HOTPLUG_MIB,
 };
 pub use fields::serde_field_names;
+pub use fs::{FsConfig, MAX_FS_QUEUE_SIZE, MAX_FS_REQUEST_QUEUES, MAX_FS_TAG_LEN};
 pub use mac::{MacAddr, MacParseError};
 pub use mmds::{MmdsConfig, MmdsVersion};
 pub use request::{

@@ -63,6 +63,9 @@ pub enum ApiRequest {
     PutSerial(SerialConfig),
     /// `PUT /pmem/{id}`: add or replace a virtio-pmem device (pre-boot).
     PutPmem(crate::PmemConfig),
+    /// `PUT /fs/{tag}`: add or replace a virtio-fs device (pre-boot; a
+    /// flint extra).
+    PutFs(crate::FsConfig),
     /// `PUT /hotplug/memory`: configure the virtio-mem region (pre-boot).
     PutMemoryHotplug(crate::MemoryHotplugConfig),
     /// `PATCH /hotplug/memory`: ask the guest to plug this much (run time).

@@ -75,9 +75,10 @@ impl VmConfig {
         self.validate_vsock()?;
         self.validate_entropy()?;
         self.validate_balloon()?;
-        check_huge_pages_balloon(self)?;
+        check_huge_pages_combinations(self)?;
         self.validate_serial()?;
         self.validate_devmem()?;
+        self.validate_fs()?;
         self.validate_mmds()
     }
 
@@ -118,7 +119,8 @@ impl VmConfig {
             + usize::from(self.entropy.is_some())
             + usize::from(self.balloon.is_some())
             + self.pmem.len()
-            + usize::from(self.memory_hotplug.is_some());
+            + usize::from(self.memory_hotplug.is_some())
+            + self.fs.len();
         if count > MAX_VIRTIO_DEVICES {
             let field = if self.drives.len() > self.network_interfaces.len() {
                 "drives"
@@ -648,13 +650,20 @@ fn check_huge_pages(huge_pages: HugePages, mem_size_mib: u64) -> Result<(), Conf
     }
 }
 
-/// Firecracker's restriction: a balloon cannot give hugetlbfs pages back
-/// to the host, so it is refused with `huge_pages: "2M"`.
-pub(crate) fn check_huge_pages_balloon(config: &VmConfig) -> Result<(), ConfigError> {
+/// What `huge_pages: "2M"` cannot go with: a balloon (Firecracker's rule: it
+/// cannot give hugetlbfs pages back to the host) and virtio-fs (its memory
+/// must be a shared memfd).
+pub(crate) fn check_huge_pages_combinations(config: &VmConfig) -> Result<(), ConfigError> {
     if config.machine_config.huge_pages == HugePages::Hugetlbfs2M && config.balloon.is_some() {
         return Err(invalid(
             "balloon",
             "not supported with machine-config.huge_pages \"2M\" (a balloon cannot return hugetlbfs pages to the host)",
+        ));
+    }
+    if config.machine_config.huge_pages == HugePages::Hugetlbfs2M && !config.fs.is_empty() {
+        return Err(invalid(
+            "fs",
+            "not supported with machine-config.huge_pages \"2M\" (virtio-fs needs guest memory in a shared memfd)",
         ));
     }
     Ok(())

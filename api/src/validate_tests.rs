@@ -485,13 +485,20 @@ fn firecracker_fields_flint_cannot_honour_are_refused() {
     c.balloon =
         Some(serde_json::from_str(r#"{"amount_mib": 0, "deflate_on_oom": false}"#).unwrap());
     assert_refused(
-        crate::validate::check_huge_pages_balloon(&c),
+        crate::validate::check_huge_pages_combinations(&c),
         "balloon",
         "huge_pages",
     );
-    c.machine_config.huge_pages = crate::HugePages::None;
-    crate::validate::check_huge_pages_balloon(&c).unwrap();
     c.balloon = None;
+    c.fs = serde_json::from_str(r#"[{"tag": "vol0", "socket": "/run/fs.sock"}]"#).unwrap();
+    assert_refused(
+        crate::validate::check_huge_pages_combinations(&c),
+        "fs",
+        "shared memfd",
+    );
+    c.machine_config.huge_pages = crate::HugePages::None;
+    crate::validate::check_huge_pages_combinations(&c).unwrap();
+    c.fs.clear();
     c.validate().unwrap();
 
     add_drive(&mut c, dir.path(), "d", false);

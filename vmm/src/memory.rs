@@ -14,7 +14,7 @@
 //! touches, so a 4 GiB+ guest (with RAM above the 32-bit MMIO hole) is cheap
 //! to create.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 /// Guest memory as flint uses it everywhere (the devices' type: with a
 /// bitmap of the pages the VMM itself wrote).
@@ -27,6 +27,14 @@ pub const MAX_GUEST_MEMORY: u64 = 1 << 40;
 /// Why guest memory could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
+    /// The shared memory file could not be created or sized.
+    #[error("creating a {size_mib} MiB memfd for shared guest memory: {source}")]
+    Memfd {
+        /// Requested size.
+        size_mib: u64,
+        /// What the host said.
+        source: std::io::Error,
+    },
     /// The host refused the mapping.
     #[error("mapping {size_mib} MiB of guest memory: {source}")]
     Map {
@@ -58,30 +66,90 @@ pub fn create_guest_memory_with(
     mem_size_mib: u64,
     hotplug: Option<&api::MemoryHotplugConfig>,
 ) -> Result<GuestMemory, MemoryError> {
+    create_guest_memory_backed(mem_size_mib, hotplug, MemoryBacking::Anonymous)
+}
+
+/// What guest RAM is backed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryBacking {
+    /// Private anonymous mappings (the default: nothing else maps them).
+    Anonymous,
+    /// One `memfd` mapped `MAP_SHARED`, every region at its own offset, so
+    /// a vhost-user backend (virtiofsd) can map the same pages from the fd
+    /// flint hands it in `SET_MEM_TABLE`.
+    SharedMemfd,
+    /// Private anonymous 2 MiB huge pages (machine-config `huge_pages: 2M`).
+    HugePages2M,
+}
+
+impl MemoryBacking {
+    /// Shared memory when a device's data path runs in another process
+    /// (a virtio-fs device; validation refuses it with huge pages), 2 MiB
+    /// pages when the machine config asks for them, anonymous otherwise.
+    pub fn for_config(config: &api::VmConfig) -> Self {
+        if !config.fs.is_empty() {
+            Self::SharedMemfd
+        } else if config.machine_config.huge_pages == api::HugePages::Hugetlbfs2M {
+            Self::HugePages2M
+        } else {
+            Self::Anonymous
+        }
+    }
+}
+
+/// [`create_guest_memory_with`] with the backing chosen.
+pub fn create_guest_memory_backed(
+    mem_size_mib: u64,
+    hotplug: Option<&api::MemoryHotplugConfig>,
+    backing: MemoryBacking,
+) -> Result<GuestMemory, MemoryError> {
     let mut regions = arch::layout::ram_regions(mem_size_mib << 20);
     if let Some(h) = hotplug {
         let (addr, size) = hotplug_region(mem_size_mib, h);
         regions.push((GuestAddress(addr), size as usize));
     }
-    GuestMemoryMmap::from_ranges(&regions).map_err(|source| MemoryError::Map {
+    let map_error = |source| MemoryError::Map {
         size_mib: mem_size_mib,
         source,
-    })
+    };
+    match backing {
+        MemoryBacking::HugePages2M => huge_page_memory(mem_size_mib, hotplug),
+        MemoryBacking::Anonymous => GuestMemoryMmap::from_ranges(&regions).map_err(map_error),
+        MemoryBacking::SharedMemfd => {
+            let memfd_error = |source| MemoryError::Memfd {
+                size_mib: mem_size_mib,
+                source,
+            };
+            let total: u64 = regions.iter().map(|(_, len)| *len as u64).sum();
+            let file = memfd::MemfdOptions::default()
+                .close_on_exec(true)
+                .create("flint-guest-ram")
+                .map_err(|e| memfd_error(std::io::Error::other(e)))?
+                .into_file();
+            file.set_len(total).map_err(memfd_error)?;
+            let file = std::sync::Arc::new(file);
+            let mut offset = 0u64;
+            let ranges: Vec<_> = regions
+                .iter()
+                .map(|&(addr, len)| {
+                    let at = FileOffset::from_arc(file.clone(), offset);
+                    offset += len as u64;
+                    (addr, len, Some(at))
+                })
+                .collect();
+            GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(map_error)
+        }
+    }
 }
 
-/// Guest RAM as [`create_guest_memory_with`], backed as `huge_pages` says:
-/// `2M` maps RAM with `MAP_HUGETLB | MAP_HUGE_2MB` (Firecracker's hugetlbfs
+/// Guest RAM as [`create_guest_memory_with`] on 2 MiB pages: maps RAM with `MAP_HUGETLB | MAP_HUGE_2MB` (Firecracker's hugetlbfs
 /// backing), reserving the pages at once so a host without enough free
 /// ones fails here, not with a SIGBUS later; the hotplug region keeps
 /// ordinary pages (it is mostly unplugged, and must cost nothing then).
-pub fn create_guest_memory_backed(
+fn huge_page_memory(
     mem_size_mib: u64,
     hotplug: Option<&api::MemoryHotplugConfig>,
-    huge_pages: api::HugePages,
 ) -> Result<GuestMemory, MemoryError> {
-    if huge_pages != api::HugePages::Hugetlbfs2M {
-        return create_guest_memory_with(mem_size_mib, hotplug);
-    }
     let pages = mem_size_mib.div_ceil(2);
     let huge_err = |source| MemoryError::HugePages {
         size_mib: mem_size_mib,
@@ -224,6 +292,33 @@ mod tests {
     }
 
     #[test]
+    fn shared_memfd_backing_is_one_file_mapped_shared() {
+        use std::os::unix::fs::FileExt;
+        use vm_memory::GuestMemoryRegion;
+        let mem = create_guest_memory_backed(5 << 10, None, MemoryBacking::SharedMemfd).unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        mem.write_obj(0xabcd_u64, GuestAddress(MMIO_GAP_END))
+            .unwrap();
+        // The second region sits in the same file after the first, and a
+        // write through guest memory is visible through the file.
+        let regions: Vec<_> = mem.iter().collect();
+        let low = regions[0].len();
+        let fo = regions[1].file_offset().unwrap();
+        assert_eq!(fo.start(), low);
+        let mut buf = [0u8; 8];
+        fo.file().read_exact_at(&mut buf, low).unwrap();
+        assert_eq!(u64::from_le_bytes(buf), 0xabcd);
+        let config: api::VmConfig = serde_json::from_str(
+            r#"{"boot-source":{"kernel_image_path":"/k"},"fs":[{"tag":"a","socket":"/s"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            MemoryBacking::for_config(&config),
+            MemoryBacking::SharedMemfd
+        );
+    }
+
+    #[test]
     fn hotplug_and_device_regions_sit_above_ram_and_the_hole() {
         assert_eq!(device_area_start(256), 1 << 32);
         assert_eq!(device_area_start(5 << 10), 6 << 30);
@@ -284,7 +379,7 @@ mod tests {
             eprintln!("skipped: cannot reserve 2 MiB huge pages here");
             return;
         }
-        let mem = create_guest_memory_backed(16, None, api::HugePages::Hugetlbfs2M).unwrap();
+        let mem = create_guest_memory_backed(16, None, MemoryBacking::HugePages2M).unwrap();
         mem.write_obj(0xfeed_u64, GuestAddress(0x1000)).unwrap();
         assert_eq!(mem.read_obj::<u64>(GuestAddress(0x1000)).unwrap(), 0xfeed);
         let host = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
@@ -311,7 +406,7 @@ mod tests {
 
         // More than the pool holds: a clear error, not a SIGBUS later.
         std::fs::write(PATH, before.to_string()).unwrap();
-        let err = create_guest_memory_backed(2 * (free() + 1), None, api::HugePages::Hugetlbfs2M)
+        let err = create_guest_memory_backed(2 * (free() + 1), None, MemoryBacking::HugePages2M)
             .unwrap_err();
         assert!(err.to_string().contains("nr_hugepages"), "{err}");
     }

@@ -200,7 +200,7 @@ impl MicroVm {
         let mem = memory::create_guest_memory_backed(
             machine.mem_size_mib,
             config.memory_hotplug.as_ref(),
-            machine.huge_pages,
+            memory::MemoryBacking::for_config(config),
         )?;
         let Skeleton {
             vm,

@@ -7,6 +7,7 @@
 //! | [`ThreadKind::Vcpu`] | `flint_vcpuN` | at the top of the thread, before the first `KVM_RUN` |
 //! | [`ThreadKind::Api`] | `flint_api` (and the `flint_api_wait` blocking-pool threads it spawns, which inherit it) | at the top of the thread, before the runtime starts |
 //! | [`ThreadKind::Output`] | `flint_serial`, `flint_log_out`, `flint_metrics` ([`crate::bounded_writer`]) | at the top of the thread, unless it inherited the VMM's filter (spawned after boot) |
+//! | [`ThreadKind::Watchdog`] | `flint_vhost_wd` (one per virtio-fs device, `devices::virtio::fs`) | at the top of the thread, unless it inherited the VMM's filter |
 //! | [`ThreadKind::Control`] | `flint_ctl`: snapshot files and migration streams | at the top of the thread |
 //!
 //! Whether filters are wanted at all (`--no-seccomp`) is recorded once with
@@ -81,6 +82,9 @@ pub enum ThreadKind {
     /// The control thread: writes snapshot files and streams migrations
     /// (files, sockets, no KVM).
     Control,
+    /// A virtio-fs connection's watchdog: waits, and shuts a hung
+    /// vhost-user socket down.
+    Watchdog,
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -173,6 +177,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
         ThreadKind::Vcpu => vcpu(&mut rules),
         ThreadKind::Output => output(&mut rules),
         ThreadKind::Control => control(&mut rules),
+        ThreadKind::Watchdog => watchdog(&mut rules),
     }?;
     Ok(rules)
 }
@@ -321,6 +326,12 @@ fn vcpu(r: &mut Rules) -> BuildResult {
     // connections, taking their sockets (and re-adding its listener) off
     // the device's own epoll set.
     r.allow(&[SYS_timerfd_settime, SYS_epoll_ctl]);
+    // A virtio-fs activation or reset talks vhost-user to its daemon on
+    // this thread: requests with their fds (SCM_RIGHTS: guest memory's
+    // memfd, the kick and call eventfds) go out with sendmsg(MSG_NOSIGNAL),
+    // replies come back with recvmsg(flags 0).
+    r.allow_if(SYS_sendmsg, vec![eq(2, MSG_NOSIGNAL as u64)?])?;
+    r.allow_if(SYS_recvmsg, vec![eq(2, 0)?])?;
     Ok(())
 }
 
@@ -329,6 +340,14 @@ fn vcpu(r: &mut Rules) -> BuildResult {
 /// check that the fd is open.
 fn output(r: &mut Rules) -> BuildResult {
     r.allow_if(libc::SYS_fcntl, vec![eq(1, libc::F_GETFD as u64)?])
+}
+
+/// A virtio-fs watchdog thread (`devices::virtio::fs`): condvar waits and
+/// clocks are in `common`; past a deadline it shuts the vhost-user socket
+/// down.
+fn watchdog(r: &mut Rules) -> BuildResult {
+    r.allow(&[libc::SYS_shutdown]);
+    Ok(())
 }
 
 /// The API thread: a tokio current-thread runtime serving HTTP/1.1 (hyper)
@@ -529,7 +548,7 @@ fn errno_rules(kind: ThreadKind) -> &'static [(i64, i32)] {
     ];
     match kind {
         ThreadKind::Api => &[(libc::SYS_clone3, libc::ENOSYS), NO_FILES[0], NO_FILES[1]],
-        ThreadKind::Vcpu | ThreadKind::Output => &NO_FILES,
+        ThreadKind::Vcpu | ThreadKind::Output | ThreadKind::Watchdog => &NO_FILES,
         ThreadKind::Vmm => &[(libc::SYS_clone3, libc::ENOSYS)],
         ThreadKind::Control => &[],
     }

@@ -149,6 +149,7 @@ struct PendingConfig {
     mmds: Option<api::MmdsConfig>,
     pmem: Vec<api::PmemConfig>,
     memory_hotplug: Option<api::MemoryHotplugConfig>,
+    fs: Vec<api::FsConfig>,
     /// `PUT /cpu-config`'s template, applied at boot.
     cpu_config: Option<api::CpuConfig>,
 }
@@ -167,6 +168,7 @@ impl PendingConfig {
             mmds: config.mmds_config,
             pmem: config.pmem,
             memory_hotplug: config.memory_hotplug,
+            fs: config.fs,
             cpu_config: None,
         }
     }
@@ -190,6 +192,7 @@ impl PendingConfig {
             mmds_config: self.mmds.clone(),
             pmem: self.pmem.clone(),
             memory_hotplug: self.memory_hotplug.clone(),
+            fs: self.fs.clone(),
         }
     }
 

@@ -30,6 +30,19 @@ impl Vmm {
             let _ = reply.send(bad_request(format!("{busy}; try again when it is done")));
             return None;
         }
+        let refused = match (&request, self.vm.as_ref()) {
+            (ApiRequest::CreateSnapshot(_), Some(vm)) => {
+                crate::devices::fs::refuse_snapshot(vm.config(), "snapshotted").err()
+            }
+            (ApiRequest::Migrate(_), Some(vm)) => {
+                crate::devices::fs::refuse_snapshot(vm.config(), "migrated").err()
+            }
+            _ => None,
+        };
+        if let Some(why) = refused {
+            let _ = reply.send(bad_request(why));
+            return None;
+        }
         let started = match request {
             ApiRequest::CreateSnapshot(params) => self.start_snapshot(&params, reply.clone()),
             ApiRequest::Migrate(params) => self.start_migration(&params, reply.clone()),

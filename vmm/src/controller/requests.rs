@@ -38,6 +38,7 @@ impl Vmm {
             | R::PutSerial(_)
             | R::PutMmdsConfig(_)
             | R::PutPmem(_)
+            | R::PutFs(_)
             | R::PutMemoryHotplug(_)
             | R::PutCpuConfig(_)
                 if started =>
@@ -184,6 +185,13 @@ impl Vmm {
                     None => p.pmem.push(pmem),
                 },
                 |c| c.validate_devmem().and_then(|()| c.validate_device_count()),
+            ),
+            R::PutFs(fs) => self.update_section(
+                |p| match p.fs.iter_mut().find(|d| d.tag == fs.tag) {
+                    Some(existing) => *existing = fs,
+                    None => p.fs.push(fs),
+                },
+                |c| c.validate_fs().and_then(|()| c.validate_device_count()),
             ),
             R::PutMemoryHotplug(hotplug) => self.update_section(
                 |p| p.memory_hotplug = Some(hotplug),

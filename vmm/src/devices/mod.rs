@@ -99,6 +99,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod fs;
 pub mod mem;
 pub mod net;
 pub mod pmem;
@@ -196,6 +197,7 @@ pub fn for_each_kind(v: &mut impl KindVisitor) -> Result<(), DeviceError> {
     v.visit::<balloon::BalloonKind>()?;
     v.visit::<pmem::PmemKind>()?;
     v.visit::<mem::MemKind>()?;
+    v.visit::<fs::FsKind>()?;
     Ok(())
 }
 

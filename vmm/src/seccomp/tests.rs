@@ -10,6 +10,7 @@ fn every_filter_compiles() {
         ThreadKind::Vcpu,
         ThreadKind::Output,
         ThreadKind::Control,
+        ThreadKind::Watchdog,
     ] {
         let program = filter(kind).unwrap();
         // Well under the kernel's 4096-instruction limit.
@@ -118,6 +119,7 @@ fn what_real_runs_do_is_allowed() {
         ThreadKind::Api,
         ThreadKind::Vcpu,
         ThreadKind::Output,
+        ThreadKind::Watchdog,
     ] {
         let rules = rules(kind).unwrap();
         for nr in [
