@@ -144,10 +144,10 @@ async fn read_body(body: Incoming, shared: &Shared) -> Result<Bytes, Answer> {
 }
 
 /// How long the runtime thread itself waits for the VMM's answer before it
-/// hands the wait to a blocking-pool thread. Most answers (configuration,
-/// `GET /`, pause) come well within it, and taking them here saves a thread
-/// hop each way (and, after an idle spell, creating that thread); other
-/// connections are held up by at most this long.
+/// hands the wait to a blocking-pool thread. Configuration answers and
+/// `GET /` come well within it (tens of microseconds), and taking them here
+/// saves a thread hop each way (and, after an idle spell, creating that
+/// thread); other connections are held up by at most this long.
 const INLINE_WAIT: Duration = Duration::from_millis(1);
 
 /// Hands a request to the VMM and waits for its answer, blocking the
