@@ -3,34 +3,54 @@
 
 Both VMMs are driven the same way: started with Firecracker's command line
 (`--api-sock PATH --id ID`; flint accepts it, see "Firecracker compatibility"
-in the README) and configured through Firecracker's API. Runs are interleaved
-(flint, Firecracker, flint, ...) so machine noise hits both alike; each figure
-is the median of --runs runs, printed for both with the ratio flint/FC and
-the goal from issue 15 ("<= 0.5" means flint must take at most half).
+in the README) and configured through Firecracker's API, so one script drives
+both. Runs are interleaved (flint, Firecracker, flint, ...) so machine noise
+hits both alike. Each figure is printed as median (min-max) over its samples
+for both VMMs, with the ratio of the medians flint/FC, which way it points
+(every figure is "smaller is better": a ratio below 1 means flint is ahead)
+and the goal from issue 15 ("<= 0.5": flint must take at most half).
 
-Figures:
-  start->API      process start -> the API socket answers GET / (ms)
-  idle RSS        RSS of the process before anything is configured (KiB)
-  GET / latency   one request per new connection, median of 200 (us)
-  InstanceStart   latency of PUT /actions InstanceStart (the call returns once
-                  the vCPUs run: the VMM's share of "start -> first guest
-                  instruction") (ms)
-  VMM overhead    RSS minus the guest-memory mapping's resident pages, while a
-                  256 MiB guest idles after GUEST-READY (KiB; from smaps)
-  pause           latency of PATCH /vm Paused (ms)
-  snapshot        latency of PUT /snapshot/create (Full) of the paused guest (ms)
-  restore (File)  new process start -> PUT /snapshot/load with resume_vm
-                  answered (ms)
-  restore (Uffd)  the same with mem_backend Uffd, the example handler
-                  (resources/uffd-handler, started first, not timed) serving
-                  the memory file: the VMM's share of a lazy restore (ms)
-  boot->READY     process start -> the guest prints GUEST-READY (s; the
-                  emulated guest kernel dominates here)
+Two phases:
+  cheap (no guest; --runs, default 9, processes per VMM):
+    start->API      process start -> the API socket answers GET / (ms)
+    idle RSS        RSS of the process before anything is configured (KiB)
+    GET / latency   one request per new connection, median of 200 per
+                    process (us)
+  guest (--boots, default 3, boots per VMM; a boot takes 30-90 s on an
+  emulating host):
+    InstanceStart   latency of PUT /actions InstanceStart (the call returns once
+                    the vCPUs run: the VMM's share of "start -> first guest
+                    instruction") (ms)
+    boot->READY     process start -> the guest prints GUEST-READY (s; the
+                    emulated guest kernel dominates here)
+    VMM overhead    RSS minus the guest-memory mapping's resident pages, while a
+                    256 MiB guest idles after GUEST-READY (KiB; from smaps)
+    pause           latency of PATCH /vm Paused; --cycles pause/resume cycles
+                    per boot (ms)
+    snapshot        latency of PUT /snapshot/create (Full) of the paused guest
+                    (ms)
+    restore (File)  new process start -> PUT /snapshot/load with resume_vm
+                    answered; --cycles restores per snapshot (ms)
+    restore (Uffd)  the same with mem_backend Uffd, the example handler
+                    (resources/uffd-handler, started first, not timed) serving
+                    the memory file: the VMM's share of a lazy restore (ms)
 
+More restore figures (another memory backend) plug in as functions in
+RESTORES: each takes (binary, work, snap, mem, tag) and returns milliseconds;
+add the figure's row to FIGURES.
+
+--floor also times bench/floor_server.c (built with cc), a C program that
+only binds the socket and answers GET / with a fixed 200, the same way: the
+floor that process start, the kernel and this client put under the cheap
+figures, whatever the VMM does.
+
+--pin pins the cheap phase (VMM on the last CPU, this script on the first) so
+the two do not fight for one core; guest boots are never pinned.
 Without FC_BIN (path to a firecracker binary built from its public source)
 only flint's figures are printed.
 
 Usage: FC_BIN=/path/to/firecracker bench/compare.py [--flint PATH] [--uffd-handler PATH] [--runs N]
+       [--boots N] [--cycles N] [--no-pin] [--only cheap|guest]
 """
 import argparse
 import http.client
@@ -47,7 +67,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEM_MIB = 256
 
-# figure -> (unit, goal ratio flint/FC, True if smaller is better)
+# figure, unit, goal ratio flint/FC (smaller is better for every figure)
 FIGURES = [
     ("start->API", "ms", 0.5),
     ("idle RSS", "KiB", 0.7),
@@ -91,6 +111,26 @@ def call(sock, method, path, body=None):
     return text
 
 
+GET_ROOT = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+
+
+def get_root_raw(path):
+    """GET / on a new connection with as little client work as possible, so
+    the figure is the VMM's (http.client costs more than the server here)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(path)
+        s.sendall(GET_ROOT)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    if not data.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"GET /: {data[:80]!r}")
+
+
 def timed(fn):
     t0 = time.perf_counter()
     fn()
@@ -122,14 +162,17 @@ def guest_mapping_rss_kib(pid, mem_mib):
 class Vmm:
     """One VMM process started with Firecracker's command line."""
 
-    def __init__(self, binary, work, name):
+    def __init__(self, binary, work, name, cpu=None):
+        # Pinned on its own CPU, the VMM is not slowed by a busy poll.
+        self.poll = 0 if cpu is not None else 0.0002
         self.sock = os.path.join(work, f"{name}.sock")
         self.lines = []
         self.ready_at = None
+        pre = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen([binary, "--api-sock", self.sock, "--id", name],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, preexec_fn=pre)
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self):
@@ -140,15 +183,16 @@ class Vmm:
             self.lines.append(line)
 
     def wait_api(self, timeout=30):
+        """Seconds from process start until GET / is answered."""
         deadline = time.perf_counter() + timeout
         while True:
             try:
-                call(self.sock, "GET", "/")
+                get_root_raw(self.sock)
                 return time.perf_counter() - self.t0
             except (FileNotFoundError, ConnectionRefusedError, OSError):
                 if time.perf_counter() > deadline or self.proc.poll() is not None:
                     raise RuntimeError("the API never answered")
-                time.sleep(0.0005)
+                time.sleep(self.poll)
 
     def wait_ready(self, timeout=600):
         deadline = time.perf_counter() + timeout
@@ -173,52 +217,41 @@ def configure(vmm, kernel, initrd):
     call(vmm.sock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": MEM_MIB})
 
 
-def one_run(binary, kernel, initrd, work, tag):
-    fig = {}
-    vmm = Vmm(binary, work, f"{tag}-a")
+def cheap_run(binary, work, tag, pin):
+    """One process: start->API, idle RSS, GET / latency."""
+    cpus = sorted(os.sched_getaffinity(0))
+    vmm = Vmm(binary, work, tag, cpu=cpus[-1] if pin and len(cpus) > 1 else None)
     try:
-        fig["start->API"] = vmm.wait_api() * 1e3
+        fig = {"start->API": vmm.wait_api() * 1e3}
+        time.sleep(0.05)
         fig["idle RSS"] = rss_kib(vmm.proc.pid)
-        lat = sorted(timed(lambda: call(vmm.sock, "GET", "/")) for _ in range(200))
+        lat = [timed(lambda: get_root_raw(vmm.sock)) for _ in range(200)]
         fig["GET / latency"] = statistics.median(lat) * 1e6
-        configure(vmm, kernel, initrd)
-        fig["InstanceStart"] = timed(lambda: call(
-            vmm.sock, "PUT", "/actions", {"action_type": "InstanceStart"})) * 1e3
-        fig["boot->READY"] = vmm.wait_ready()
-        time.sleep(1)
-        fig["VMM overhead"] = rss_kib(vmm.proc.pid) - guest_mapping_rss_kib(vmm.proc.pid, MEM_MIB)
-        fig["pause"] = timed(lambda: call(vmm.sock, "PATCH", "/vm", {"state": "Paused"})) * 1e3
-        snap = os.path.join(work, f"{tag}.vmstate")
-        mem = os.path.join(work, f"{tag}.mem")
-        fig["snapshot"] = timed(lambda: call(vmm.sock, "PUT", "/snapshot/create", {
-            "snapshot_type": "Full", "snapshot_path": snap, "mem_file_path": mem})) * 1e3
     finally:
         vmm.stop()
-    restored = Vmm(binary, work, f"{tag}-b")
+    return {k: [v] for k, v in fig.items()}
+
+
+def restore_file(binary, work, snap, mem, tag):
+    """New process start -> snapshot loaded (File memory) and resumed, ms."""
+    vmm = Vmm(binary, work, tag)
     try:
-        restored.wait_api()
-        call(restored.sock, "PUT", "/snapshot/load", {
+        vmm.wait_api()
+        call(vmm.sock, "PUT", "/snapshot/load", {
             "snapshot_path": snap, "mem_backend": {"backend_type": "File", "backend_path": mem},
             "resume_vm": True})
-        fig["restore (File)"] = (time.perf_counter() - restored.t0) * 1e3
+        return (time.perf_counter() - vmm.t0) * 1e3
     finally:
-        restored.stop()
-    try:
-        fig["restore (Uffd)"] = restore_uffd(binary, work, tag, snap, mem)
-    finally:
-        for path in (snap, mem):
-            if os.path.exists(path):
-                os.unlink(path)
-    return fig
+        vmm.stop()
 
 
 UFFD_HANDLER = os.path.join(REPO, "target", "release", "uffd-handler")
 
 
-def restore_uffd(binary, work, tag, snap, mem):
-    """New process start -> PUT /snapshot/load (mem_backend Uffd, resume_vm)
-    answered, in ms, with the example handler serving `mem` (it speaks
-    Firecracker's protocol, so it serves both VMMs)."""
+def restore_uffd(binary, work, snap, mem, tag):
+    """New process start -> snapshot loaded (mem_backend Uffd) and resumed,
+    ms, with the example handler serving `mem` (it speaks Firecracker's
+    protocol, so it serves both VMMs; its start is not timed)."""
     handler_sock = os.path.join(work, f"{tag}-uffd.sock")
     handler = subprocess.Popen([UFFD_HANDLER, handler_sock, mem],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -228,16 +261,16 @@ def restore_uffd(binary, work, tag, snap, mem):
             if handler.poll() is not None or time.perf_counter() > deadline:
                 raise RuntimeError("the uffd handler did not start")
             time.sleep(0.001)
-        restored = Vmm(binary, work, f"{tag}-c")
+        vmm = Vmm(binary, work, tag)
         try:
-            restored.wait_api()
-            call(restored.sock, "PUT", "/snapshot/load", {
+            vmm.wait_api()
+            call(vmm.sock, "PUT", "/snapshot/load", {
                 "snapshot_path": snap,
                 "mem_backend": {"backend_type": "Uffd", "backend_path": handler_sock},
                 "resume_vm": True})
-            return (time.perf_counter() - restored.t0) * 1e3
+            return (time.perf_counter() - vmm.t0) * 1e3
         finally:
-            restored.stop()
+            vmm.stop()
     finally:
         handler.kill()
         handler.wait()
@@ -245,12 +278,103 @@ def restore_uffd(binary, work, tag, snap, mem):
             os.unlink(handler_sock)
 
 
+# figure -> function(binary, work, snap, mem, tag) -> ms
+RESTORES = {"restore (File)": restore_file, "restore (Uffd)": restore_uffd}
+
+
+def guest_run(binary, kernel, initrd, work, tag, cycles):
+    """One boot: InstanceStart, boot->READY, VMM overhead, `cycles` pauses,
+    one full snapshot, `cycles` restores of it per restore figure."""
+    fig = {}
+    vmm = Vmm(binary, work, f"{tag}-a")
+    snap = os.path.join(work, f"{tag}.vmstate")
+    mem = os.path.join(work, f"{tag}.mem")
+    try:
+        try:
+            vmm.wait_api()
+            configure(vmm, kernel, initrd)
+            fig["InstanceStart"] = [timed(lambda: call(
+                vmm.sock, "PUT", "/actions", {"action_type": "InstanceStart"})) * 1e3]
+            fig["boot->READY"] = [vmm.wait_ready()]
+            time.sleep(1)
+            pid = vmm.proc.pid
+            fig["VMM overhead"] = [rss_kib(pid) - guest_mapping_rss_kib(pid, MEM_MIB)]
+            fig["pause"] = []
+            for i in range(cycles):
+                if i:
+                    call(vmm.sock, "PATCH", "/vm", {"state": "Resumed"})
+                    time.sleep(0.02)
+                fig["pause"].append(
+                    timed(lambda: call(vmm.sock, "PATCH", "/vm", {"state": "Paused"})) * 1e3)
+            fig["snapshot"] = [timed(lambda: call(vmm.sock, "PUT", "/snapshot/create", {
+                "snapshot_type": "Full", "snapshot_path": snap, "mem_file_path": mem})) * 1e3]
+        finally:
+            vmm.stop()
+        for name, restore in RESTORES.items():
+            fig[name] = [restore(binary, work, snap, mem, f"{tag}-r{i}") for i in range(cycles)]
+    finally:
+        for path in (snap, mem):
+            if os.path.exists(path):
+                os.unlink(path)
+    return fig
+
+
+def direction(ratio):
+    if ratio < 1:
+        return f"flint {1 / ratio:.2f}x better"
+    if ratio > 1:
+        return f"flint {ratio:.2f}x worse"
+    return "even"
+
+
+def summary(values):
+    return statistics.median(values), min(values), max(values)
+
+
+def report(results, fc, args):
+    print(f"\nmedian (min-max); cheap figures over {args.runs} processes, guest figures over "
+          f"{args.boots} boots ({args.cycles} pauses/restores each); interleaved; "
+          f"{MEM_MIB} MiB guest; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print("every figure: smaller is better; ratio = flint/FC medians, < 1 means flint ahead")
+    header = f"{'figure':<16}{'flint':>30}"
+    if fc:
+        header += f"{'Firecracker':>30}{'flint/FC':>10}  {'which way':<22}goal"
+    print(header)
+    for name, unit, goal in FIGURES:
+        if not results["flint"].get(name):
+            continue
+        med, lo, hi = summary(results["flint"][name])
+        row = f"{name:<16}{med:>10.4g} ({lo:.4g}-{hi:.4g}) {unit:<3}".ljust(46)
+        if fc and results["firecracker"].get(name):
+            cmed, clo, chi = summary(results["firecracker"][name])
+            ratio = med / cmed if cmed else float("inf")
+            met = "met" if ratio <= goal else "NOT met"
+            row += (f"{cmed:>10.4g} ({clo:.4g}-{chi:.4g}) {unit:<3}".ljust(30)
+                    + f"{ratio:>10.2f}  {direction(ratio):<22}<= {goal} {met}")
+        print(row)
+    if results.get("floor"):
+        print("floor (minimal C server, same client): " + ", ".join(
+            f"{name} {statistics.median(results['floor'][name]):.4g} {unit}"
+            for name, unit, _ in FIGURES if results["floor"].get(name)))
+    if not fc:
+        print("\n(set FC_BIN=/path/to/firecracker for the side-by-side figures and ratios)")
+
+
 def main():
     global UFFD_HANDLER
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--flint", default=os.path.join(REPO, "target", "release", "flint"))
+    ap.add_argument("--runs", type=int, default=9, help="processes per VMM, cheap figures")
+    ap.add_argument("--boots", type=int, default=3, help="guest boots per VMM")
+    ap.add_argument("--cycles", type=int, default=5,
+                    help="pauses and restores per boot")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="do not pin the cheap phase to CPUs")
+    ap.add_argument("--only", choices=["cheap", "guest"])
+    ap.add_argument("--floor", action="store_true",
+                    help="also time a minimal C server (the floor of the cheap figures)")
+    ap.add_argument("--json", help="also write the raw samples here")
     ap.add_argument("--uffd-handler", default=UFFD_HANDLER)
-    ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     if not os.path.exists(args.flint):
         subprocess.run(["cargo", "build", "--release", "--bin", "flint"], cwd=REPO, check=True)
@@ -258,34 +382,50 @@ def main():
     if not os.path.exists(UFFD_HANDLER):
         subprocess.run(["cargo", "build", "--release", "-p", "uffd-handler"], cwd=REPO, check=True)
     fc = os.environ.get("FC_BIN")
-    guest = guest_dir()
-    kernel, initrd = os.path.join(guest, "vmlinux"), os.path.join(guest, "initramfs.cpio")
+    if fc and not os.access(fc, os.X_OK):
+        sys.exit(f"FC_BIN={fc} is not an executable")
     vmms = [("flint", args.flint)] + ([("firecracker", fc)] if fc else [])
-    results = {name: [] for name, _ in vmms}
+    results = {name: {} for name, _ in vmms}
+    floor_dir = tempfile.TemporaryDirectory(prefix="flint-floor-")
+    if args.floor and args.only != "guest":
+        floor = os.path.join(floor_dir.name, "floor")
+        subprocess.run(["cc", "-O2", "-o", floor, os.path.join(REPO, "bench", "floor_server.c")],
+                       check=True)
+        cheap_vmms = vmms + [("floor", floor)]
+        results["floor"] = {}
+    else:
+        cheap_vmms = vmms
+
+    def add(name, fig, label):
+        for k, v in fig.items():
+            results[name].setdefault(k, []).extend(v)
+        print(f"{label} {name}: " + ", ".join(
+            f"{k} {statistics.median(v):.4g}" for k, v in fig.items()), flush=True)
+
+    own_cpus = os.sched_getaffinity(0)
     with tempfile.TemporaryDirectory(prefix="flint-compare-") as work:
-        for i in range(args.runs):
-            for name, binary in vmms:
-                fig = one_run(binary, kernel, initrd, work, f"{name}{i}")
-                results[name].append(fig)
-                print(f"run {i + 1} {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in fig.items()),
-                      flush=True)
-    print(f"\nmedians of {args.runs} interleaved runs, {MEM_MIB} MiB guest, "
-          f"{time.strftime('%Y-%m-%d')}")
-    header = f"{'figure':<16}{'flint':>12}"
-    if fc:
-        header += f"{'Firecracker':>14}{'flint/FC':>10}  goal   verdict"
-    print(header)
-    for name, unit, goal in FIGURES:
-        f = statistics.median(r[name] for r in results["flint"])
-        row = f"{name:<16}{f:>9.4g} {unit:<3}"
-        if fc:
-            c = statistics.median(r[name] for r in results["firecracker"])
-            ratio = f / c if c else float("inf")
-            verdict = "meets goal" if ratio <= goal else ("flint ahead" if ratio < 1 else "flint behind")
-            row += f"{c:>10.4g} {unit:<3}{ratio:>9.2f}  <={goal:<4} {verdict}"
-        print(row)
-    if not fc:
-        print("\n(set FC_BIN=/path/to/firecracker for the side-by-side figures and ratios)")
+        if args.only != "guest":
+            cpus = sorted(own_cpus)
+            if args.pin and len(cpus) > 1:
+                os.sched_setaffinity(0, {cpus[0]})
+            try:
+                for i in range(args.runs):
+                    for name, binary in cheap_vmms:
+                        add(name, cheap_run(binary, work, f"{name}{i}", args.pin), f"run {i + 1}")
+            finally:
+                os.sched_setaffinity(0, own_cpus)
+        if args.only != "cheap" and args.boots > 0:
+            guest = guest_dir()
+            kernel, initrd = os.path.join(guest, "vmlinux"), os.path.join(guest, "initramfs.cpio")
+            for i in range(args.boots):
+                for name, binary in vmms:
+                    add(name, guest_run(binary, kernel, initrd, work, f"{name}b{i}", args.cycles),
+                        f"boot {i + 1}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    report(results, fc, args)
+    floor_dir.cleanup()
     return 0
 
 

@@ -1,11 +1,13 @@
 //! One HTTP connection of the API server: routing, body limits, handing the
 //! request to the VMM and turning its answer into HTTP. Everything here runs
-//! on the server's single runtime thread, so nothing may block: waiting for
-//! the VMM happens on a blocking-pool thread.
+//! on the server's single runtime thread, so nothing may block for long:
+//! waiting for the VMM past a short inline wait happens on a blocking-pool
+//! thread.
 
 use std::convert::Infallible;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -141,8 +143,16 @@ async fn read_body(body: Incoming, shared: &Shared) -> Result<Bytes, Answer> {
     }
 }
 
-/// Hands a request to the VMM and waits for its answer without blocking the
-/// runtime; a VMM that is gone or too slow gets the client a 503.
+/// How long the runtime thread itself waits for the VMM's answer before it
+/// hands the wait to a blocking-pool thread. Configuration answers and
+/// `GET /` come well within it (tens of microseconds), and taking them here
+/// saves a thread hop each way (and, after an idle spell, creating that
+/// thread); other connections are held up by at most this long.
+const INLINE_WAIT: Duration = Duration::from_millis(1);
+
+/// Hands a request to the VMM and waits for its answer, blocking the
+/// runtime for at most [`INLINE_WAIT`]; a VMM that is gone or too slow gets
+/// the client a 503.
 async fn ask_vmm(request: ApiRequest, shared: &Shared) -> ApiResponse {
     let unavailable = |message: String| ApiResponse::Error(ApiError::new(503, message));
     let (reply, answer) = mpsc::channel();
@@ -153,6 +163,13 @@ async fn ask_vmm(request: ApiRequest, shared: &Shared) -> ApiResponse {
         log::warn!("API: cannot wake the VMM: {e}");
     }
     let timeout = shared.options.reply_timeout;
+    match answer.recv_timeout(INLINE_WAIT.min(timeout)) {
+        Ok(response) => return response,
+        Err(RecvTimeoutError::Disconnected) => {
+            return unavailable("the VMM dropped the request without answering".to_owned())
+        }
+        Err(RecvTimeoutError::Timeout) => {}
+    }
     let wait = tokio::task::spawn_blocking(move || answer.recv_timeout(timeout));
     // The outer timeout covers time queued for a blocking-pool thread.
     match tokio::time::timeout(timeout, wait).await {
