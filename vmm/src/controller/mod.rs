@@ -206,6 +206,7 @@ impl PendingConfig {
 /// or a vCPU fails.
 pub fn run(start: Start, options: VmmOptions) -> Result<RunEnd, MicroVmError> {
     crate::seccomp::set_enabled(options.seccomp);
+    crate::seccomp::confine_device_helpers();
     Vmm::new(options)?.run(start)
 }
 

@@ -10,6 +10,7 @@ fn every_filter_compiles() {
         ThreadKind::Vcpu,
         ThreadKind::Output,
         ThreadKind::Control,
+        ThreadKind::VsockConnect,
     ] {
         let program = filter(kind).unwrap();
         // Well under the kernel's 4096-instruction limit.
@@ -155,4 +156,48 @@ fn the_report_line() {
     assert!(out[..len].ends_with(b"killing the process\n"));
     let mut tiny = [0u8; 10];
     assert_eq!(format_report(b"x", -5, &mut tiny), 10);
+}
+
+/// Only the control thread (migration streams) and vsock's connector
+/// thread may connect sockets: not the device thread a guest talks to, nor
+/// the vCPU, API and writer threads.
+#[test]
+fn only_the_control_and_vsock_connector_threads_connect() {
+    for kind in [
+        ThreadKind::Vmm,
+        ThreadKind::Api,
+        ThreadKind::Vcpu,
+        ThreadKind::Output,
+    ] {
+        let rules = rules(kind).unwrap();
+        assert!(
+            !rules.0.contains_key(&libc::SYS_connect),
+            "{kind:?} allows connect"
+        );
+    }
+    for kind in [ThreadKind::Control, ThreadKind::VsockConnect] {
+        assert!(rules(kind).unwrap().0.contains_key(&libc::SYS_connect));
+    }
+    // The connector opens no files and talks to nothing but Unix sockets.
+    let connector = rules(ThreadKind::VsockConnect).unwrap();
+    for nr in [
+        libc::SYS_openat,
+        libc::SYS_ioctl,
+        libc::SYS_clone,
+        libc::SYS_read,
+        libc::SYS_sendto,
+    ] {
+        let allowed = match connector.0.get(&nr) {
+            None => false,
+            // sendto is allowed for signal-hook's self-pipe only (a
+            // rule on its flags), like on every thread.
+            Some(Some(_)) => nr != libc::SYS_sendto,
+            Some(None) => true,
+        };
+        assert!(
+            !allowed,
+            "the connector allows {}",
+            syscall_name(nr).unwrap()
+        );
+    }
 }
