@@ -23,7 +23,8 @@
 //! A filter applies to the calling thread only (no TSYNC) and to every
 //! thread it spawns afterwards; filters of one thread stack.
 //!
-//! `open`/`openat` on the Api and Vcpu threads fail with `EACCES` rather
+//! `open`/`openat` on the Vmm, Api, Vcpu, Output and VsockConnect threads
+//! fail with `EACCES` rather
 //! than trap (glibc's malloc probes a `/proc` file lazily and copes), and
 //! `clone3` on the Api and Vmm threads fails with `ENOSYS` (glibc falls back to
 //! `clone`, whose flags the filter checks).
@@ -442,12 +443,12 @@ fn vmm(r: &mut Rules) -> BuildResult {
         SYS_flock,
         SYS_fcntl,
     ]);
-    // Files: logger/metrics files and drive images re-opened through the
-    // API, stat, the API socket removed at exit. (Snapshot files are the
-    // control thread's: no renames or directories here.)
+    // Files: stat, the API socket removed at exit. No `open`/`openat`
+    // (see errno_rules): logger/metrics files and drive images named
+    // through the API are opened by the control thread and handed over;
+    // snapshot files are the control thread's too (no renames or
+    // directories here).
     r.allow(&[
-        SYS_openat,
-        SYS_open,
         SYS_fstat,
         SYS_newfstatat,
         SYS_statx,
@@ -555,7 +556,8 @@ fn vsock_connect(r: &mut Rules) -> BuildResult {
 /// * `clone3` (Api, Vmm): `ENOSYS`, so glibc's pthread_create falls back to
 ///   `clone`, whose flags (unlike clone3's, behind a pointer) the
 ///   allow-list can check.
-/// * `open`/`openat` (Api, Vcpu, Output, VsockConnect): `EACCES`. These threads open no files,
+/// * `open`/`openat` (Vmm, Api, Vcpu, Output, VsockConnect): `EACCES`. These threads open no files
+///   (the VMM thread has the control thread open what API requests name),
 ///   but glibc's malloc reads `/proc/sys/vm/overcommit_memory` the first
 ///   time it trims a thread's heap (at thread exit, say) and handles a
 ///   failed open; trapping there would kill a healthy flint.
@@ -567,7 +569,7 @@ fn errno_rules(kind: ThreadKind) -> &'static [(i64, i32)] {
     match kind {
         ThreadKind::Api => &[(libc::SYS_clone3, libc::ENOSYS), NO_FILES[0], NO_FILES[1]],
         ThreadKind::Vcpu | ThreadKind::Output | ThreadKind::VsockConnect => &NO_FILES,
-        ThreadKind::Vmm => &[(libc::SYS_clone3, libc::ENOSYS)],
+        ThreadKind::Vmm => &[(libc::SYS_clone3, libc::ENOSYS), NO_FILES[0], NO_FILES[1]],
         ThreadKind::Control => &[],
     }
 }

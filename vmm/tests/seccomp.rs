@@ -501,12 +501,30 @@ fn vmm_work() {
         0
     );
 
+    // Files named through the API after boot are opened by the control
+    // thread (controller::control, Job::Open) and handed over: here, before
+    // the filter, as that thread would.
+    let fifo_file = vmm::bounded_writer::open_output(&fifo).unwrap();
+    let image = dir.path().join("disk.img");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&image)
+        .unwrap();
+    let mut log = vmm::bounded_writer::open_output(&dir.path().join("flint.log")).unwrap();
+
     install(ThreadKind::Vmm).unwrap();
+
+    // The device thread itself may not open files: EACCES, not a kill.
+    let refused = OpenOptions::new().read(true).open(&image).unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::EACCES));
 
     // A log or metrics FIFO set through the API after boot: opened without
     // a reader, and drained by a new thread spawned under this filter.
-    let mut fifo_out = vmm::bounded_writer::FileOutput::open(
-        &fifo,
+    let mut fifo_out = vmm::bounded_writer::FileOutput::from_file(
+        fifo_file,
         "flint_log_out",
         1024,
         Box::leak(Box::default()),
@@ -552,14 +570,6 @@ fn vmm_work() {
     drop(new_evt.try_clone().unwrap());
 
     // A block image: positioned I/O, flush, discard, resize.
-    let image = dir.path().join("disk.img");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&image)
-        .unwrap();
     file.set_len(1 << 20).unwrap();
     file.write_all_at(&[0xab; 4096], 8192).unwrap();
     let mut back = [0u8; 4096];
@@ -579,11 +589,6 @@ fn vmm_work() {
     (&file).write_all(b"seq").unwrap();
 
     // Log and metrics files, appended.
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.path().join("flint.log"))
-        .unwrap();
     writeln!(log, "a log line").unwrap();
     eprintln!("vmm: a log line on stderr");
 
