@@ -54,7 +54,8 @@ pub enum Action {
     /// The connection is cut (this side carries on with the failure).
     Cut,
     /// The process dies on the spot (`_exit(137)`, as if killed). In unit
-    /// tests the side's thread just stops instead.
+    /// tests the side's thread just stops instead, unless the test runs the
+    /// side in a child process (`REAL_EXIT_IN_TESTS`, see `flow_tests`).
     Exit,
 }
 
