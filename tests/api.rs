@@ -65,6 +65,14 @@ fn lifecycle_through_the_api_only() {
     assert_eq!(status, 204, "{body}");
     let machine = r#"{"vcpu_count": 1, "mem_size_mib": 128}"#;
     assert_eq!(call(&sock, "PUT", "/machine-config", Some(machine)).0, 204);
+    // A data drive whose image is swapped once the guest runs.
+    let (data, swapped) = (dir.path().join("data.img"), dir.path().join("swapped.img"));
+    std::fs::write(&data, vec![0u8; 64 << 10]).unwrap();
+    std::fs::write(&swapped, vec![0u8; 128 << 10]).unwrap();
+    let drive = serde_json::json!({"drive_id": "data", "path_on_host": data,
+        "is_root_device": false, "is_read_only": false});
+    let (status, body) = call(&sock, "PUT", "/drives/data", Some(&drive.to_string()));
+    assert_eq!(status, 204, "{body}");
     // Invalid in this state / bad values are refused with a reason.
     let (status, body) = call(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
     assert_eq!(status, 400);
@@ -126,6 +134,17 @@ fn lifecycle_through_the_api_only() {
         call(&sock, "PUT", "/metrics", Some(&metrics.to_string())).0,
         204
     );
+    // The drive gets a new image while the guest runs: the device thread
+    // may not open files under its filter, the control thread opens it.
+    let patch = serde_json::json!({"drive_id": "data", "path_on_host": swapped});
+    let (status, body) = call(&sock, "PATCH", "/drives/data", Some(&patch.to_string()));
+    assert_eq!(status, 204, "{body}");
+    let (_, config) = call(&sock, "GET", "/vm/config", None);
+    assert!(config.contains("swapped.img"), "{config}");
+    // A path that cannot be opened is refused with the reason.
+    let patch = serde_json::json!({"drive_id": "data", "path_on_host": dir.path()});
+    let (status, body) = call(&sock, "PATCH", "/drives/data", Some(&patch.to_string()));
+    assert_eq!(status, 400, "{body}");
     let flush = r#"{"action_type": "FlushMetrics"}"#;
     assert_eq!(call(&sock, "PUT", "/actions", Some(flush)).0, 204);
     let text = std::fs::read_to_string(&metrics_file).unwrap();

@@ -332,7 +332,17 @@ impl FileOutput {
         capacity: usize,
         dropped: &'static AtomicU64,
     ) -> io::Result<Self> {
-        let file = open_output(path)?;
+        Self::from_file(open_output(path)?, thread, capacity, dropped)
+    }
+
+    /// Like [`FileOutput::open`] for a file another thread opened with
+    /// [`open_output`] (the device thread may not open files).
+    pub fn from_file(
+        file: File,
+        thread: &str,
+        capacity: usize,
+        dropped: &'static AtomicU64,
+    ) -> io::Result<Self> {
         if file.metadata()?.is_file() {
             return Ok(Self::Direct(file));
         }

@@ -110,6 +110,34 @@ pub fn configure(
     if let Some(path) = path {
         logger.set_path(path)?;
     }
+    configure_rest(logger, level, show_level, show_origin);
+    Ok(())
+}
+
+/// [`configure`] with the log file already opened at `path` (by the
+/// control thread, see `controller::control`).
+pub fn configure_with_file(
+    file: Option<(&Path, std::fs::File)>,
+    level: Option<LevelFilter>,
+    show_level: Option<bool>,
+    show_origin: Option<bool>,
+) -> Result<(), LoggerError> {
+    let Some(logger) = LOGGER.get() else {
+        return Ok(());
+    };
+    if let Some((path, file)) = file {
+        logger.set_file(path, file)?;
+    }
+    configure_rest(logger, level, show_level, show_origin);
+    Ok(())
+}
+
+fn configure_rest(
+    logger: &Logger,
+    level: Option<LevelFilter>,
+    show_level: Option<bool>,
+    show_origin: Option<bool>,
+) {
     let mut out = logger.output.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(show) = show_level {
         out.show_level = show;
@@ -120,7 +148,6 @@ pub fn configure(
     if let Some(level) = level {
         log::set_max_level(level);
     }
-    Ok(())
 }
 
 impl Logger {
@@ -144,8 +171,19 @@ impl Logger {
             path: path.display().to_string(),
             source,
         };
-        let file = FileOutput::open(path, "flint_log_out", LOG_BUFFER, &MISSED_LINES)
-            .map_err(open_error)?;
+        let file = crate::bounded_writer::open_output(path).map_err(open_error)?;
+        self.set_file(path, file)
+    }
+
+    /// Sends further lines to `file`, opened at `path` with
+    /// [`crate::bounded_writer::open_output`] (by the control thread, when
+    /// the device thread may not open files).
+    pub fn set_file(&self, path: &Path, file: std::fs::File) -> Result<(), LoggerError> {
+        let file = FileOutput::from_file(file, "flint_log_out", LOG_BUFFER, &MISSED_LINES)
+            .map_err(|source| LoggerError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
         self.output.lock().unwrap_or_else(|p| p.into_inner()).sink = Sink::File(file);
         Ok(())
     }

@@ -167,12 +167,29 @@ impl MetricsSink {
 
     /// Sets (creates or appends to) the metrics file.
     pub fn set_path(&mut self, path: &Path) -> Result<(), MetricsError> {
+        self.set_file(path, crate::bounded_writer::open_output(path))
+    }
+
+    /// Sets the metrics file to `file`, opened at `path` with
+    /// [`crate::bounded_writer::open_output`] (by the control thread, when
+    /// the device thread may not open files).
+    /// An error opening it is reported as this sink's error.
+    pub fn set_file(
+        &mut self,
+        path: &Path,
+        file: std::io::Result<std::fs::File>,
+    ) -> Result<(), MetricsError> {
         let error = |source| MetricsError {
             path: path.display().to_string(),
             source,
         };
-        let file = FileOutput::open(path, "flint_metrics", METRICS_BUFFER, &MISSED_FLUSHES)
-            .map_err(error)?;
+        let file = FileOutput::from_file(
+            file.map_err(error)?,
+            "flint_metrics",
+            METRICS_BUFFER,
+            &MISSED_FLUSHES,
+        )
+        .map_err(error)?;
         self.file = Some((path.display().to_string(), file));
         Ok(())
     }

@@ -9,6 +9,11 @@
 //! | [`ThreadKind::Output`] | `flint_serial`, `flint_log_out`, `flint_metrics` ([`crate::bounded_writer`]) | at the top of the thread, unless it inherited the VMM's filter (spawned after boot) |
 //! | [`ThreadKind::Watchdog`] | `flint_vhost_wd` (one per virtio-fs device, `devices::virtio::fs`) | at the top of the thread, unless it inherited the VMM's filter |
 //! | [`ThreadKind::Control`] | `flint_ctl`: snapshot files and migration streams | at the top of the thread |
+//! | [`ThreadKind::VsockConnect`] | `flint_vsockconn`: vsock's guest-initiated connects to host Unix sockets | at the top of the thread ([`confine_device_helpers`]) |
+//!
+//! Only the control and vsock-connect threads may call `connect(2)`; the
+//! device thread (`Vmm`) may not, so a guest that takes it over cannot
+//! reach host sockets other than `<uds_path>_<port>` through the helper.
 //!
 //! Whether filters are wanted at all (`--no-seccomp`) is recorded once with
 //! [`set_enabled`], for threads started deep inside flint (the writer threads)
@@ -19,7 +24,8 @@
 //! A filter applies to the calling thread only (no TSYNC) and to every
 //! thread it spawns afterwards; filters of one thread stack.
 //!
-//! `open`/`openat` on the Api and Vcpu threads fail with `EACCES` rather
+//! `open`/`openat` on the Vmm, Api, Vcpu, Output and VsockConnect threads
+//! fail with `EACCES` rather
 //! than trap (glibc's malloc probes a `/proc` file lazily and copes), and
 //! `clone3` on the Api and Vmm threads fails with `ENOSYS` (glibc falls back to
 //! `clone`, whose flags the filter checks).
@@ -85,6 +91,10 @@ pub enum ThreadKind {
     /// A virtio-fs connection's watchdog: waits, and shuts a hung
     /// vhost-user socket down.
     Watchdog,
+    /// vsock's connector thread: non-blocking Unix `socket` + `connect`
+    /// to `<uds_path>_<port>` for the guest, results over a channel and an
+    /// eventfd (`devices::virtio::vsock::set_connector_confinement`).
+    VsockConnect,
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -102,6 +112,19 @@ pub fn set_enabled(enabled: bool) {
 /// Whether flint runs its threads under filters.
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// Registers the confinement of helper threads the device models start
+/// themselves (vsock's connector): when filters are enabled, each installs
+/// [`ThreadKind::VsockConnect`] before its first `connect`. Called once at
+/// the start of a run, before any device exists.
+pub fn confine_device_helpers() {
+    devices::virtio::vsock::set_connector_confinement(|| {
+        if !enabled() {
+            return Ok(());
+        }
+        install(ThreadKind::VsockConnect).map_err(|e| e.to_string())
+    });
 }
 
 /// Whether the calling thread installed a filter with [`install`] (threads
@@ -178,6 +201,7 @@ fn rules(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
         ThreadKind::Output => output(&mut rules),
         ThreadKind::Control => control(&mut rules),
         ThreadKind::Watchdog => watchdog(&mut rules),
+        ThreadKind::VsockConnect => vsock_connect(&mut rules),
     }?;
     Ok(rules)
 }
@@ -438,12 +462,12 @@ fn vmm(r: &mut Rules) -> BuildResult {
         SYS_flock,
         SYS_fcntl,
     ]);
-    // Files: logger/metrics files and drive images re-opened through the
-    // API, stat, the API socket removed at exit. (Snapshot files are the
-    // control thread's: no renames or directories here.)
+    // Files: stat, the API socket removed at exit. No `open`/`openat`
+    // (see errno_rules): logger/metrics files and drive images named
+    // through the API are opened by the control thread and handed over;
+    // snapshot files are the control thread's too (no renames or
+    // directories here).
     r.allow(&[
-        SYS_openat,
-        SYS_open,
         SYS_fstat,
         SYS_newfstatat,
         SYS_statx,
@@ -453,11 +477,12 @@ fn vmm(r: &mut Rules) -> BuildResult {
         SYS_unlink,
     ]);
     // Sockets: the signal self-pipes and vsock's host side (Unix only; the
-    // migration's TCP and Unix streams are the control thread's).
+    // migration's TCP and Unix streams are the control thread's). No
+    // `connect`: vsock's connects for the guest are made by its connector
+    // thread (ThreadKind::VsockConnect).
     r.allow_if(SYS_socket, vec![eq(0, AF_UNIX as u64)?])?;
     r.allow_if(SYS_socketpair, vec![eq(0, AF_UNIX as u64)?])?;
     r.allow(&[
-        SYS_connect,
         SYS_bind,
         SYS_listen,
         SYS_accept4,
@@ -531,13 +556,27 @@ fn control(r: &mut Rules) -> BuildResult {
     Ok(())
 }
 
+/// vsock's connector thread: a non-blocking Unix stream socket
+/// (`socket` + `fcntl` O_NONBLOCK), `connect`, then the result over a
+/// channel (futex) and an eventfd `write` (in `common`).
+fn vsock_connect(r: &mut Rules) -> BuildResult {
+    use libc::*;
+    r.allow_if(SYS_socket, vec![eq(0, AF_UNIX as u64)?])?;
+    r.allow(&[SYS_connect]);
+    for cmd in [F_GETFL, F_SETFL, F_GETFD, F_SETFD] {
+        r.allow_if(SYS_fcntl, vec![eq(1, cmd as u64)?])?;
+    }
+    Ok(())
+}
+
 /// System calls that fail with an error instead of trapping, checked
 /// before the allow-list:
 ///
 /// * `clone3` (Api, Vmm): `ENOSYS`, so glibc's pthread_create falls back to
 ///   `clone`, whose flags (unlike clone3's, behind a pointer) the
 ///   allow-list can check.
-/// * `open`/`openat` (Api, Vcpu, Output): `EACCES`. These threads open no files,
+/// * `open`/`openat` (Vmm, Api, Vcpu, Output, VsockConnect): `EACCES`. These threads open no files
+///   (the VMM thread has the control thread open what API requests name),
 ///   but glibc's malloc reads `/proc/sys/vm/overcommit_memory` the first
 ///   time it trims a thread's heap (at thread exit, say) and handles a
 ///   failed open; trapping there would kill a healthy flint.
@@ -548,8 +587,10 @@ fn errno_rules(kind: ThreadKind) -> &'static [(i64, i32)] {
     ];
     match kind {
         ThreadKind::Api => &[(libc::SYS_clone3, libc::ENOSYS), NO_FILES[0], NO_FILES[1]],
-        ThreadKind::Vcpu | ThreadKind::Output | ThreadKind::Watchdog => &NO_FILES,
-        ThreadKind::Vmm => &[(libc::SYS_clone3, libc::ENOSYS)],
+        ThreadKind::Vcpu | ThreadKind::Output | ThreadKind::Watchdog | ThreadKind::VsockConnect => {
+            &NO_FILES
+        }
+        ThreadKind::Vmm => &[(libc::SYS_clone3, libc::ENOSYS), NO_FILES[0], NO_FILES[1]],
         ThreadKind::Control => &[],
     }
 }

@@ -501,12 +501,30 @@ fn vmm_work() {
         0
     );
 
+    // Files named through the API after boot are opened by the control
+    // thread (controller::control, Job::Open) and handed over: here, before
+    // the filter, as that thread would.
+    let fifo_file = vmm::bounded_writer::open_output(&fifo).unwrap();
+    let image = dir.path().join("disk.img");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&image)
+        .unwrap();
+    let mut log = vmm::bounded_writer::open_output(&dir.path().join("flint.log")).unwrap();
+
     install(ThreadKind::Vmm).unwrap();
+
+    // The device thread itself may not open files: EACCES, not a kill.
+    let refused = OpenOptions::new().read(true).open(&image).unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::EACCES));
 
     // A log or metrics FIFO set through the API after boot: opened without
     // a reader, and drained by a new thread spawned under this filter.
-    let mut fifo_out = vmm::bounded_writer::FileOutput::open(
-        &fifo,
+    let mut fifo_out = vmm::bounded_writer::FileOutput::from_file(
+        fifo_file,
         "flint_log_out",
         1024,
         Box::leak(Box::default()),
@@ -552,14 +570,6 @@ fn vmm_work() {
     drop(new_evt.try_clone().unwrap());
 
     // A block image: positioned I/O, flush, discard, resize.
-    let image = dir.path().join("disk.img");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&image)
-        .unwrap();
     file.set_len(1 << 20).unwrap();
     file.write_all_at(&[0xab; 4096], 8192).unwrap();
     let mut back = [0u8; 4096];
@@ -579,11 +589,6 @@ fn vmm_work() {
     (&file).write_all(b"seq").unwrap();
 
     // Log and metrics files, appended.
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.path().join("flint.log"))
-        .unwrap();
     writeln!(log, "a log line").unwrap();
     eprintln!("vmm: a log line on stderr");
 
@@ -694,6 +699,74 @@ fn seccomp_vmm_filter_kills_a_tcp_socket() {
         })
     })
     .assert_killed_for("fc_vmm", libc::SYS_socket, "socket");
+}
+
+#[test]
+fn seccomp_vmm_filter_kills_a_unix_connect() {
+    // vsock's connects for the guest are its connector thread's: the
+    // device thread cannot reach a host socket even if a guest took it over.
+    in_child("seccomp_vmm_filter_kills_a_unix_connect", || {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("service.sock");
+        let _service = UnixListener::bind(&path).unwrap();
+        on_thread("fc_vmm", move || {
+            install(ThreadKind::Vmm).unwrap();
+            let _ = devices::virtio::vsock::connect_host_socket(&path);
+        })
+    })
+    .assert_killed_for("fc_vmm", libc::SYS_connect, "connect");
+}
+
+/// What vsock's connector thread does: the devices crate's own
+/// non-blocking connect, the result over a channel, an eventfd kick.
+fn vsock_connect_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v.sock_5");
+    let service = UnixListener::bind(&path).unwrap();
+    let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let (tx, rx) = channel();
+    let wake = evt.try_clone().unwrap();
+    let missing = dir.path().join("v.sock_6");
+    on_thread("flint_vsockconn", move || {
+        install(ThreadKind::VsockConnect).unwrap();
+        for p in [path, missing] {
+            tx.send(devices::virtio::vsock::connect_host_socket(&p))
+                .unwrap();
+            wake.write(1).unwrap();
+        }
+    });
+    assert_eq!(evt.read().unwrap(), 2);
+    let stream = rx.recv().unwrap().unwrap();
+    let (mut accepted, _) = service.accept().unwrap();
+    (&stream).write_all(b"hi").unwrap();
+    let mut buf = [0u8; 2];
+    accepted.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hi");
+    assert!(rx.recv().unwrap().is_err(), "nothing listens there");
+}
+
+#[test]
+fn seccomp_vsock_connector_filter_allows_its_nonblocking_connects() {
+    in_child(
+        "seccomp_vsock_connector_filter_allows_its_nonblocking_connects",
+        vsock_connect_work,
+    )
+    .assert_survived();
+}
+
+#[test]
+fn seccomp_vsock_connector_filter_kills_opening_a_tcp_socket() {
+    in_child(
+        "seccomp_vsock_connector_filter_kills_opening_a_tcp_socket",
+        || {
+            on_thread("flint_vsockconn", || {
+                install(ThreadKind::VsockConnect).unwrap();
+                // SAFETY: a plain syscall; it never returns here.
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            })
+        },
+    )
+    .assert_killed_for("flint_vsockconn", libc::SYS_socket, "socket");
 }
 
 #[test]

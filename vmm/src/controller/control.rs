@@ -9,6 +9,10 @@
 //! shared API eventfd wakes it. While a pre-copy migration streams RAM the
 //! guest runs and its disk and network keep being served.
 //!
+//! It also opens the files API requests name once the VMM thread is
+//! confined (a drive's new image, log and metrics files): the VMM thread's
+//! filter has no `open`/`openat` ([`Job::Open`]).
+//!
 //! The control thread has its own seccomp filter
 //! ([`crate::seccomp::ThreadKind::Control`]): files and sockets, no KVM.
 
@@ -16,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Instant;
 
-use api::ApiResponse;
+use api::{ApiRequest, ApiResponse};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemory;
@@ -30,6 +34,28 @@ pub(super) enum Job {
     WriteSnapshot(SnapshotJob),
     /// Stream the running VM to another flint.
     Migrate(MigrateJob),
+    /// Open a file for the VMM thread, which may not open files once
+    /// confined (a drive's new image, a log or metrics file).
+    Open(OpenJob),
+}
+
+/// How to open a file for the VMM thread.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum OpenHow {
+    /// A drive image ([`devices::virtio::block::open_image`]).
+    Image { read_only: bool },
+    /// Log or metrics output ([`crate::bounded_writer::open_output`]:
+    /// appended, never blocking, FIFOs included).
+    Output,
+}
+
+/// A file to open, and the API request that needs it (served by the VMM
+/// thread once the file is open, see `Vmm::preopened`).
+pub(super) struct OpenJob {
+    pub path: PathBuf,
+    pub how: OpenHow,
+    pub request: ApiRequest,
+    pub reply: Sender<ApiResponse>,
 }
 
 /// A snapshot to write: memory (all of it, or the pages in `dirty`) and the
@@ -70,6 +96,13 @@ pub(super) enum Event {
     /// Pause the vCPUs, read the dirty log, collect and encode the state.
     PauseAndCollect {
         answer: Sender<Result<Collected, String>>,
+    },
+    /// A file asked for with [`Job::Open`] was opened (or not).
+    Opened {
+        path: PathBuf,
+        file: std::io::Result<std::fs::File>,
+        request: ApiRequest,
+        reply: Sender<ApiResponse>,
     },
     /// A migration ended.
     MigrationEnded {
@@ -138,6 +171,7 @@ impl Control {
                     match job {
                         Job::WriteSnapshot(job) => write_snapshot(job, &back),
                         Job::Migrate(job) => migrate(job, &back),
+                        Job::Open(job) => open(job, &back),
                     }
                 }
             })?;
@@ -153,6 +187,19 @@ impl Control {
     pub fn next_event(&self) -> Option<Event> {
         self.events.try_recv().ok()
     }
+}
+
+fn open(job: OpenJob, back: &Back) {
+    let file = match job.how {
+        OpenHow::Image { read_only } => devices::virtio::block::open_image(&job.path, read_only),
+        OpenHow::Output => crate::bounded_writer::open_output(&job.path),
+    };
+    back.send(Event::Opened {
+        path: job.path,
+        file,
+        request: job.request,
+        reply: job.reply,
+    });
 }
 
 fn write_snapshot(job: SnapshotJob, back: &Back) {

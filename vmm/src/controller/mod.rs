@@ -209,6 +209,7 @@ impl PendingConfig {
 /// or a vCPU fails.
 pub fn run(start: Start, options: VmmOptions) -> Result<RunEnd, MicroVmError> {
     crate::seccomp::set_enabled(options.seccomp);
+    crate::seccomp::confine_device_helpers();
     Vmm::new(options)?.run(start)
 }
 
@@ -234,6 +235,10 @@ struct Vmm {
     /// For an outgoing migration: whether the VM was paused and dirty
     /// logging on before it started (what a failure restores).
     migration_undo: (bool, bool),
+    /// A file the control thread opened for the request being served
+    /// (`offload::open_elsewhere`): the VMM thread may not open files
+    /// once confined.
+    preopened: Option<(PathBuf, std::io::Result<std::fs::File>)>,
     /// The metadata store, shared by the API handlers and every net device
     /// MMDS listens on; its data outlives VMs (not in snapshots).
     mmds: Arc<Mutex<mmds::Mmds>>,
@@ -318,6 +323,7 @@ impl Vmm {
             control,
             control_busy: None,
             migration_undo: (false, false),
+            preopened: None,
             mmds: Arc::new(Mutex::new(store)),
             uffd: None,
         })

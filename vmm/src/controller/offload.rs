@@ -4,7 +4,7 @@
 
 use api::{ApiMessage, ApiRequest, ApiResponse, MigrateParams, SnapshotCreateParams, SnapshotType};
 
-use super::control::{Event, Job, MigrateJob, SnapshotJob};
+use super::control::{Event, Job, MigrateJob, OpenHow, OpenJob, SnapshotJob};
 use super::requests::bad_request;
 use super::snapshots::same_file;
 use super::Vmm;
@@ -43,6 +43,7 @@ impl Vmm {
             let _ = reply.send(bad_request(why));
             return None;
         }
+        let request = self.open_elsewhere(request, &reply)?;
         let started = match request {
             ApiRequest::CreateSnapshot(params) => self.start_snapshot(&params, reply.clone()),
             ApiRequest::Migrate(params) => self.start_migration(&params, reply.clone()),
@@ -52,6 +53,75 @@ impl Vmm {
             let _ = reply.send(bad_request(e));
         }
         None
+    }
+
+    /// Once the VMM thread is confined (no `open` in its filter), a request
+    /// that names a file to open goes to the control thread first, which
+    /// opens it and sends it back with the request (served then with the
+    /// file in `self.preopened`). Other requests are given back.
+    fn open_elsewhere(
+        &mut self,
+        request: ApiRequest,
+        reply: &std::sync::mpsc::Sender<ApiResponse>,
+    ) -> Option<ApiRequest> {
+        if !self.confined {
+            return Some(request);
+        }
+        let (path, how) = match &request {
+            ApiRequest::PatchDrive(patch) => {
+                let Some(path) = &patch.path_on_host else {
+                    return Some(request);
+                };
+                let drive = self.vm.as_ref().and_then(|vm| {
+                    vm.config()
+                        .drives
+                        .iter()
+                        .find(|d| d.drive_id == patch.drive_id)
+                });
+                // An unknown drive: the usual answer (404), no open.
+                let Some(drive) = drive else {
+                    return Some(request);
+                };
+                (
+                    path.clone(),
+                    OpenHow::Image {
+                        read_only: drive.is_read_only,
+                    },
+                )
+            }
+            ApiRequest::PutLogger(config) => match &config.log_path {
+                Some(path) => (path.clone(), OpenHow::Output),
+                None => return Some(request),
+            },
+            ApiRequest::PutMetrics(config) => (config.metrics_path.clone(), OpenHow::Output),
+            _ => return Some(request),
+        };
+        let job = Job::Open(OpenJob {
+            path,
+            how,
+            request,
+            reply: reply.clone(),
+        });
+        let submitted = self.control.as_ref().is_some_and(|c| c.submit(job));
+        if !submitted {
+            let _ = reply.send(bad_request("the control thread is gone"));
+        }
+        None
+    }
+
+    /// The file opened for `path` by the control thread, if the request
+    /// being served came with one (see `open_elsewhere`).
+    pub(super) fn take_preopened(
+        &mut self,
+        path: &std::path::Path,
+    ) -> Option<std::io::Result<std::fs::File>> {
+        match self.preopened.take() {
+            Some((opened, file)) if opened == path => Some(file),
+            other => {
+                self.preopened = other;
+                None
+            }
+        }
     }
 
     fn submit(&mut self, job: Job, busy: &'static str) -> Result<(), String> {
@@ -207,6 +277,17 @@ impl Vmm {
                     None => Err("the VM is gone".into()),
                 };
                 let _ = answer.send(collected);
+            }
+            Event::Opened {
+                path,
+                file,
+                request,
+                reply,
+            } => {
+                self.preopened = Some((path, file));
+                let response = self.handle(request);
+                self.preopened = None;
+                let _ = reply.send(response);
             }
             Event::MigrationEnded {
                 result,

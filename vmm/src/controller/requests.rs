@@ -246,12 +246,40 @@ impl Vmm {
                         patch.drive_id
                     )));
                 }
-                if let Some(vm) = self.vm.as_mut() {
+                if self.vm.is_some() {
                     if patch.path_on_host.as_ref().is_some_and(|p| !p.is_file()) {
                         return bad_request(format!(
                             "drives[{}].path_on_host: not a file",
                             patch.drive_id
                         ));
+                    }
+                    // The image the control thread opened (a confined VMM
+                    // thread may not open it itself).
+                    let preopened = patch
+                        .path_on_host
+                        .as_deref()
+                        .and_then(|p| self.take_preopened(p));
+                    let Some(vm) = self.vm.as_mut() else {
+                        return bad_request("the VM is not started");
+                    };
+                    if let (Some(path), Some(file)) = (&patch.path_on_host, preopened) {
+                        let file = match file {
+                            Ok(file) => file,
+                            Err(e) => {
+                                return bad_request(format!(
+                                    "drive {}: opening {}: {e}",
+                                    patch.drive_id,
+                                    path.display()
+                                ))
+                            }
+                        };
+                        let handed = vm.with_device::<crate::devices::block::BlockKind, _>(
+                            &patch.drive_id,
+                            |b| b.preopen(path.clone(), file),
+                        );
+                        if let Err(e) = handed {
+                            return bad_request(e);
+                        }
                     }
                     return match vm.update_device::<crate::devices::block::BlockKind>(&patch) {
                         Ok(()) => {
@@ -372,12 +400,29 @@ impl Vmm {
                     },
                     None => None,
                 };
-                match crate::logger::configure(
-                    config.log_path.as_deref(),
-                    level,
-                    config.show_level,
-                    config.show_log_origin,
-                ) {
+                let preopened = config
+                    .log_path
+                    .as_deref()
+                    .and_then(|p| self.take_preopened(p));
+                let configured = match (config.log_path.as_deref(), preopened) {
+                    (Some(path), Some(Ok(file))) => crate::logger::configure_with_file(
+                        Some((path, file)),
+                        level,
+                        config.show_level,
+                        config.show_log_origin,
+                    ),
+                    (Some(path), Some(Err(source))) => Err(crate::logger::LoggerError::Open {
+                        path: path.display().to_string(),
+                        source,
+                    }),
+                    (path, _) => crate::logger::configure(
+                        path,
+                        level,
+                        config.show_level,
+                        config.show_log_origin,
+                    ),
+                };
+                match configured {
                     Ok(()) => {
                         if config.module.is_some() {
                             crate::logger::set_module(config.module);
@@ -391,7 +436,18 @@ impl Vmm {
                 let Some(sink) = self.metrics.as_mut() else {
                     return bad_request("metrics are unavailable");
                 };
-                if let Err(e) = sink.set_path(&config.metrics_path) {
+                let preopened = match self.preopened.take() {
+                    Some((path, file)) if path == config.metrics_path => Some(file),
+                    other => {
+                        self.preopened = other;
+                        None
+                    }
+                };
+                let set = match preopened {
+                    Some(file) => sink.set_file(&config.metrics_path, file),
+                    None => sink.set_path(&config.metrics_path),
+                };
+                if let Err(e) = set {
                     return bad_request(e.to_string());
                 }
                 let id = config.emit_id.then_some(self.options.instance_id.as_str());

@@ -54,7 +54,8 @@ pub enum Action {
     /// The connection is cut (this side carries on with the failure).
     Cut,
     /// The process dies on the spot (`_exit(137)`, as if killed). In unit
-    /// tests the side's thread just stops instead.
+    /// tests the side's thread just stops instead, unless the test runs the
+    /// side in a child process (`REAL_EXIT_IN_TESTS`, see `flow_tests`).
     Exit,
 }
 
@@ -105,13 +106,28 @@ impl Fault {
     }
 }
 
+/// In unit tests, whether an `Exit` fault really ends the process (set by
+/// a test that runs one side in a child process, see `flow_tests`).
+#[cfg(test)]
+pub(crate) static REAL_EXIT_IN_TESTS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether an `Exit` fault ends the process here.
+fn exits_for_real() -> bool {
+    #[cfg(test)]
+    return REAL_EXIT_IN_TESTS.load(std::sync::atomic::Ordering::SeqCst);
+    #[cfg(not(test))]
+    true
+}
+
 /// Whether `fault` fires at `point`: `Exit` ends the process (outside unit
-/// tests), `Cut` and a unit test's `Exit` return the error to fail with.
+/// tests, or in a test's child process), `Cut` and a unit test's `Exit`
+/// return the error to fail with.
 fn hit(fault: Option<Fault>, point: Point) -> Result<(), MigrationError> {
     match fault {
         Some(f) if f.point == point => {
             log::warn!("migration fault injected at {point:?}: {:?}", f.action);
-            if f.action == Action::Exit && !cfg!(test) {
+            if f.action == Action::Exit && exits_for_real() {
                 // SAFETY: _exit ends the process at once; nothing is
                 // touched afterwards. That is the point: a killed flint.
                 unsafe { libc::_exit(137) }

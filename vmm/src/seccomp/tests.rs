@@ -11,6 +11,7 @@ fn every_filter_compiles() {
         ThreadKind::Output,
         ThreadKind::Control,
         ThreadKind::Watchdog,
+        ThreadKind::VsockConnect,
     ] {
         let program = filter(kind).unwrap();
         // Well under the kernel's 4096-instruction limit.
@@ -83,7 +84,6 @@ fn what_real_runs_do_is_allowed() {
                 SYS_write,
                 SYS_lseek,
                 SYS_fdatasync,
-                SYS_openat,
                 SYS_statx,
                 SYS_unlink,
                 SYS_timerfd_settime,
@@ -157,4 +157,68 @@ fn the_report_line() {
     assert!(out[..len].ends_with(b"killing the process\n"));
     let mut tiny = [0u8; 10];
     assert_eq!(format_report(b"x", -5, &mut tiny), 10);
+}
+
+/// Only the control thread (migration streams) and vsock's connector
+/// thread may connect sockets: not the device thread a guest talks to, nor
+/// the vCPU, API and writer threads.
+#[test]
+fn only_the_control_and_vsock_connector_threads_connect() {
+    for kind in [
+        ThreadKind::Vmm,
+        ThreadKind::Api,
+        ThreadKind::Vcpu,
+        ThreadKind::Output,
+    ] {
+        let rules = rules(kind).unwrap();
+        assert!(
+            !rules.0.contains_key(&libc::SYS_connect),
+            "{kind:?} allows connect"
+        );
+    }
+    for kind in [ThreadKind::Control, ThreadKind::VsockConnect] {
+        assert!(rules(kind).unwrap().0.contains_key(&libc::SYS_connect));
+    }
+    // The connector opens no files and talks to nothing but Unix sockets.
+    let connector = rules(ThreadKind::VsockConnect).unwrap();
+    for nr in [
+        libc::SYS_openat,
+        libc::SYS_ioctl,
+        libc::SYS_clone,
+        libc::SYS_read,
+        libc::SYS_sendto,
+    ] {
+        let allowed = match connector.0.get(&nr) {
+            None => false,
+            // sendto is allowed for signal-hook's self-pipe only (a
+            // rule on its flags), like on every thread.
+            Some(Some(_)) => nr != libc::SYS_sendto,
+            Some(None) => true,
+        };
+        assert!(
+            !allowed,
+            "the connector allows {}",
+            syscall_name(nr).unwrap()
+        );
+    }
+}
+
+/// The device thread opens no files once it runs: drive images, log and
+/// metrics files named through the API are opened by the control thread
+/// (`controller::control`, `Job::Open`) and handed over. A stray open
+/// fails with EACCES rather than killing flint.
+#[test]
+fn the_device_thread_opens_no_files() {
+    let vmm = rules(ThreadKind::Vmm).unwrap();
+    for nr in [libc::SYS_open, libc::SYS_openat, libc::SYS_openat2] {
+        assert!(!vmm.0.contains_key(&nr), "{}", syscall_name(nr).unwrap());
+    }
+    let refused = errno_rules(ThreadKind::Vmm);
+    assert!(refused.contains(&(libc::SYS_openat, libc::EACCES)));
+    assert!(refused.contains(&(libc::SYS_open, libc::EACCES)));
+    // The control thread does open them.
+    assert!(rules(ThreadKind::Control)
+        .unwrap()
+        .0
+        .contains_key(&libc::SYS_openat));
 }

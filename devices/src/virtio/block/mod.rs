@@ -145,6 +145,8 @@ pub struct Block {
     segments: Vec<Segment>,
     /// What the device has done, for the metrics file.
     counters: Counters,
+    /// An image opened for the next `update_path` ([`Block::preopen`]).
+    preopened: Option<(PathBuf, File)>,
 }
 
 /// Cumulative counters, reported through `VirtioDevice::counters`.
@@ -161,6 +163,12 @@ struct Counters {
     throttled: u64,
 }
 
+/// Opens a drive image the way the device uses it: read-only, or read and
+/// write.
+pub fn open_image(path: &std::path::Path, read_only: bool) -> std::io::Result<File> {
+    OpenOptions::new().read(true).write(!read_only).open(path)
+}
+
 impl Block {
     /// Opens the drive's image and prepares the device (not yet activated).
     pub fn new(config: BlockConfig) -> Result<Self, BlockError> {
@@ -170,20 +178,36 @@ impl Block {
             read_only,
             rate_limiter,
         } = config;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(&path)
-            .map_err(|source| BlockError::Open {
-                drive_id: drive_id.clone(),
-                path: path.clone(),
-                access: if read_only {
-                    "reading"
-                } else {
-                    "reading and writing"
-                },
-                source,
-            })?;
+        let file = open_image(&path, read_only).map_err(|source| BlockError::Open {
+            drive_id: drive_id.clone(),
+            path: path.clone(),
+            access: if read_only {
+                "reading"
+            } else {
+                "reading and writing"
+            },
+            source,
+        })?;
+        Self::with_file(
+            BlockConfig {
+                drive_id,
+                path,
+                read_only,
+                rate_limiter,
+            },
+            file,
+        )
+    }
+
+    /// Prepares the device on an image `file` already opened at
+    /// `config.path` with [`open_image`] (by a thread allowed to open files).
+    pub fn with_file(config: BlockConfig, mut file: File) -> Result<Self, BlockError> {
+        let BlockConfig {
+            drive_id,
+            path,
+            read_only,
+            rate_limiter,
+        } = config;
         let size_error = |source| BlockError::Size {
             drive_id: drive_id.clone(),
             path: path.clone(),
@@ -227,6 +251,7 @@ impl Block {
             restored: None,
             segments: Vec::with_capacity(MAX_SEGMENTS),
             counters: Counters::default(),
+            preopened: None,
         })
     }
 
@@ -234,13 +259,48 @@ impl Block {
     /// `path_on_host`, e.g. after a host-side resize or a media swap). The
     /// new capacity is visible in config space; the caller tells the guest
     /// (a config-change interrupt). Requests already done went to the old file.
+    ///
+    /// A file handed over with [`Block::preopen`] for this very path is
+    /// used instead of opening it here.
     pub fn update_path(&mut self, path: PathBuf) -> Result<(), BlockError> {
-        let replacement = Block::new(BlockConfig {
+        if let Some((opened, file)) = self.preopened.take() {
+            if opened == path {
+                return self.update_file(path, file);
+            }
+        }
+        let file = open_image(&path, self.state.read_only).map_err(|source| BlockError::Open {
             drive_id: self.state.drive_id.clone(),
-            path,
-            read_only: self.state.read_only,
-            rate_limiter: None,
+            path: path.clone(),
+            access: if self.state.read_only {
+                "reading"
+            } else {
+                "reading and writing"
+            },
+            source,
         })?;
+        self.update_file(path, file)
+    }
+
+    /// Hands over the image for the next [`Block::update_path`] to `path`,
+    /// opened elsewhere with [`open_image`] (the VMM's device thread may not
+    /// open files; its control thread does).
+    pub fn preopen(&mut self, path: PathBuf, file: File) {
+        self.preopened = Some((path, file));
+    }
+
+    /// [`Block::update_path`] with the image already opened at `path` with
+    /// [`open_image`] (the device thread may not open files: the VMM's
+    /// control thread opens it).
+    pub fn update_file(&mut self, path: PathBuf, file: File) -> Result<(), BlockError> {
+        let replacement = Block::with_file(
+            BlockConfig {
+                drive_id: self.state.drive_id.clone(),
+                path,
+                read_only: self.state.read_only,
+                rate_limiter: None,
+            },
+            file,
+        )?;
         self.file = replacement.file;
         self.state.path = replacement.state.path;
         self.state.capacity_sectors = replacement.state.capacity_sectors;

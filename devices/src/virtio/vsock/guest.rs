@@ -16,6 +16,19 @@ impl Muxer {
             local_port: hdr.dst_port,
             peer_port: hdr.src_port,
         };
+        if self.connecting.remove(&key).is_some() {
+            // The guest spoke before its REQUEST was answered: RST is its
+            // right (no answer to it), anything else breaks the protocol.
+            if op != Op::Rst {
+                self.counters.errors += 1;
+                log_limited(
+                    self.counters.errors,
+                    &format!("{op:?} for connecting {key:?}"),
+                );
+                self.queue_rst(key);
+            }
+            return;
+        }
         let Some(conn) = self.conns.get_mut(&key) else {
             match op {
                 Op::Request => self.guest_connect(key, hdr),
@@ -177,36 +190,78 @@ impl Muxer {
         Some(rst_header(self.guest_cid, key))
     }
 
-    /// Connects a guest REQUEST to `<uds_path>_<port>`; RST if that fails.
+    /// Has the connector thread connect a guest REQUEST to
+    /// `<uds_path>_<port>` (see [`Muxer::guest_connects_done`]).
     pub(super) fn guest_connect(&mut self, key: ConnKey, hdr: &Header) {
-        if self.conns.len() + self.pending.len() >= MAX_CONNECTIONS {
+        if self.conns.len() + self.pending.len() + self.connecting.len() >= MAX_CONNECTIONS {
             log::warn!("vsock: {MAX_CONNECTIONS} connections open; refusing the guest's");
             self.queue_rst(key);
             return;
         }
+        self.next_connect_id += 1;
+        let id = self.next_connect_id;
         let path = host::port_path(&self.uds_path, key.local_port);
-        let stream = match host::connect(&path) {
-            Ok(s) => s,
-            Err(e) => {
-                log::debug!("vsock: guest connect to {}: {e}", path.display());
-                self.queue_rst(key);
-                return;
-            }
-        };
-        let fd = stream.as_raw_fd();
-        let token = match self.register(fd) {
-            Ok(token) => token,
-            Err(e) => {
-                log::warn!("vsock: watching host socket: {e}");
-                self.queue_rst(key);
-                return;
-            }
-        };
-        let mut conn = Connection::guest_initiated(stream, key, hdr);
-        conn.token = token;
-        self.conns.insert(key, conn);
-        self.by_fd.insert(fd, key);
-        self.counters.conns_opened += 1;
-        self.mark_ready(key);
+        if !self.connector.submit(key, id, path) {
+            log::warn!("vsock: the connector thread is gone; refusing the guest's connection");
+            self.queue_rst(key);
+            return;
+        }
+        self.connecting.insert(key, (id, *hdr));
     }
+
+    /// The connector's results: each still-wanted connection joins the
+    /// table (and the guest gets its RESPONSE), each failure an RST.
+    /// Results for requests the guest or a reset abandoned are dropped.
+    pub(super) fn guest_connects_done(&mut self) {
+        for (key, id, result) in self.connector.take_results() {
+            let Some(&(want, hdr)) = self.connecting.get(&key) else {
+                continue;
+            };
+            if want != id {
+                continue;
+            }
+            self.connecting.remove(&key);
+            let stream = match result {
+                Ok(s) => s,
+                Err(e) => {
+                    log::debug!("vsock: guest connect to port {}: {e}", key.local_port);
+                    self.queue_rst(key);
+                    continue;
+                }
+            };
+            let fd = stream.as_raw_fd();
+            let token = match self.register(fd) {
+                Ok(token) => token,
+                Err(e) => {
+                    log::warn!("vsock: watching host socket: {e}");
+                    self.queue_rst(key);
+                    continue;
+                }
+            };
+            let mut conn = Connection::guest_initiated(stream, key, &hdr);
+            conn.token = token;
+            // The host program may have hung up while the result waited:
+            // its epoll event comes next turn, after the RX path may have
+            // read EOF, so note a hang-up now (as a connect made here
+            // would have seen it).
+            conn.host_hup = hung_up(fd);
+            self.conns.insert(key, conn);
+            self.by_fd.insert(fd, key);
+            self.counters.conns_opened += 1;
+            self.mark_ready(key);
+        }
+    }
+}
+
+/// Whether the peer of socket `fd` has hung up (a zero-timeout `poll`).
+fn hung_up(fd: std::os::fd::RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is a valid pollfd for the one entry passed, and a zero
+    // timeout never blocks.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & libc::POLLHUP != 0
 }

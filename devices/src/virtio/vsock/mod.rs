@@ -12,7 +12,9 @@
 //!   `OK <local_port>\n` back; from then on the socket is the stream. An RST
 //!   or no answer within the connect timeout closes the host socket.
 //! * guest → host: a connection to CID 2, port P is connected (without
-//!   blocking) to `<uds_path>_<P>`; failure answers the guest with RST.
+//!   blocking) to `<uds_path>_<P>` by a helper thread (`connector`), so the
+//!   device thread never calls `connect(2)`; failure answers the guest
+//!   with RST.
 //!
 //! Split by concern: [`packet`] (the header and hostile-input checks, pure),
 //! [`connection`] (one connection's credit and shutdown state), `host`
@@ -23,6 +25,7 @@
 //! `event_handler` (the VMM event loop side), `persist` (snapshot state).
 
 pub mod connection;
+mod connector;
 mod device;
 mod event_handler;
 mod guest;
@@ -47,6 +50,8 @@ use super::{GuestMemory, IrqTrigger};
 use muxer::Muxer;
 use packet::{Segment, MAX_PAYLOAD};
 
+pub use connector::{set_connector_confinement, Confinement};
+pub use host::connect as connect_host_socket;
 pub use host::{parse_connect_line, ConnectLine, MAX_CONNECT_LINE};
 pub use persist::{VsockPersistError, VsockState};
 

@@ -22,7 +22,9 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{ConnKey, Connection};
+use super::connector::Connector;
 use super::host::{self, PendingHost};
+use super::packet::Header;
 use super::VsockCounters;
 
 /// Most host connections (live plus still sending `CONNECT`) at once.
@@ -53,6 +55,13 @@ pub struct Muxer {
     pub(super) conns: HashMap<ConnKey, Connection>,
     pub(super) by_fd: HashMap<RawFd, ConnKey>,
     pub(super) pending: HashMap<RawFd, PendingHost>,
+    /// Guest REQUESTs whose host connect the connector thread is making:
+    /// the request's id (results for an older request with the same key
+    /// are dropped) and the REQUEST's header.
+    pub(super) connecting: HashMap<ConnKey, (u64, Header)>,
+    /// Makes the host-side `connect` calls (see `connector`).
+    pub(super) connector: Connector,
+    pub(super) next_connect_id: u64,
     /// Connections that may owe the guest a packet, served round-robin.
     pub(super) rx_ready: VecDeque<ConnKey>,
     rx_queued: HashSet<ConnKey>,
@@ -84,12 +93,14 @@ impl Muxer {
         let listener = host::bind_listener(uds_path)?;
         let epoll = Epoll::new()?;
         let timer = TimerFd::new().map_err(io::Error::from)?;
+        let connector = Connector::spawn()?;
         // The timer is edge-triggered and never read: each expiry is one
         // event, and no read can block after a re-arm cleared the count.
         let timer_set = EventSet::IN | EventSet::EDGE_TRIGGERED;
         for (fd, set) in [
             (listener.as_raw_fd(), EventSet::IN),
             (timer.as_raw_fd(), timer_set),
+            (connector.ready_fd(), EventSet::IN),
         ] {
             epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, fd as u64))?;
         }
@@ -103,6 +114,9 @@ impl Muxer {
             conns: HashMap::new(),
             by_fd: HashMap::new(),
             pending: HashMap::new(),
+            connecting: HashMap::new(),
+            connector,
+            next_connect_id: 0,
             rx_ready: VecDeque::new(),
             rx_queued: HashSet::new(),
             rsts: VecDeque::new(),
@@ -144,6 +158,8 @@ impl Muxer {
                 self.accept_hosts();
             } else if token == self.timer.as_raw_fd() as u64 {
                 self.expire();
+            } else if token == self.connector.ready_fd() as u64 {
+                self.guest_connects_done();
             } else if self.pending.get(&fd).is_some_and(|p| p.token == token) {
                 self.pending_readable(fd);
             } else if let Some(&key) = self.by_fd.get(&fd) {
@@ -319,6 +335,7 @@ impl Muxer {
         for key in keys {
             self.kill(key, false);
         }
+        self.connecting.clear();
         self.rx_ready.clear();
         self.rx_queued.clear();
         self.rsts.clear();

@@ -30,6 +30,36 @@ fn update_path_switches_image_and_capacity() {
 }
 
 #[test]
+fn a_preopened_image_is_used_instead_of_opening_the_path() {
+    // The VMM's device thread may not open files: its control thread opens
+    // the new image and hands it over with `preopen`.
+    let first = image(8 * 512);
+    let second = image(16 * 512);
+    let mut block = Block::new(BlockConfig {
+        drive_id: "data".into(),
+        path: first.path().to_path_buf(),
+        read_only: false,
+        rate_limiter: None,
+    })
+    .unwrap();
+    let file = crate::virtio::block::open_image(second.path(), false).unwrap();
+    // The path is gone: only the handed-over file can make this work.
+    let path = second.path().to_path_buf();
+    second.close().unwrap();
+    block.preopen(path.clone(), file);
+    block.update_path(path.clone()).unwrap();
+    assert_eq!(block.capacity_sectors(), 16);
+    // Used once: a second update to the same (missing) path opens it.
+    assert!(block.update_path(path).is_err());
+    // A file handed over for another path is not used for this one.
+    let third = image(24 * 512);
+    let other = crate::virtio::block::open_image(third.path(), false).unwrap();
+    block.preopen("/elsewhere".into(), other);
+    block.update_path(first.path().to_path_buf()).unwrap();
+    assert_eq!(block.capacity_sectors(), 8);
+}
+
+#[test]
 fn rate_limits_change_only_where_a_limiter_exists() {
     let img = image(8 * 512);
     let mut limited = Block::new(BlockConfig {

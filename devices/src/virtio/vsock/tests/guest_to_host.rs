@@ -15,7 +15,8 @@ fn service(t: &T, port: u32) -> UnixListener {
 fn guest_connect(t: &mut T, l: &UnixListener, peer: u32, port: u32) -> UnixStream {
     t.g.post_rx(1, RX_BUF);
     t.send(&pkt(Op::Request, peer, port, 0), &[]);
-    let got = t.g.take_rx();
+    // The connector thread connects; its result wakes the device.
+    let got = t.rx_at_least(1);
     assert_eq!(got.len(), 1);
     let hdr = got[0].0;
     assert_eq!(hdr.op, Op::Response as u16);
@@ -49,7 +50,7 @@ fn refused_connect_gets_rst() {
     let mut t = T::new();
     t.g.post_rx(1, RX_BUF);
     t.send(&pkt(Op::Request, 40000, 99, 0), &[]);
-    let got = t.g.take_rx();
+    let got = t.rx_at_least(1);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0.op, Op::Rst as u16);
     assert_eq!((got[0].0.src_port, got[0].0.dst_port), (99, 40000));
@@ -148,4 +149,41 @@ fn several_connections_interleave() {
         }
     }
     assert_eq!(t.dev.connection_count(), 5);
+}
+
+#[test]
+fn a_connection_the_guest_resets_while_it_is_being_connected_is_dropped() {
+    let mut t = T::new();
+    let l = service(&t, 7);
+    t.g.post_rx(2, RX_BUF);
+    // The REQUEST goes to the connector thread; the guest gives up before
+    // its result is back.
+    t.send(&pkt(Op::Request, 700, 7, 0), &[]);
+    t.send(&pkt(Op::Rst, 700, 7, 0), &[]);
+    // The connect still happens; its result is thrown away.
+    let (mut host, _) = l.accept().unwrap();
+    host.set_nonblocking(true).unwrap();
+    t.pump_until("the abandoned host socket closed", |_| {
+        matches!(host.read(&mut [0u8; 1]), Ok(0))
+    });
+    assert_eq!(t.dev.connection_count(), 0);
+    assert!(t.g.take_rx().is_empty(), "no RESPONSE, no RST for an RST");
+}
+
+#[test]
+fn a_second_request_while_connecting_is_a_protocol_error() {
+    let mut t = T::new();
+    let _l = service(&t, 8);
+    t.g.post_rx(2, RX_BUF);
+    t.send(&pkt(Op::Request, 800, 8, 0), &[]);
+    t.send(&pkt(Op::Request, 800, 8, 0), &[]);
+    let got = t.rx_at_least(1);
+    assert_eq!(got[0].0.op, Op::Rst as u16);
+    // The late connect result is dropped, not answered.
+    for _ in 0..20 {
+        t.pump();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(t.g.take_rx().is_empty());
+    assert_eq!(t.dev.connection_count(), 0);
 }
