@@ -283,6 +283,11 @@ impl<S: Read + Write> ExecSession<S> {
         }
     }
 
+    /// The underlying connection, e.g. to clone a handle for input.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
     /// The underlying connection.
     pub fn into_stream(self) -> S {
         self.stream
