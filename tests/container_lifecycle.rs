@@ -8,7 +8,6 @@
 
 mod common;
 
-#[allow(dead_code)]
 #[path = "../container/tests/common/mod.rs"]
 mod images;
 
