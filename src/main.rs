@@ -1,5 +1,6 @@
 //! `flint`: a microVM monitor on Linux KVM.
 
+mod container_cli;
 mod ctl;
 mod firecracker_cli;
 
@@ -95,14 +96,7 @@ enum Command {
     Jail(jailer::JailArgs),
     /// Run containers in microVMs.
     #[command(subcommand)]
-    Container(ContainerCommand),
-}
-
-#[derive(Subcommand)]
-enum ContainerCommand {
-    /// Run a command from an OCI image (or a root directory) in a microVM;
-    /// exits with the command's exit status.
-    Run(container::ContainerRunArgs),
+    Container(container_cli::ContainerCommand),
 }
 
 #[derive(Subcommand)]
@@ -220,13 +214,7 @@ fn cli_main() -> ExitCode {
             })
         }
         Command::Ctl(args) => ctl::main(args),
-        Command::Container(ContainerCommand::Run(args)) => match container::run(args) {
-            Ok(code) => ExitCode::from(code),
-            Err(e) => {
-                eprintln!("flint container run: {e}");
-                ExitCode::from(125)
-            }
-        },
+        Command::Container(command) => container_cli::main(command),
         Command::Jail(args) => match jailer::run(args) {
             Ok(never) => match never {},
             Err(e) => {

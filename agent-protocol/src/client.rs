@@ -133,6 +133,13 @@ impl<S: Read + Write> AgentClient<S> {
         }
     }
 
+    /// Opens a TCP connection to `127.0.0.1:port` in the guest; the returned
+    /// stream then carries that connection's bytes, unframed.
+    pub fn connect_port(mut self, port: u16) -> Result<S, ClientError> {
+        self.expect_ok(Request::Connect { port })?;
+        Ok(self.stream)
+    }
+
     /// Asks the agent to power the guest off.
     pub fn shutdown(mut self) -> Result<(), ClientError> {
         self.expect_ok(Request::Shutdown)
@@ -274,6 +281,11 @@ impl<S: Read + Write> ExecSession<S> {
                 }
             }
         }
+    }
+
+    /// The underlying connection, e.g. to clone a handle for input.
+    pub fn stream(&self) -> &S {
+        &self.stream
     }
 
     /// The underlying connection.

@@ -32,6 +32,7 @@
 mod client;
 pub mod frame;
 mod messages;
+mod splice;
 
 use thiserror::Error;
 
@@ -43,6 +44,7 @@ pub use frame::{decode_frame, read_frame, write_frame, Frame, MAX_CHUNK, MAX_PAY
 pub use messages::{
     CpuTimes, ExecSpec, ExitStatus, Hello, ProcessInfo, Request, Response, Stats, WindowSize,
 };
+pub use splice::{splice, Duplex, SPLICE_BUFFER};
 
 /// The protocol version this crate speaks. Bumped on any incompatible
 /// change to frames or messages; both sides must speak the same one.

@@ -42,6 +42,11 @@ pub enum Request {
     Wait { pid: i32 },
     /// Powers the guest off after answering `Ok`.
     Shutdown,
+    /// Connects to TCP `127.0.0.1:port` in the guest (a published port,
+    /// `flint container run -p`). The agent answers `Ok` once connected (or
+    /// `Error`); from then on the connection carries raw bytes both ways,
+    /// no frames, and a half-close on either side is passed on.
+    Connect { port: u16 },
 }
 
 /// The agent's answer to a [`Request`].

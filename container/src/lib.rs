@@ -20,6 +20,7 @@ pub mod cache;
 mod fuzz;
 pub mod image;
 pub mod interrupt;
+pub mod lifecycle;
 pub mod rootfs;
 pub mod settings;
 pub mod unpack;
@@ -54,7 +55,9 @@ pub const HOSTNAME: &str = "flint";
 pub struct ContainerRunArgs {
     /// The image: an OCI image-layout tarball or a `docker save` tarball
     /// (optionally gzip-compressed).
-    #[arg(long, value_name = "TARBALL", required_unless_present = "rootfs")]
+    /// (Or give the image as the first word, `run IMAGE [CMD...]`, as a
+    /// tarball path or a `name:tag` of the local store.)
+    #[arg(long, value_name = "TARBALL")]
     pub image: Option<PathBuf>,
     /// A directory to use as the root file system instead of an image (not
     /// cached; needs a command).
@@ -64,10 +67,15 @@ pub struct ContainerRunArgs {
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
     /// Guest memory in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    #[arg(
+        long,
+        visible_alias = "memory",
+        value_name = "MIB",
+        default_value_t = 256
+    )]
     pub mem: u64,
     /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, visible_alias = "cpus", value_name = "N", default_value_t = 1)]
     pub vcpus: u8,
     /// Host TAP device to give the guest as eth0 (brought up, unaddressed).
     #[arg(long, value_name = "TAP")]
@@ -100,7 +108,8 @@ pub struct ContainerRunArgs {
     #[arg(
         value_name = "CMD",
         trailing_var_arg = true,
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        required_unless_present_any = ["image", "rootfs"]
     )]
     pub command: Vec<String>,
 }

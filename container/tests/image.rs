@@ -718,8 +718,20 @@ fn the_command_line_parses() {
         .args;
     assert_eq!(a.command, ["ls", "-l"]);
     assert!(
-        Cli::try_parse_from(["run", "ls"]).is_err(),
-        "an image or rootfs is required"
+        Cli::try_parse_from(["run"]).is_err(),
+        "an image (--image, --rootfs or the first word) is required"
+    );
+    // `run IMAGE [CMD...]`: the CLI takes the first word as the image.
+    let a = Cli::try_parse_from(["run", "busybox:latest", "ls"])
+        .unwrap()
+        .args;
+    assert_eq!(a.command, ["busybox:latest", "ls"]);
+    assert_eq!(
+        Cli::try_parse_from(["run", "--memory", "64", "--cpus", "2", "--image", "i"])
+            .unwrap()
+            .args
+            .mem,
+        64
     );
     assert!(Cli::try_parse_from(["run", "--image", "a", "--rootfs", "b"]).is_err());
 }

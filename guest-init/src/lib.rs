@@ -96,6 +96,47 @@ pub struct Settings {
     pub user: Option<String>,
     /// Network interfaces to bring up besides `lo`.
     pub net: Vec<String>,
+    /// virtio-fs shares to mount before anything runs (`"volumes"`).
+    pub volumes: Vec<Volume>,
+}
+
+/// A shared host directory (`flint container run -v`): the virtio-fs
+/// device tagged `tag`, mounted on `path`, read-only when `read_only`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub tag: String,
+    pub path: String,
+    pub read_only: bool,
+}
+
+/// Parses the settings' `"volumes"`: `[{"tag", "path", "ro"}]`.
+fn parse_volumes(value: Option<&Value>) -> Result<Vec<Volume>, String> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    let items = value.as_array().ok_or("\"volumes\" is not an array")?;
+    items
+        .iter()
+        .map(|item| {
+            let obj = item.as_object().ok_or("a volume is not an object")?;
+            let get = |k: &str| obj.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+            let text = |k: &str| {
+                get(k)
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .ok_or(format!("a volume has no string \"{k}\""))
+            };
+            let volume = Volume {
+                tag: text("tag")?,
+                path: text("path")?,
+                read_only: matches!(get("ro"), Some(Value::Bool(true))),
+            };
+            if !volume.path.starts_with('/') {
+                return Err(format!("volume path {:?} is not absolute", volume.path));
+            }
+            Ok(volume)
+        })
+        .collect()
 }
 
 /// Who the command runs as.
@@ -243,6 +284,7 @@ pub fn parse_settings(raw: &[u8]) -> Result<Settings, String> {
         cwd: string("cwd", "/")?,
         hostname: string("hostname", "flint")?,
         net: strings("net", false)?,
+        volumes: parse_volumes(field("volumes"))?,
     };
     if mode == Mode::Run && settings.args.is_empty() {
         return Err("\"args\" is empty: nothing to run".into());
@@ -286,6 +328,33 @@ mod tests {
             .unwrap();
         assert_eq!(s.user.as_deref(), Some("nobody:5"));
         assert_eq!(s.net, ["eth0"]);
+        assert!(s.volumes.is_empty());
+        let s = parse_settings(
+            br#"{"version":1,"mode":"agent","volumes":[{"tag":"vol0","path":"/www","ro":true},{"tag":"vol1","path":"/d"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.volumes,
+            [
+                Volume {
+                    tag: "vol0".into(),
+                    path: "/www".into(),
+                    read_only: true
+                },
+                Volume {
+                    tag: "vol1".into(),
+                    path: "/d".into(),
+                    read_only: false
+                },
+            ]
+        );
+        for bad in [
+            &br#"{"version":1,"mode":"agent","volumes":{}}"#[..],
+            br#"{"version":1,"mode":"agent","volumes":[{"tag":"v"}]}"#,
+            br#"{"version":1,"mode":"agent","volumes":[{"tag":"v","path":"rel"}]}"#,
+        ] {
+            assert!(parse_settings(bad).is_err());
+        }
     }
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n# comment\napp:x:1000:1000::/home/app:/bin/sh\nnohome:x:7:8::::\n";

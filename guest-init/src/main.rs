@@ -126,10 +126,12 @@ fn run() -> Result<u8, Failure> {
                 hostname: "flint".into(),
                 user: None,
                 net: Vec::new(),
+                volumes: Vec::new(),
             }
         }
         (Err(e), None) => return Err(e),
     };
+    mount_volumes(&settings)?;
     apply_settings(&settings)?;
     let agent_port = match settings.mode {
         Mode::Agent => Some(settings.agent_port),
@@ -219,6 +221,24 @@ fn mount_filesystems() -> Result<(), Failure> {
         ("/dev/stderr", "/proc/self/fd/2"),
     ] {
         let _ = std::os::unix::fs::symlink(target, link);
+    }
+    Ok(())
+}
+
+/// Mounts the virtio-fs shares the settings list (`run -v`).
+fn mount_volumes(settings: &Settings) -> Result<(), Failure> {
+    for v in &settings.volumes {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&v.path)
+            .map_err(|e| fail(format!("volume mount point {}: {e}", v.path)))?;
+        let flags = match v.read_only {
+            true => libc::MS_RDONLY,
+            false => 0,
+        };
+        mount(&v.tag, &v.path, "virtiofs", flags, "")
+            .map_err(|e| fail(format!("mounting volume {} on {}: {e}", v.tag, v.path)))?;
     }
     Ok(())
 }

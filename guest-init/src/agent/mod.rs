@@ -92,6 +92,26 @@ pub fn serve(listen: &Listen) -> Result<(), String> {
     }
 }
 
+/// A published port's connection: TCP to `127.0.0.1:port`, then the two
+/// streams spliced until both directions end.
+fn connect(mut conn: UnixStream, port: u16) -> Result<(), FrameError> {
+    let tcp = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            return reply(
+                &mut conn,
+                Response::Error {
+                    message: format!("connecting to 127.0.0.1:{port}: {e}"),
+                },
+            )
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    reply(&mut conn, Response::Ok)?;
+    agent_protocol::splice(conn, tcp)?;
+    Ok(())
+}
+
 fn reply(conn: &mut UnixStream, response: Response) -> Result<(), FrameError> {
     write_frame(conn, &Frame::Response(response))
 }
@@ -179,6 +199,7 @@ fn handle(mut conn: UnixStream, reaper: &Arc<Reaper>) {
                 },
             },
         ),
+        Request::Connect { port } => connect(conn, port),
         Request::Shutdown => {
             let _ = reply(&mut conn, Response::Ok);
             drop(conn);
