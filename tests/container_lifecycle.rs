@@ -443,10 +443,7 @@ fn a_killed_flint_shows_the_container_exited_with_the_reason() {
 
 /// `-v HOST:GUEST:ro`: the page comes from a host directory, and a change
 /// on the host is served changed.
-// Ignored until flint's virtio-fs device lands (the VM config refuses
-// `fs` until then); the lead un-ignores it after the merge.
 #[test]
-#[ignore]
 fn a_shared_directory_is_served_live() {
     if let Some(reason) = prerequisites() {
         return common::cannot_run(&reason);
