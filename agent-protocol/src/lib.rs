@@ -41,7 +41,8 @@ pub use client::{
 };
 pub use frame::{decode_frame, read_frame, write_frame, Frame, MAX_CHUNK, MAX_PAYLOAD};
 pub use messages::{
-    CpuTimes, ExecSpec, ExitStatus, Hello, ProcessInfo, Request, Response, Stats, WindowSize,
+    CpuTimes, ExecSpec, ExitStatus, Hello, MountSpec, ProcessInfo, Request, Response, Stats,
+    WindowSize,
 };
 
 /// The protocol version this crate speaks. Bumped on any incompatible
