@@ -25,9 +25,10 @@ impl Agent {
             .env("FLINT_AGENT_LISTEN", format!("unix:{}", socket.display()))
             .spawn()
             .unwrap();
+        let agent = Agent { child, dir, socket };
         for _ in 0..1000 {
-            if UnixStream::connect(&socket).is_ok() {
-                return Agent { child, dir, socket };
+            if UnixStream::connect(&agent.socket).is_ok() {
+                return agent;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
