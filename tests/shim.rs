@@ -259,6 +259,11 @@ fn pids_with(needle: &str) -> Vec<u32> {
             continue;
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        // Arguments are NUL-separated: compare with spaces.
+        let cmdline: Vec<u8> = cmdline
+            .iter()
+            .map(|&b| if b == 0 { b' ' } else { b })
+            .collect();
         if String::from_utf8_lossy(&cmdline).contains(needle) {
             pids.push(pid);
         }
