@@ -156,12 +156,16 @@ impl Process {
         }
     }
 
-    /// Writes the session's output to the FIFOs until the exit; the exit
-    /// status as a shell reports it.
+    /// Relays the session's output to the FIFOs until the exit; the exit
+    /// status as a shell reports it. The FIFOs are opened read-write, which
+    /// never blocks (a detached `ctr` may be gone before the process starts),
+    /// and written by a thread of their own, so that output nobody reads
+    /// never delays noticing the exit. The reader sees EOF once everything
+    /// is written.
     fn relay_output(&self, stream: &mut UnixStream) -> (u32, SystemTime) {
         let open = |path: &str| -> Option<File> {
             (!path.is_empty())
-                .then(|| OpenOptions::new().write(true).open(path).ok())
+                .then(|| OpenOptions::new().read(true).write(true).open(path).ok())
                 .flatten()
         };
         let mut stdout = open(&self.stdio.stdout);
@@ -170,16 +174,24 @@ impl Process {
         } else {
             open(&self.stdio.stderr)
         };
+        let (tx, rx) = std::sync::mpsc::channel::<(bool, Vec<u8>)>();
+        std::thread::spawn(move || {
+            for (is_stderr, bytes) in rx {
+                if is_stderr && stderr.is_some() {
+                    write_or_drop(&mut stderr, &bytes)
+                } else {
+                    write_or_drop(&mut stdout, &bytes)
+                }
+            }
+        });
         let mut session = SessionReader { stream };
         loop {
             match session.next() {
-                Ok(ExecEvent::Stdout(bytes)) => write_or_drop(&mut stdout, &bytes),
+                Ok(ExecEvent::Stdout(bytes)) => {
+                    let _ = tx.send((false, bytes));
+                }
                 Ok(ExecEvent::Stderr(bytes)) => {
-                    if stderr.is_some() {
-                        write_or_drop(&mut stderr, &bytes)
-                    } else {
-                        write_or_drop(&mut stdout, &bytes)
-                    }
+                    let _ = tx.send((true, bytes));
                 }
                 Ok(ExecEvent::Exited(status)) => {
                     return (status.shell_code() as u32, SystemTime::now());
@@ -281,5 +293,70 @@ impl SessionReader<'_> {
 fn write_or_drop(out: &mut Option<File>, bytes: &[u8]) {
     if out.as_mut().is_some_and(|f| f.write_all(bytes).is_err()) {
         *out = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_protocol::{write_frame, Frame};
+
+    fn mkfifo(path: &std::path::Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    #[test]
+    fn the_exit_is_seen_though_nobody_reads_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("stdout");
+        mkfifo(&out);
+        let p = Process::new(
+            ExecSpec::default(),
+            StdioPaths {
+                stdout: out.display().to_string(),
+                stderr: out.display().to_string(),
+                ..StdioPaths::default()
+            },
+        );
+        let (mut agent, mut shim) = UnixStream::pair().unwrap();
+        // More output than a pipe holds, then the exit.
+        let sender = std::thread::spawn(move || {
+            for _ in 0..32 {
+                write_frame(&mut agent, &Frame::Stdout(vec![b'x'; 16 * 1024])).unwrap();
+            }
+            write_frame(&mut agent, &Frame::Exited(ExitStatus::Signal(9))).unwrap();
+        });
+        let (code, _) = p.relay_output(&mut shim);
+        sender.join().unwrap();
+        assert_eq!(code, 137);
+    }
+
+    #[test]
+    fn a_reader_gets_all_output_then_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("stdout");
+        mkfifo(&out);
+        let reader = {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                File::open(out).unwrap().read_to_string(&mut text).unwrap();
+                text
+            })
+        };
+        let p = Process::new(
+            ExecSpec::default(),
+            StdioPaths {
+                stdout: out.display().to_string(),
+                ..StdioPaths::default()
+            },
+        );
+        let (mut agent, mut shim) = UnixStream::pair().unwrap();
+        write_frame(&mut agent, &Frame::Stdout(b"hi\n".to_vec())).unwrap();
+        write_frame(&mut agent, &Frame::Exited(ExitStatus::Code(3))).unwrap();
+        assert_eq!(p.relay_output(&mut shim).0, 3);
+        assert_eq!(reader.join().unwrap(), "hi\n");
     }
 }
