@@ -133,8 +133,13 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // Whatever a failed test left mounted under the temp dir.
+        // Whatever a failed test left running (the shims and their flints
+        // name the temp dir on their command lines) or mounted under it.
         let prefix = self.dir.path().display().to_string();
+        for pid in pids_with(&prefix) {
+            // SAFETY: kill(2) with plain integers.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for m in mounts.lines().rev() {
             if let Some(point) = m.split_whitespace().nth(4) {
