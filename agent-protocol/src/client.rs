@@ -6,7 +6,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::frame::{read_frame, write_frame, Frame, MAX_CHUNK};
-use crate::messages::{ExecSpec, ExitStatus, Hello, ProcessInfo, Request, Response, Stats};
+use crate::messages::{
+    ExecSpec, ExitStatus, Hello, MountSpec, ProcessInfo, Request, Response, Stats,
+};
 use crate::{check_version, ClientError, PROTOCOL_VERSION};
 
 /// Connects to guest port `port` through flint's vsock device, whose host
@@ -138,6 +140,18 @@ impl<S: Read + Write> AgentClient<S> {
     pub fn connect_port(mut self, port: u16) -> Result<S, ClientError> {
         self.expect_ok(Request::Connect { port })?;
         Ok(self.stream)
+    }
+
+    /// Mounts a file system in the guest.
+    pub fn mount(mut self, spec: MountSpec) -> Result<(), ClientError> {
+        self.expect_ok(Request::Mount(spec))
+    }
+
+    /// Unmounts `target` in the guest (lazily).
+    pub fn unmount(mut self, target: &str) -> Result<(), ClientError> {
+        self.expect_ok(Request::Unmount {
+            target: target.to_owned(),
+        })
     }
 
     /// Asks the agent to power the guest off.

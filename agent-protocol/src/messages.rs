@@ -47,6 +47,29 @@ pub enum Request {
     /// `Error`); from then on the connection carries raw bytes both ways,
     /// no frames, and a half-close on either side is passed on.
     Connect { port: u16 },
+    /// Mounts a file system in the guest (creating the target directory):
+    /// `Ok` or `Error`. The containerd shim mounts each container's root
+    /// drive and its `/proc`, `/dev`, `/sys` this way.
+    Mount(MountSpec),
+    /// Unmounts `target` (lazily, so a busy mount still goes): `Ok` or
+    /// `Error`.
+    Unmount { target: String },
+}
+
+/// A mount in the guest ([`Request::Mount`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Device or pseudo file system name (`/dev/vdb`, `proc`, ...). A block
+    /// device's buffers are flushed first: it may have been swapped to
+    /// another image since the guest last read it.
+    pub source: String,
+    /// Absolute directory; created with its parents when missing.
+    pub target: String,
+    /// `ext4`, `proc`, `devtmpfs`, ...
+    pub fstype: String,
+    /// `ro`, `nosuid`, `nodev`, `noexec` become flags; the rest is data.
+    #[serde(default)]
+    pub options: Vec<String>,
 }
 
 /// The agent's answer to a [`Request`].
@@ -88,6 +111,11 @@ pub struct ExecSpec {
     /// then merged into stdout, as on any terminal.
     #[serde(default)]
     pub tty: Option<WindowSize>,
+    /// Run chrooted into this guest directory (a container's root, mounted
+    /// with [`Request::Mount`]); `cwd` and `user` are then resolved inside
+    /// it. `None`: the guest's own root.
+    #[serde(default)]
+    pub root: Option<String>,
 }
 
 /// A terminal's size in character cells.

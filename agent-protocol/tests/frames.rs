@@ -19,7 +19,17 @@ fn all_frames() -> Vec<Frame> {
             cwd: Some("/tmp".into()),
             user: Some("1000:1000".into()),
             tty: Some(WindowSize { rows: 24, cols: 80 }),
+            root: Some("/c/x".into()),
         })),
+        Frame::Request(Request::Mount(MountSpec {
+            source: "/dev/vdb".into(),
+            target: "/c/x".into(),
+            fstype: "ext4".into(),
+            options: vec!["ro".into()],
+        })),
+        Frame::Request(Request::Unmount {
+            target: "/c/x".into(),
+        }),
         Frame::Request(Request::WriteFile {
             path: "/x".into(),
             mode: 0o644,

@@ -64,6 +64,7 @@ pub fn exec(args: ExecArgs) -> Result<i32, ContainerError> {
         cwd: Some(args.workdir.clone().unwrap_or(st.cwd.clone())),
         user: args.user.clone().or(st.user.clone()),
         tty: args.tty.then(term::size),
+        root: None,
     };
     let session = daemon::agent(&dir)
         .and_then(|a| a.exec(spec))

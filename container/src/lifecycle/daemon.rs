@@ -147,6 +147,7 @@ impl Vm {
             cwd: Some(s.cwd.clone()),
             user: s.user.clone(),
             tty,
+            root: None,
         };
         let session = agent(&self.dir)
             .and_then(|a| a.exec(spec))

@@ -55,7 +55,8 @@ enum Input {
 /// The command `spec` describes, without its stdio.
 fn command(spec: &ExecSpec) -> Result<Command, String> {
     let program = spec.argv.first().ok_or("exec: argv is empty")?;
-    let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+    let root = spec.root.as_deref().unwrap_or("");
+    let read = |path: &str| std::fs::read_to_string(format!("{root}{path}")).unwrap_or_default();
     let creds = resolve_user(
         spec.user.as_deref(),
         &read("/etc/passwd"),
@@ -63,14 +64,20 @@ fn command(spec: &ExecSpec) -> Result<Command, String> {
     )
     .map_err(|e| format!("user {}: {e}", spec.user.as_deref().unwrap_or("root")))?;
     let mut cmd = Command::new(program);
-    cmd.args(&spec.argv[1..])
-        .env_clear()
-        .envs(
-            spec.env
-                .iter()
-                .map(|kv| kv.split_once('=').unwrap_or((kv, ""))),
-        )
-        .current_dir(spec.cwd.as_deref().unwrap_or("/"));
+    cmd.args(&spec.argv[1..]).env_clear().envs(
+        spec.env
+            .iter()
+            .map(|kv| kv.split_once('=').unwrap_or((kv, ""))),
+    );
+    // With a root, the chroot and the chdir happen in the child (below):
+    // std changes directory before the pre_exec hook runs.
+    let chroot = match &spec.root {
+        Some(root) => Some((cstring(root)?, cstring(spec.cwd.as_deref().unwrap_or("/"))?)),
+        None => {
+            cmd.current_dir(spec.cwd.as_deref().unwrap_or("/"));
+            None
+        }
+    };
     let has = |key: &str| spec.env.iter().any(|kv| kv.split('=').next() == Some(key));
     if !has("PATH") {
         cmd.env("PATH", DEFAULT_PATH);
@@ -92,6 +99,11 @@ fn command(spec: &ExecSpec) -> Result<Command, String> {
             if libc::setsid() < 0 || (tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0) {
                 return Err(io::Error::last_os_error());
             }
+            if let Some((root, cwd)) = &chroot {
+                if libc::chroot(root.as_ptr()) != 0 || libc::chdir(cwd.as_ptr()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             if switch
                 && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setgid(gid) != 0
@@ -103,6 +115,11 @@ fn command(spec: &ExecSpec) -> Result<Command, String> {
         });
     }
     Ok(cmd)
+}
+
+/// `s` as a C string for the child; NUL bytes are refused.
+fn cstring(s: &str) -> Result<std::ffi::CString, String> {
+    std::ffi::CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
 }
 
 /// A started process: its pid, where its input goes, and its outputs

@@ -9,6 +9,7 @@
 
 mod exec;
 mod files;
+mod mount;
 mod pty;
 mod reaper;
 mod vsock;
@@ -200,6 +201,8 @@ fn handle(mut conn: UnixStream, reaper: &Arc<Reaper>) {
             },
         ),
         Request::Connect { port } => connect(conn, port),
+        Request::Mount(spec) => reply(&mut conn, mount::mount(&spec)),
+        Request::Unmount { target } => reply(&mut conn, mount::unmount(&target)),
         Request::Shutdown => {
             let _ = reply(&mut conn, Response::Ok);
             drop(conn);

@@ -1,0 +1,793 @@
+//! The shim: containerd's `start`/`delete` commands and the task service.
+//! One serving shim per pod (or per container outside a pod) owns the VM;
+//! the pod's containers are its tasks.
+
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use agent_protocol::MountSpec;
+use containerd_shim::api::{self, Status};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::topics;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{
+    Config, Context, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
+};
+
+use crate::bundle::{Role, Spec};
+use crate::image::{self, RootMount};
+use crate::process::{Process, Status as PStatus, StdioPaths};
+use crate::settings::{Resolved, Settings};
+use crate::vm::{self, Vm, VmSpec};
+use crate::ShimError;
+
+/// One container: its init process, its execs, and where its root is.
+pub struct Container {
+    pub bundle: PathBuf,
+    pub role: Role,
+    pub init: Arc<Process>,
+    pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// Its root image on the host.
+    pub image: PathBuf,
+    /// Its root in the guest.
+    pub guest_root: String,
+    /// Orders a process's start event before its exit event.
+    events: Arc<Mutex<()>>,
+}
+
+/// State shared by the service's threads.
+pub struct Inner {
+    namespace: String,
+    publisher: Mutex<Option<RemotePublisher>>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    vm: Mutex<Option<Arc<Vm>>>,
+    paused: AtomicBool,
+    exit: Arc<ExitSignal>,
+}
+
+/// The shim (and its task service: the same object, cloned).
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+fn timestamp(at: SystemTime) -> Timestamp {
+    Timestamp::from(at)
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Some(publisher) = lock(&self.publisher).as_ref() {
+            if let Err(e) = publisher.publish(Context::default(), topic, &self.namespace, event) {
+                log::warn!("publishing {topic}: {e}");
+            }
+        }
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>, ShimError> {
+        lock(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(format!("container {id}")))
+    }
+
+    fn process(
+        &self,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<(Arc<Container>, Arc<Process>), ShimError> {
+        let c = self.container(id)?;
+        if exec_id.is_empty() {
+            let init = c.init.clone();
+            return Ok((c, init));
+        }
+        let p = lock(&c.execs)
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(format!("exec {exec_id} of {id}")))?;
+        Ok((c, p))
+    }
+
+    fn vm(&self) -> Result<Arc<Vm>, ShimError> {
+        lock(&self.vm)
+            .clone()
+            .ok_or_else(|| ShimError::State("this shim has no VM (its sandbox is gone)".into()))
+    }
+
+    /// Create: rootfs → ext4 image → (new VM | stub drive) → mounted in
+    /// the guest.
+    fn create(&self, req: &api::CreateTaskRequest) -> Result<u32, ShimError> {
+        if !req.checkpoint.is_empty() {
+            return Err(ShimError::Usage(
+                "checkpoint/restore is not supported".into(),
+            ));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = Spec::load(&bundle)?;
+        let process = spec
+            .process
+            .clone()
+            .ok_or_else(|| ShimError::Spec("no process".into()))?;
+        let rootfs = bundle.join("rootfs");
+        let mounts: Vec<RootMount> = req
+            .rootfs
+            .iter()
+            .map(|m| RootMount {
+                fstype: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        image::mount_rootfs(&mounts, &rootfs)?;
+        let root_image = bundle.join("flint-rootfs.ext4");
+        let built = image::build_ext4(&rootfs, &root_image);
+        // The guest works on the image; the snapshot mount is not needed
+        // any more (and nothing is left mounted if the shim dies).
+        if !mounts.is_empty() {
+            image::unmount(&rootfs);
+        }
+        built?;
+        let role = spec.role();
+        let guest_root = format!("/c/{}", sanitize(&req.id));
+        let result = self.place(&req.id, &role, &spec, &bundle, &root_image, &guest_root);
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&root_image);
+            return Err(e);
+        }
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let mut exec = process.exec_spec(&guest_root);
+        if req.terminal && exec.tty.is_none() {
+            exec.tty = Some(agent_protocol::WindowSize { rows: 24, cols: 80 });
+        }
+        let container = Arc::new(Container {
+            bundle,
+            role,
+            init: Process::new(exec, stdio),
+            execs: Mutex::new(HashMap::new()),
+            image: root_image,
+            guest_root,
+            events: Arc::new(Mutex::new(())),
+        });
+        lock(&self.containers).insert(req.id.clone(), container);
+        self.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            }),
+        );
+        Ok(0)
+    }
+
+    /// Puts the container's image into a VM and mounts it there.
+    fn place(
+        &self,
+        id: &str,
+        role: &Role,
+        spec: &Spec,
+        bundle: &Path,
+        root_image: &Path,
+        guest_root: &str,
+    ) -> Result<(), ShimError> {
+        let (vm, device) = match role {
+            Role::Sandbox => {
+                if lock(&self.vm).is_some() {
+                    return Err(ShimError::State(format!(
+                        "container {id}: this shim already runs a VM"
+                    )));
+                }
+                let settings = Settings::load(&env)?.resolve(&env)?;
+                let vm = Arc::new(start_vm(&settings, spec, bundle, root_image, id)?);
+                *lock(&self.vm) = Some(vm.clone());
+                (vm, vm::slot_device(0))
+            }
+            Role::InPod(_) => {
+                let vm = self.vm()?;
+                let device = vm.attach(id, root_image)?;
+                (vm, device)
+            }
+        };
+        let mount = |source: &str, target: String, fstype: &str, options: &[&str]| {
+            vm.agent()?
+                .mount(MountSpec {
+                    source: source.into(),
+                    target,
+                    fstype: fstype.into(),
+                    options: options.iter().map(|o| o.to_string()).collect(),
+                })
+                .map_err(ShimError::from)
+        };
+        mount(&device, guest_root.to_owned(), "ext4", &[])?;
+        mount(
+            "proc",
+            format!("{guest_root}/proc"),
+            "proc",
+            &["nosuid", "nodev", "noexec"],
+        )?;
+        mount(
+            "sysfs",
+            format!("{guest_root}/sys"),
+            "sysfs",
+            &["nosuid", "nodev", "noexec"],
+        )?;
+        mount(
+            "devtmpfs",
+            format!("{guest_root}/dev"),
+            "devtmpfs",
+            &["nosuid"],
+        )?;
+        Ok(())
+    }
+
+    fn start(&self, id: &str, exec_id: &str) -> Result<u32, ShimError> {
+        let (c, p) = self.process(id, exec_id)?;
+        let vm = self.vm()?;
+        let events = c.events.clone();
+        let c_events = c.events.clone();
+        let order = lock(&c_events);
+        let me = self.clone_handle();
+        let (cid, eid) = (id.to_owned(), exec_id.to_owned());
+        let on_exit = Box::new(move |pid: u32, code: u32, at: SystemTime| {
+            let _order = lock(&events);
+            if let Some(inner) = me.upgrade() {
+                inner.publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id: cid.clone(),
+                        id: if eid.is_empty() {
+                            cid.clone()
+                        } else {
+                            eid.clone()
+                        },
+                        pid,
+                        exit_status: code,
+                        exited_at: Some(timestamp(at)).into(),
+                        ..Default::default()
+                    }),
+                );
+            }
+        });
+        let pid = p.start(vm.agent()?, on_exit)?;
+        if exec_id.is_empty() {
+            self.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: id.to_owned(),
+                    pid,
+                    ..Default::default()
+                }),
+            );
+        } else {
+            self.publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: id.to_owned(),
+                    exec_id: exec_id.to_owned(),
+                    pid,
+                    ..Default::default()
+                }),
+            );
+        }
+        drop(order);
+        Ok(pid)
+    }
+
+    fn clone_handle(&self) -> std::sync::Weak<Inner> {
+        // Set by Service (the only owner of Inner) before any request.
+        lock(&SELF).clone()
+    }
+
+    fn delete(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse, ShimError> {
+        let (c, p) = self.process(id, exec_id)?;
+        let (status, pid, exit) = p.snapshot();
+        if status == PStatus::Running {
+            return Err(ShimError::State(format!("{id} {exec_id} is still running")));
+        }
+        let (code, at) = exit.unwrap_or((0, SystemTime::now()));
+        let response = api::DeleteResponse {
+            pid,
+            exit_status: code,
+            exited_at: Some(timestamp(at)).into(),
+            ..Default::default()
+        };
+        if !exec_id.is_empty() {
+            lock(&c.execs).remove(exec_id);
+            return Ok(response);
+        }
+        if lock(&c.execs)
+            .values()
+            .any(|e| e.snapshot().0 == PStatus::Running)
+        {
+            return Err(ShimError::State(format!("{id} has running execs")));
+        }
+        if let Ok(vm) = self.vm() {
+            match c.role {
+                Role::InPod(_) => {
+                    for sub in ["dev", "sys", "proc", ""] {
+                        let target = format!("{}/{sub}", c.guest_root);
+                        let target = target.trim_end_matches('/').to_owned();
+                        if let Err(e) = vm.agent().and_then(|a| Ok(a.unmount(&target)?)) {
+                            log::warn!("unmounting {target} in the guest: {e}");
+                        }
+                    }
+                    vm.detach(id);
+                }
+                Role::Sandbox => {
+                    vm.stop();
+                    *lock(&self.vm) = None;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&c.image);
+        image::unmount(&c.bundle.join("rootfs"));
+        lock(&self.containers).remove(id);
+        self.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: id.to_owned(),
+                pid,
+                exit_status: code,
+                exited_at: Some(timestamp(at)).into(),
+                id: id.to_owned(),
+                ..Default::default()
+            }),
+        );
+        Ok(response)
+    }
+
+    fn kill(&self, req: &api::KillRequest) -> Result<(), ShimError> {
+        let (_, p) = self.process(&req.id, &req.exec_id)?;
+        let signal = req.signal as i32;
+        let (status, pid, _) = p.snapshot();
+        match status {
+            PStatus::Created => {
+                p.mark_exited(128 + req.signal);
+                Ok(())
+            }
+            PStatus::Stopped => Err(ShimError::NotFound("process already finished".into())),
+            PStatus::Running if req.all => {
+                // The process leads its own session and process group.
+                let _ = self.vm()?.agent()?.signal(-(pid as i32), signal);
+                Ok(())
+            }
+            PStatus::Running => p.signal(signal),
+        }
+    }
+
+    fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse, ShimError> {
+        let (c, p) = self.process(id, exec_id)?;
+        let (status, pid, exit) = p.snapshot();
+        let status = match status {
+            PStatus::Created => Status::CREATED,
+            PStatus::Running if self.paused.load(Ordering::SeqCst) => Status::PAUSED,
+            PStatus::Running => Status::RUNNING,
+            PStatus::Stopped => Status::STOPPED,
+        };
+        Ok(api::StateResponse {
+            id: id.to_owned(),
+            bundle: c.bundle.display().to_string(),
+            pid,
+            status: status.into(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exit_status: exit.map(|e| e.0).unwrap_or(0),
+            exited_at: exit.map(|e| timestamp(e.1)).into(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        })
+    }
+
+    fn exec(&self, req: &api::ExecProcessRequest) -> Result<(), ShimError> {
+        let c = self.container(&req.id)?;
+        let process: crate::bundle::Process = serde_json::from_slice(&req.spec.value)
+            .map_err(|e| ShimError::Spec(format!("exec process: {e}")))?;
+        let mut spec = process.exec_spec(&c.guest_root);
+        if req.terminal && spec.tty.is_none() {
+            spec.tty = Some(agent_protocol::WindowSize { rows: 24, cols: 80 });
+        }
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        {
+            let mut execs = lock(&c.execs);
+            if execs.contains_key(&req.exec_id) {
+                return Err(ShimError::State(format!("exec {} exists", req.exec_id)));
+            }
+            execs.insert(req.exec_id.clone(), Process::new(spec, stdio));
+        }
+        self.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(())
+    }
+
+    fn pids(
+        &self,
+        id: &str,
+    ) -> Result<Vec<containerd_shim::protos::types::task::ProcessInfo>, ShimError> {
+        let c = self.container(id)?;
+        let (_, init_pid, _) = c.init.snapshot();
+        let all = self.vm()?.agent()?.list_processes()?;
+        // The container's processes: its init, its execs and their
+        // descendants.
+        let mut roots: Vec<i32> = vec![init_pid as i32];
+        roots.extend(lock(&c.execs).values().map(|e| e.snapshot().1 as i32));
+        let mut ours: Vec<i32> = roots.into_iter().filter(|p| *p > 0).collect();
+        loop {
+            let before = ours.len();
+            for p in &all {
+                if ours.contains(&p.ppid) && !ours.contains(&p.pid) {
+                    ours.push(p.pid);
+                }
+            }
+            if ours.len() == before {
+                break;
+            }
+        }
+        Ok(ours
+            .into_iter()
+            .filter(|p| all.iter().any(|i| i.pid == *p))
+            .map(|pid| containerd_shim::protos::types::task::ProcessInfo {
+                pid: pid as u32,
+                ..Default::default()
+            })
+            .collect())
+    }
+
+    fn set_paused(&self, id: &str, paused: bool) -> Result<(), ShimError> {
+        self.container(id)?;
+        self.vm()?.set_paused(paused)?;
+        self.paused.store(paused, Ordering::SeqCst);
+        if paused {
+            self.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id: id.to_owned(),
+                    ..Default::default()
+                }),
+            );
+        } else {
+            self.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id: id.to_owned(),
+                    ..Default::default()
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    fn stats(&self, id: &str) -> Result<api::StatsResponse, ShimError> {
+        use containerd_shim::protos::cgroups::metrics::{MemoryEntry, MemoryStat, Metrics};
+        use containerd_shim::protos::protobuf::well_known_types::any::Any;
+        self.container(id)?;
+        let stats = self.vm()?.agent()?.stats()?;
+        let used = stats
+            .mem_total_bytes
+            .saturating_sub(stats.mem_available_bytes);
+        let metrics = Metrics {
+            memory: Some(MemoryStat {
+                usage: Some(MemoryEntry {
+                    usage: used,
+                    limit: stats.mem_total_bytes,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let any = Any::pack(&metrics)
+            .map_err(|e| ShimError::State(format!("encoding the metrics: {e}")))?;
+        Ok(api::StatsResponse {
+            stats: Some(any).into(),
+            ..Default::default()
+        })
+    }
+}
+
+/// The service's shared state, for exit callbacks that outlive a request.
+static SELF: Mutex<std::sync::Weak<Inner>> = Mutex::new(std::sync::Weak::new());
+
+/// Keeps a container id usable as a guest path component.
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_owned()
+}
+
+/// Starts a sandbox's VM and waits for its agent.
+fn start_vm(
+    settings: &Resolved,
+    spec: &Spec,
+    bundle: &Path,
+    root_image: &Path,
+    owner: &str,
+) -> Result<Vm, ShimError> {
+    let (mem_mib, vcpus) = spec.vm_size(settings.default_memory_mib, settings.default_vcpus);
+    let vm = Vm::start(
+        &VmSpec {
+            flint: settings.flint.clone(),
+            kernel: settings.kernel.clone(),
+            mem_mib,
+            vcpus,
+            state_dir: bundle.to_owned(),
+            first_image: root_image.to_owned(),
+            stubs: settings.spare_drives,
+        },
+        owner,
+    )?;
+    if let Err(e) = vm.wait_ready() {
+        vm.stop();
+        return Err(e);
+    }
+    Ok(vm)
+}
+
+impl std::ops::Deref for Service {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+fn ok<T>(r: Result<T, ShimError>) -> TtrpcResult<T> {
+    r.map_err(|e| {
+        log::warn!("{e}");
+        e.into()
+    })
+}
+
+impl containerd_shim::Shim for Service {
+    type T = Service;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        let inner = Arc::new(Inner {
+            namespace: args.namespace.clone(),
+            publisher: Mutex::new(None),
+            containers: Mutex::new(HashMap::new()),
+            vm: Mutex::new(None),
+            paused: AtomicBool::new(false),
+            exit: Arc::new(ExitSignal::default()),
+        });
+        *lock(&SELF) = Arc::downgrade(&inner);
+        Service { inner }
+    }
+
+    /// Returns the address of the shim serving this container: for a
+    /// container of a pod, the pod's sandbox shim (already running);
+    /// otherwise a new shim.
+    fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
+        let spec = Spec::load(Path::new(".")).unwrap_or_default();
+        let grouping = match spec.role() {
+            Role::InPod(sandbox) => sandbox,
+            Role::Sandbox => opts.id.clone(),
+        };
+        let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &grouping);
+        let path = address.trim_start_matches("unix://");
+        if grouping != opts.id && UnixStream::connect(path).is_ok() {
+            containerd_shim::util::write_address(&address)?;
+            return Ok(address);
+        }
+        let (_, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        containerd_shim::util::write_address(&address)?;
+        Ok(address)
+    }
+
+    /// Cleanup after a shim that is gone (containerd runs `delete` in the
+    /// bundle).
+    fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
+        let bundle = Path::new(".");
+        vm::cleanup_bundle(bundle);
+        image::unmount(&bundle.join("rootfs"));
+        Ok(DeleteResponse {
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: Some(timestamp(SystemTime::now())).into(),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        *lock(&self.publisher) = Some(publisher);
+        self.clone()
+    }
+}
+
+impl containerd_shim::Task for Service {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let pid = ok(self.inner.create(&req))?;
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        let pid = ok(self.inner.start(&req.id, &req.exec_id))?;
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        ok(self.inner.state(&req.id, &req.exec_id))
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        ok(self.inner.exec(&req))?;
+        Ok(api::Empty::default())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let (_, p) = ok(self.inner.process(&req.id, &req.exec_id))?;
+        let clamp = |v: u32| v.min(u16::MAX as u32) as u16;
+        ok(p.resize(clamp(req.height), clamp(req.width)))?;
+        Ok(api::Empty::default())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        let (_, p) = ok(self.inner.process(&req.id, &req.exec_id))?;
+        if req.stdin {
+            ok(p.close_stdin())?;
+        }
+        Ok(api::Empty::default())
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        ok(self.inner.kill(&req))?;
+        Ok(api::Empty::default())
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let (_, p) = ok(self.inner.process(&req.id, &req.exec_id))?;
+        let (code, at) = p.wait();
+        Ok(api::WaitResponse {
+            exit_status: code,
+            exited_at: Some(timestamp(at)).into(),
+            ..Default::default()
+        })
+    }
+
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        ok(self.inner.delete(&req.id, &req.exec_id))
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let processes = ok(self.inner.pids(&req.id))?;
+        Ok(api::PidsResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        ok(self.inner.set_paused(&req.id, true))?;
+        Ok(api::Empty::default())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        ok(self.inner.set_paused(&req.id, false))?;
+        Ok(api::Empty::default())
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        ok(self.inner.stats(&req.id))
+    }
+
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = lock(&self.vm).as_ref().map(|vm| vm.pid()).unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: format!("flint shim {}", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        // A pod's shim serves all its containers: it ends with the last.
+        if lock(&self.containers).is_empty() {
+            if let Some(vm) = lock(&self.vm).take() {
+                vm.stop();
+            }
+            self.exit.signal();
+        }
+        Ok(api::Empty::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_become_safe_guest_paths() {
+        assert_eq!(sanitize("abc-1_2.x"), "abc-1_2.x");
+        assert_eq!(sanitize("../x/y"), "_x_y");
+    }
+}

@@ -1,0 +1,363 @@
+//! One pod's VM: a `flint` process the shim starts with a JSON config, its
+//! API socket (pause, resume, drive swaps) and its vsock socket (the guest
+//! agent).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use agent_protocol::{connect_hybrid_vsock, AgentClient, DEFAULT_PORT};
+
+use crate::image;
+use crate::ShimError;
+
+/// The guest's kernel command line: flint's init as PID 1, in agent mode.
+pub const BOOT_ARGS: &str =
+    "console=ttyS0 quiet loglevel=1 reboot=k panic=-1 init=/.flint/init flint.agent=1";
+/// Where the shim keeps each VM's sockets (short paths: `sun_path` holds
+/// 108 bytes, bundle paths can be longer).
+pub const RUN_DIR: &str = "/run/flint-shim";
+/// How long the guest may take to answer the agent's first ping.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What a VM is started with.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub flint: PathBuf,
+    pub kernel: PathBuf,
+    pub mem_mib: u64,
+    pub vcpus: u64,
+    /// Where the boot image, placeholders, console log and pid file go.
+    pub state_dir: PathBuf,
+    /// The first container's root image (drive slot 0).
+    pub first_image: PathBuf,
+    /// Spare drive slots for the pod's further containers.
+    pub stubs: usize,
+}
+
+/// A running VM.
+pub struct Vm {
+    child: Mutex<Child>,
+    sock_dir: PathBuf,
+    api_sock: PathBuf,
+    vsock: PathBuf,
+    state_dir: PathBuf,
+    /// Drive slots: `Some(container id)` when in use.
+    slots: Mutex<Vec<Option<String>>>,
+}
+
+/// The guest device of drive slot `slot`: `vda` is the boot image, `vdb` a
+/// placeholder where guest-init looks for run settings (there are none: it
+/// then serves the agent), container slots start at `vdc`.
+pub fn slot_device(slot: usize) -> String {
+    format!("/dev/vd{}", (b'c' + slot as u8) as char)
+}
+
+fn slot_drive_id(slot: usize) -> String {
+    format!("c{slot}")
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
+    let what = what.into();
+    move |source| ShimError::Io { what, source }
+}
+
+impl Vm {
+    /// Builds the boot image and placeholders, writes the config and starts
+    /// flint; does not wait for the guest (see [`Vm::wait_ready`]).
+    pub fn start(spec: &VmSpec, owner: &str) -> Result<Vm, ShimError> {
+        let sock_dir = Path::new(RUN_DIR).join(format!("{}-{}", std::process::id(), short(owner)));
+        let _ = std::fs::remove_dir_all(&sock_dir);
+        std::fs::create_dir_all(&sock_dir).map_err(io(format!("mkdir {}", sock_dir.display())))?;
+        let boot = spec.state_dir.join("flint-boot.ext4");
+        image::build_boot_image(&boot, &spec.state_dir)?;
+        let settings = spec.state_dir.join("flint-settings.stub");
+        image::write_stub(&settings)?;
+        let mut drives = vec![
+            serde_json::json!({"drive_id": "boot", "path_on_host": boot, "is_root_device": true, "is_read_only": false}),
+            serde_json::json!({"drive_id": "settings", "path_on_host": settings, "is_root_device": false, "is_read_only": true}),
+            serde_json::json!({"drive_id": slot_drive_id(0), "path_on_host": spec.first_image, "is_root_device": false, "is_read_only": false}),
+        ];
+        for slot in 1..=spec.stubs {
+            let stub = stub_path(&spec.state_dir, slot);
+            image::write_stub(&stub)?;
+            drives.push(serde_json::json!({"drive_id": slot_drive_id(slot), "path_on_host": stub, "is_root_device": false, "is_read_only": false}));
+        }
+        let api_sock = sock_dir.join("api.sock");
+        let vsock = sock_dir.join("vsock.sock");
+        let config = serde_json::json!({
+            "boot-source": {"kernel_image_path": spec.kernel, "boot_args": BOOT_ARGS},
+            "machine-config": {"vcpu_count": spec.vcpus, "mem_size_mib": spec.mem_mib},
+            "drives": drives,
+            "vsock": {"guest_cid": 3, "uds_path": vsock},
+        });
+        let config_path = spec.state_dir.join("flint-vm.json");
+        std::fs::write(&config_path, config.to_string()).map_err(io("writing the VM config"))?;
+        let log = std::fs::File::create(spec.state_dir.join("flint-console.log"))
+            .map_err(io("creating the console log"))?;
+        let log2 = log.try_clone().map_err(io("console log"))?;
+        let child = Command::new(&spec.flint)
+            .arg("--api-sock")
+            .arg(&api_sock)
+            .arg("--config-file")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(io(format!("starting {}", spec.flint.display())))?;
+        let _ = std::fs::write(spec.state_dir.join("flint.pid"), child.id().to_string());
+        let _ = std::fs::write(
+            spec.state_dir.join("flint.sockdir"),
+            sock_dir.as_os_str().as_encoded_bytes(),
+        );
+        let mut slots = vec![None; spec.stubs + 1];
+        slots[0] = Some(owner.to_owned());
+        Ok(Vm {
+            child: Mutex::new(child),
+            sock_dir,
+            api_sock,
+            vsock,
+            state_dir: spec.state_dir.clone(),
+            slots: Mutex::new(slots),
+        })
+    }
+
+    /// The flint process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap_or_else(|p| p.into_inner()).id()
+    }
+
+    /// A fresh agent connection (one per operation).
+    pub fn agent(&self) -> Result<AgentClient<UnixStream>, ShimError> {
+        let stream = connect_hybrid_vsock(&self.vsock, DEFAULT_PORT)?;
+        Ok(AgentClient::handshake(stream)?)
+    }
+
+    /// Waits until the guest agent answers (or flint died, or
+    /// [`BOOT_TIMEOUT`]).
+    pub fn wait_ready(&self) -> Result<(), ShimError> {
+        let start = Instant::now();
+        loop {
+            if let Ok(agent) = self.agent() {
+                if agent.ping().is_ok() {
+                    return Ok(());
+                }
+            }
+            if let Ok(Some(status)) = self
+                .child
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .try_wait()
+            {
+                let log = std::fs::read_to_string(self.state_dir.join("flint-console.log"))
+                    .unwrap_or_default();
+                let tail: String = log
+                    .chars()
+                    .rev()
+                    .take(2000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                return Err(ShimError::Vm(format!(
+                    "flint exited ({status}) before the guest agent answered: {tail}"
+                )));
+            }
+            if start.elapsed() > BOOT_TIMEOUT {
+                return Err(ShimError::Vm(
+                    "the guest agent did not answer in time".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// One request on flint's API; the status code and body.
+    pub fn api(&self, method: &str, path: &str, body: &str) -> Result<(u16, String), ShimError> {
+        let mut conn =
+            UnixStream::connect(&self.api_sock).map_err(io("connecting to flint's API"))?;
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(io("API socket"))?;
+        write!(
+            conn,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .map_err(io("writing to flint's API"))?;
+        let mut reply = Vec::new();
+        conn.take(1 << 20)
+            .read_to_end(&mut reply)
+            .map_err(io("reading flint's API answer"))?;
+        let reply = String::from_utf8_lossy(&reply);
+        let code = reply
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| ShimError::Vm(format!("bad API answer {:?}", reply.lines().next())))?;
+        let body = reply
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((code, body))
+    }
+
+    fn api_ok(&self, method: &str, path: &str, body: &str) -> Result<(), ShimError> {
+        match self.api(method, path, body)? {
+            (200..=299, _) => Ok(()),
+            (code, body) => Err(ShimError::Vm(format!("{method} {path}: {code} {body}"))),
+        }
+    }
+
+    /// Pauses (`true`) or resumes the whole VM (`PATCH /vm`).
+    pub fn set_paused(&self, paused: bool) -> Result<(), ShimError> {
+        let state = if paused { "Paused" } else { "Resumed" };
+        self.api_ok("PATCH", "/vm", &format!(r#"{{"state":"{state}"}}"#))
+    }
+
+    /// Puts `image` on a free stub drive for container `id`; the guest
+    /// device to mount.
+    pub fn attach(&self, id: &str, image: &Path) -> Result<String, ShimError> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = slots.iter().position(Option::is_none).ok_or_else(|| {
+                ShimError::Vm(format!(
+                    "no free drive slot for container {id} (this pod's VM has {})",
+                    slots.len()
+                ))
+            })?;
+            slots[slot] = Some(id.to_owned());
+            slot
+        };
+        let body =
+            serde_json::json!({"drive_id": slot_drive_id(slot), "path_on_host": image}).to_string();
+        if let Err(e) = self.api_ok("PATCH", &format!("/drives/{}", slot_drive_id(slot)), &body) {
+            self.release_slot(slot);
+            return Err(e);
+        }
+        Ok(slot_device(slot))
+    }
+
+    /// Container `id`'s drive slot goes back to its placeholder.
+    pub fn detach(&self, id: &str) {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .position(|s| s.as_deref() == Some(id));
+        if let Some(slot) = slot.filter(|s| *s > 0) {
+            let stub = stub_path(&self.state_dir, slot);
+            let body = serde_json::json!({"drive_id": slot_drive_id(slot), "path_on_host": stub})
+                .to_string();
+            if let Err(e) = self.api_ok("PATCH", &format!("/drives/{}", slot_drive_id(slot)), &body)
+            {
+                log::warn!("putting drive slot {slot} back: {e}");
+            }
+            self.release_slot(slot);
+        }
+    }
+
+    fn release_slot(&self, slot: usize) {
+        if let Some(s) = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(slot)
+        {
+            *s = None;
+        }
+    }
+
+    /// Ends flint (SIGTERM, then SIGKILL after a few seconds) and removes
+    /// the VM's files.
+    pub fn stop(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&self.sock_dir);
+        for name in [
+            "flint-boot.ext4",
+            "flint-settings.stub",
+            "flint-vm.json",
+            "flint.pid",
+            "flint.sockdir",
+        ] {
+            let _ = std::fs::remove_file(self.state_dir.join(name));
+        }
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner()).len();
+        for slot in 1..slots {
+            let _ = std::fs::remove_file(stub_path(&self.state_dir, slot));
+        }
+    }
+}
+
+fn stub_path(state_dir: &Path, slot: usize) -> PathBuf {
+    state_dir.join(format!("flint-stub-{slot}"))
+}
+
+/// The first 12 characters of an id, for short socket paths.
+fn short(id: &str) -> String {
+    id.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(12)
+        .collect()
+}
+
+/// Cleanup after a dead shim (`delete` command, cwd = bundle): kills a
+/// flint the bundle records and removes its sockets and files.
+pub fn cleanup_bundle(bundle: &Path) {
+    if let Some(pid) = std::fs::read_to_string(bundle.join("flint.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    {
+        // Only if it still is a flint (the pid may have been reused).
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "flint" {
+            // SAFETY: kill(2) with plain integers.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    if let Ok(dir) = std::fs::read_to_string(bundle.join("flint.sockdir")) {
+        if dir.starts_with(RUN_DIR) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(bundle) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("flint") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_map_to_devices_after_boot_and_settings() {
+        assert_eq!(slot_device(0), "/dev/vdc");
+        assert_eq!(slot_device(3), "/dev/vdf");
+    }
+
+    #[test]
+    fn socket_dirs_stay_short() {
+        assert_eq!(short(&"a".repeat(64)).len(), 12);
+        assert_eq!(short("x/../y"), "xy");
+    }
+}
