@@ -53,6 +53,8 @@ Usage: FC_BIN=/path/to/firecracker bench/compare.py [--flint PATH] [--uffd-handl
        [--boots N] [--cycles N] [--no-pin] [--only cheap|guest]
 """
 import argparse
+import contextlib
+import fcntl
 import http.client
 import json
 import os
@@ -65,6 +67,11 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Guest boots on a shared host take this lock (as `flock /tmp/flint-e2e.lock`
+# does for the end-to-end tests), one boot at a time.
+BOOT_LOCK = os.environ.get("FLINT_E2E_LOCK", "/tmp/flint-e2e.lock")
+# --smaps DIR: where guest_run copies each VMM's /proc/PID/smaps after GUEST-READY.
+SMAPS_DIR = None
 MEM_MIB = 256
 
 # figure, unit, goal ratio flint/FC (smaller is better for every figure)
@@ -282,7 +289,23 @@ def restore_uffd(binary, work, snap, mem, tag):
 RESTORES = {"restore (File)": restore_file, "restore (Uffd)": restore_uffd}
 
 
+@contextlib.contextmanager
+def boot_lock():
+    """Hold the shared guest-boot lock (other engineers' tests boot guests too)."""
+    with open(BOOT_LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def guest_run(binary, kernel, initrd, work, tag, cycles):
+    with boot_lock():
+        return _guest_run(binary, kernel, initrd, work, tag, cycles)
+
+
+def _guest_run(binary, kernel, initrd, work, tag, cycles):
     """One boot: InstanceStart, boot->READY, VMM overhead, `cycles` pauses,
     one full snapshot, `cycles` restores of it per restore figure."""
     fig = {}
@@ -299,6 +322,10 @@ def guest_run(binary, kernel, initrd, work, tag, cycles):
             time.sleep(1)
             pid = vmm.proc.pid
             fig["VMM overhead"] = [rss_kib(pid) - guest_mapping_rss_kib(pid, MEM_MIB)]
+            if SMAPS_DIR:
+                with open(f"/proc/{pid}/smaps") as src, \
+                        open(os.path.join(SMAPS_DIR, f"{tag}.smaps"), "w") as dst:
+                    dst.write(src.read())
             fig["pause"] = []
             for i in range(cycles):
                 if i:
@@ -361,7 +388,7 @@ def report(results, fc, args):
 
 
 def main():
-    global UFFD_HANDLER
+    global UFFD_HANDLER, SMAPS_DIR
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--flint", default=os.path.join(REPO, "target", "release", "flint"))
     ap.add_argument("--runs", type=int, default=9, help="processes per VMM, cheap figures")
@@ -374,11 +401,15 @@ def main():
     ap.add_argument("--floor", action="store_true",
                     help="also time a minimal C server (the floor of the cheap figures)")
     ap.add_argument("--json", help="also write the raw samples here")
+    ap.add_argument("--smaps", help="keep each VMM's smaps after GUEST-READY in this directory")
     ap.add_argument("--uffd-handler", default=UFFD_HANDLER)
     args = ap.parse_args()
     if not os.path.exists(args.flint):
         subprocess.run(["cargo", "build", "--release", "--bin", "flint"], cwd=REPO, check=True)
     UFFD_HANDLER = args.uffd_handler
+    SMAPS_DIR = args.smaps
+    if SMAPS_DIR:
+        os.makedirs(SMAPS_DIR, exist_ok=True)
     if not os.path.exists(UFFD_HANDLER):
         subprocess.run(["cargo", "build", "--release", "-p", "uffd-handler"], cwd=REPO, check=True)
     fc = os.environ.get("FC_BIN")
