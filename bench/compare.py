@@ -358,6 +358,24 @@ def summary(values):
     return statistics.median(values), min(values), max(values)
 
 
+def order_list_coverage(binary):
+    """(names of resources/startup-text-order.txt that are text symbols of
+    `binary`, names listed): the packing behind idle RSS only works for names
+    that still exist, and Rust's symbol hashes change as crates change (after
+    the merges of 2026-11-30 only 130 of 429 were left: idle RSS +1 MiB)."""
+    order = os.path.join(REPO, "resources", "startup-text-order.txt")
+    try:
+        with open(order) as f:
+            wanted = {line.strip() for line in f if line.strip()}
+        out = subprocess.run(["nm", "--defined-only", binary], check=True,
+                             capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    have = {p[2] for p in (line.split() for line in out.splitlines())
+            if len(p) == 3 and p[1] in "tT"}
+    return len(wanted & have), len(wanted)
+
+
 def report(results, fc, args):
     print(f"\nmedian (min-max); cheap figures over {args.runs} processes, guest figures over "
           f"{args.boots} boots ({args.cycles} pauses/restores each); interleaved; "
@@ -383,6 +401,11 @@ def report(results, fc, args):
         print("floor (minimal C server, same client): " + ", ".join(
             f"{name} {statistics.median(results['floor'][name]):.4g} {unit}"
             for name, unit, _ in FIGURES if results["floor"].get(name)))
+    coverage = order_list_coverage(args.flint)
+    if coverage and coverage[0] < coverage[1] * 0.9:
+        print(f"\nWARNING: only {coverage[0]} of the {coverage[1]} functions of "
+              "resources/startup-text-order.txt are in this flint binary: the list is stale "
+              "(run bench/startup_order.py) and idle RSS is measured without the packing")
     if not fc:
         print("\n(set FC_BIN=/path/to/firecracker for the side-by-side figures and ratios)")
 
