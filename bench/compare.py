@@ -50,7 +50,7 @@ Without FC_BIN (path to a firecracker binary built from its public source)
 only flint's figures are printed.
 
 Usage: FC_BIN=/path/to/firecracker bench/compare.py [--flint PATH] [--uffd-handler PATH] [--runs N]
-       [--boots N] [--cycles N] [--no-pin] [--only cheap|guest]
+       [--boots N] [--cycles N] [--no-pin] [--only cheap|guest] [--smaps DIR]
 """
 import argparse
 import contextlib
