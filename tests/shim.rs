@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 const IMAGE: &str = "docker.io/library/flintbox:latest";
 const RUNTIME: &str = "io.containerd.flint.v2";
 const NS: &str = "default";
+/// A pod container's main process: lives until killed, and survives one of its
+/// `sleep`s dying of the guest's SIGSEGV quirk (see EMULATION_SEGV).
+const KEEP_RUNNING: &str = "while :; do sleep 5; done";
 
 /// A private containerd, killed (with what it left) on drop.
 struct Containerd {
@@ -379,7 +382,10 @@ fn containerd_runs_execs_pauses_kills_and_deletes_containers_and_pods_in_flint_v
         "--rm left a container"
     );
 
-    // 2. A pod: the sandbox container, detached.
+    // 2. A pod: the sandbox container, detached. Its main process is a shell
+    // loop rather than one long `sleep`: on this host a guest busybox
+    // process now and then dies of SIGSEGV at start (see the exec retries),
+    // and the pod's main process must outlive the checks below.
     let sandbox = [
         "--annotation",
         "io.kubernetes.cri.container-type=sandbox",
@@ -388,7 +394,7 @@ fn containerd_runs_execs_pauses_kills_and_deletes_containers_and_pods_in_flint_v
     ];
     let mut args = vec!["run", "-d", "--runtime", RUNTIME];
     args.extend(sandbox);
-    args.extend([IMAGE, "pod1", "sleep", "1000"]);
+    args.extend([IMAGE, "pod1", "sh", "-c", KEEP_RUNNING]);
     c.ok(&args);
     c.wait_status("pod1", "RUNNING");
 
@@ -411,7 +417,7 @@ fn containerd_runs_execs_pauses_kills_and_deletes_containers_and_pods_in_flint_v
     ];
     let mut args = vec!["run", "-d", "--runtime", RUNTIME];
     args.extend(member);
-    args.extend([IMAGE, "c2", "sleep", "1000"]);
+    args.extend([IMAGE, "c2", "sh", "-c", KEEP_RUNNING]);
     c.ok(&args);
     c.wait_status("c2", "RUNNING");
     let boot_id = "cat /proc/sys/kernel/random/boot_id";
