@@ -8,7 +8,15 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(config) = serde_json::from_slice::<api::CpuConfig>(data) {
         assert!(config.cpuid_modifiers.len() <= api::MAX_CPU_MODIFIERS);
-        assert!(config.msr_modifiers.is_empty(), "MSR modifiers are refused");
+        assert!(config.msr_modifiers.len() <= api::MAX_CPU_MODIFIERS);
+        let mut addrs: Vec<u32> = config.msr_modifiers.iter().map(|m| m.addr).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        assert_eq!(
+            addrs.len(),
+            config.msr_modifiers.len(),
+            "one modifier per MSR"
+        );
         for m in &config.cpuid_modifiers {
             for (_, f) in &m.modifiers {
                 assert_eq!(f.mask >> 32, 0, "a CPUID bitmap has 32 bits");
