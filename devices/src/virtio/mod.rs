@@ -200,6 +200,15 @@ pub struct PendingRestore {
     pub needs_reset: bool,
 }
 
+/// Logs (rate-limited: the guest chooses how often) a driver's write to a
+/// device whose config space it may not write, which is then ignored.
+pub fn ignore_config_write(device: &dyn std::fmt::Display, offset: u64, data: &[u8]) {
+    crate::guest_warn!(
+        "{device}: {}-byte config write at {offset:#x} ignored (read-only config space)",
+        data.len()
+    );
+}
+
 /// Copies `config[offset..]` into `data`, zero-filling what lies past the end.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);

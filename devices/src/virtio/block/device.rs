@@ -41,10 +41,10 @@ impl VirtioDevice for Block {
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Nothing in virtio-blk's config space is writable without
         // VIRTIO_BLK_F_CONFIG_WCE, which is not offered.
-        crate::guest_warn!(
-            "drive {}: {}-byte config write at {offset:#x} ignored (read-only)",
-            self.state.drive_id,
-            data.len()
+        crate::virtio::ignore_config_write(
+            &format_args!("drive {}", self.state.drive_id),
+            offset,
+            data,
         );
     }
 

@@ -27,11 +27,7 @@ impl VirtioDevice for Fs {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        crate::guest_warn!(
-            "virtio-fs {}: {}-byte config write at {offset:#x} ignored (read-only config space)",
-            self.tag,
-            data.len()
-        );
+        crate::virtio::ignore_config_write(&format_args!("virtio-fs {}", self.tag), offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {

@@ -421,10 +421,7 @@ impl VirtioDevice for Mem {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        crate::guest_warn!(
-            "virtio-mem: {}-byte config write at {offset:#x} ignored (read-only config)",
-            data.len()
-        );
+        crate::virtio::ignore_config_write(&"virtio-mem", offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {

@@ -376,11 +376,7 @@ impl VirtioDevice for Net {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // The MAC is read-only for modern drivers.
-        log::debug!(
-            "net {}: ignoring {}-byte config write at {offset:#x}",
-            self.iface_id,
-            data.len()
-        );
+        super::ignore_config_write(&format_args!("net {}", self.iface_id), offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {

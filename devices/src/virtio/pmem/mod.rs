@@ -363,11 +363,7 @@ impl VirtioDevice for Pmem {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        crate::guest_warn!(
-            "pmem {}: {}-byte config write at {offset:#x} ignored (read-only config)",
-            self.id,
-            data.len()
-        );
+        crate::virtio::ignore_config_write(&format_args!("pmem {}", self.id), offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {

@@ -64,10 +64,7 @@ impl VirtioDevice for Rng {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        crate::guest_warn!(
-            "entropy device: {}-byte config write at {offset:#x} ignored (no config space)",
-            data.len()
-        );
+        crate::virtio::ignore_config_write(&"entropy device (no config space)", offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {

@@ -305,10 +305,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
-            "vsock: ignoring {}-byte config write at {offset:#x}",
-            data.len()
-        );
+        crate::virtio::ignore_config_write(&"vsock", offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
