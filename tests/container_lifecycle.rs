@@ -13,6 +13,7 @@ mod images;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
@@ -22,6 +23,21 @@ use images::{docker_save, layer, E};
 
 /// One guest at a time.
 static BOOTS: Mutex<()> = Mutex::new(());
+
+/// How `exec` reports a guest process killed by SIGSEGV. On this emulating
+/// host a busybox process now and then dies of it on its first thread-local
+/// access (measured: 3 of 25 `exec true`; the guest README's "known flake":
+/// the host loses the user FS base), so checks retry a command that ended
+/// so, and say so.
+const HOST_SEGV: i32 = 139;
+
+/// A detached container that serves (see [`Env::run_detached`]).
+struct Detached {
+    id: String,
+    result: String,
+    returned: Duration,
+    answered: Duration,
+}
 
 /// The page the container serves.
 const PAGE: &str = "hello from a flint container\n";
@@ -71,17 +87,85 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Runs an `exec` until it prints something (a guest process's output
-    /// is lost now and then on the emulating test host; three tries).
+    /// Runs an `exec` until it prints something and did not die of the
+    /// host's SIGSEGV quirk (see [`HOST_SEGV`]); four tries, each retry
+    /// said in the output.
     fn exec_output(&self, args: &[&str]) -> Output {
+        self.exec_retrying(args, |out| !out.stdout.is_empty())
+    }
+
+    /// Runs an `exec` that must succeed, retrying only a [`HOST_SEGV`] end.
+    fn exec_ok(&self, args: &[&str]) {
+        let out = self.exec_retrying(args, |_| true);
+        if !out.status.success() {
+            self.dump();
+            panic!("flint container {args:?} failed");
+        }
+    }
+
+    fn exec_retrying(&self, args: &[&str], done: impl Fn(&Output) -> bool) -> Output {
         let mut out = self.flint(args);
-        for _ in 0..2 {
-            if !out.stdout.is_empty() {
+        for attempt in 2..=4 {
+            let segv = out.status.code() == Some(HOST_SEGV);
+            if done(&out) && !segv {
                 break;
             }
+            println!("attempt {attempt}: the guest process died of SIGSEGV or printed nothing (host quirk)");
             out = self.flint(args);
         }
         out
+    }
+
+    /// `run -d ARGS` of container `name`, until `up` (given the time since
+    /// `run` returned) says it serves: its result, the id, and when `run`
+    /// returned and `up` answered. A main process that dies of the host's
+    /// SIGSEGV quirk (see [`HOST_SEGV`]) at start is run again (`rm -f`,
+    /// `run`; three runs at most, each retry said); any other end fails at
+    /// once, with the logs.
+    fn run_detached(
+        &self,
+        name: &str,
+        args: &[&str],
+        up: impl Fn(Duration) -> Option<String>,
+    ) -> Detached {
+        for attempt in 1..=3 {
+            let started = Instant::now();
+            let id = self.ok(args).trim().to_owned();
+            let returned = started.elapsed();
+            let mut checked = Instant::now();
+            loop {
+                if let Some(result) = up(started.elapsed() - returned) {
+                    let answered = started.elapsed();
+                    return Detached {
+                        id,
+                        result,
+                        returned,
+                        answered,
+                    };
+                }
+                if checked.elapsed() > Duration::from_secs(2) {
+                    checked = Instant::now();
+                    let state = self.inspect(name);
+                    if state["status"] != "running" {
+                        if state["exit_code"] == HOST_SEGV && attempt < 3 {
+                            println!("attempt {attempt}: the main process died of SIGSEGV at start (host quirk); running it again");
+                            self.ok(&["rm", "-f", name]);
+                            break;
+                        }
+                        self.dump();
+                        self.flint(&["logs", name]);
+                        panic!("container {name} ended before it served: {state}");
+                    }
+                }
+                if started.elapsed() > Duration::from_secs(600) {
+                    self.dump();
+                    self.flint(&["logs", name]);
+                    panic!("container {name} did not serve within 10 minutes");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        unreachable!("the third run returns or panics")
     }
 
     /// Runs a command that must fail with `message` on stderr.
@@ -252,27 +336,15 @@ fn a_detached_httpd_container_goes_through_docker_s_lifecycle() {
 
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:80");
-    let started = Instant::now();
-    let id = env.ok(&["run", "-d", "--name", "web", "-p", &publish, "web:1"]);
-    let run_returned = started.elapsed();
-    assert_eq!(id.trim().len(), 64, "{id}");
-    let page = loop {
-        if let Some(r) = get(port, "/index.html") {
-            break r;
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            env.dump();
-            env.flint(&["logs", "web"]);
-            env.flint(&["exec", "web", "ps"]);
-            panic!("the port never answered");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let answering = started.elapsed();
-    assert!(page.contains("200 OK") && page.ends_with(PAGE), "{page}");
-    println!(
-        "FIGURE run -d returned after {run_returned:?}; the port answered after {answering:?}"
+    let web = env.run_detached(
+        "web",
+        &["run", "-d", "--name", "web", "-p", &publish, "web:1"],
+        |_| get(port, "/index.html"),
     );
+    let (id, page, run_returned, answered) = (web.id, web.result, web.returned, web.answered);
+    assert_eq!(id.len(), 64, "{id}");
+    assert!(page.contains("200 OK") && page.ends_with(PAGE), "{page}");
+    println!("FIGURE run -d returned after {run_returned:?}; the port answered after {answered:?}");
     // Many connections at once.
     let many: Vec<_> = (0..8)
         .map(|_| std::thread::spawn(move || get(port, "/index.html")))
@@ -300,7 +372,7 @@ fn a_detached_httpd_container_goes_through_docker_s_lifecycle() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), PAGE);
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
     let t = Instant::now();
-    env.ok(&["exec", "web", "true"]);
+    env.exec_ok(&["exec", "web", "true"]);
     println!(
         "FIGURE exec round trip (flint CLI process included): {:?}",
         t.elapsed()
@@ -409,10 +481,33 @@ fn a_killed_flint_shows_the_container_exited_with_the_reason() {
     watchdog(Duration::from_secs(1200));
     let env = Env::new();
     env.load_image();
-    env.ok(&["run", "-d", "--name", "victim", "web:1", "sleep", "100000"]);
+    // A descriptor the caller leaves inheritable (as `flock CMD` does with
+    // its lock) must not live on in the container's processes.
+    let held = std::fs::File::create(env.dir.path().join("held")).unwrap();
+    // SAFETY: F_SETFD on a descriptor this test owns.
+    unsafe { libc::fcntl(held.as_raw_fd(), libc::F_SETFD, 0) };
+    // Up: still running five seconds after `run` returned.
+    env.run_detached(
+        "victim",
+        &["run", "-d", "--name", "victim", "web:1", "sleep", "100000"],
+        |t| (t > Duration::from_secs(5)).then(String::new),
+    );
     let state = env.inspect("victim");
     assert_eq!(state["status"], "running");
     let flint_pid = state["flint"]["pid"].as_i64().unwrap();
+    let monitor_pid = state["monitor"]["pid"].as_i64().unwrap();
+    let held_path = env.dir.path().join("held");
+    for pid in [monitor_pid, flint_pid] {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+        for fd in fds.flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            assert_ne!(
+                target, held_path,
+                "process {pid} inherited the caller's descriptor"
+            );
+        }
+    }
+    drop(held);
     // SAFETY: kill(2) on the container's flint process.
     assert_eq!(unsafe { libc::kill(flint_pid as i32, libc::SIGKILL) }, 0);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -456,30 +551,28 @@ fn a_shared_directory_is_served_live() {
     std::fs::create_dir(&www).unwrap();
     std::fs::write(www.join("index.html"), "first\n").unwrap();
     let port = free_port();
-    env.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "-p",
-        &format!("127.0.0.1:{port}:80"),
-        "-v",
-        &format!("{}:/www:ro", www.display()),
-        "web:1",
-    ]);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let page = loop {
-        if let Some(r) = get(port, "/index.html") {
-            break r;
-        }
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let volume = format!("{}:/www:ro", www.display());
+    let publish = format!("127.0.0.1:{port}:80");
+    let page = env
+        .run_detached(
+            "web",
+            &[
+                "run", "-d", "--name", "web", "-p", &publish, "-v", &volume, "web:1",
+            ],
+            |_| get(port, "/index.html"),
+        )
+        .result;
     assert!(page.ends_with("first\n"), "{page}");
     std::fs::write(www.join("index.html"), "second\n").unwrap();
     let page = get(port, "/index.html").unwrap();
     assert!(page.ends_with("second\n"), "{page}");
-    let out = env.flint(&["exec", "web", "sh", "-c", "echo x > /www/new"]);
-    assert_ne!(out.status.code(), Some(0), ":ro is enforced");
+    let out = env.exec_retrying(&["exec", "web", "sh", "-c", "echo x > /www/new"], |_| true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !matches!(out.status.code(), Some(0) | Some(HOST_SEGV)),
+        ":ro is enforced: {err}"
+    );
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!www.join("new").exists());
     env.ok(&["rm", "-f", "web"]);
 }

@@ -45,7 +45,7 @@ pub use messages::{
     CpuTimes, ExecSpec, ExitStatus, Hello, MountSpec, ProcessInfo, Request, Response, Stats,
     WindowSize,
 };
-pub use splice::{splice, Duplex, SPLICE_BUFFER};
+pub use splice::{splice, splice_with, Duplex, SPLICE_BUFFER};
 
 /// The protocol version this crate speaks. Bumped on any incompatible
 /// change to frames or messages; both sides must speak the same one.

@@ -67,13 +67,26 @@ fn pump<R: Duplex, W: Duplex>(mut from: R, mut to: W) -> u64 {
 
 /// Joins `a` and `b` both ways until both directions have ended; returns
 /// the bytes copied (a to b, b to a). Blocks the calling thread, which
-/// carries the b-to-a direction.
+/// carries the b-to-a direction; a new thread carries the other.
 pub fn splice<A: Duplex, B: Duplex>(a: A, b: B) -> io::Result<(u64, u64)> {
+    splice_with(a, b, |forward| {
+        let thread = std::thread::Builder::new()
+            .name("splice".into())
+            .spawn(forward)?;
+        Ok(move || thread.join().unwrap_or(0))
+    })
+}
+
+/// [`splice`] with the a-to-b direction run by `start` (the guest agent
+/// runs it on a reused worker thread): `start` runs the job it is given
+/// elsewhere and returns how to wait for its byte count.
+pub fn splice_with<A: Duplex, B: Duplex, W: FnOnce() -> u64>(
+    a: A,
+    b: B,
+    start: impl FnOnce(Box<dyn FnOnce() -> u64 + Send>) -> io::Result<W>,
+) -> io::Result<(u64, u64)> {
     let (a2, b2) = (a.duplicate()?, b.duplicate()?);
-    let forward = std::thread::Builder::new()
-        .name("splice".into())
-        .spawn(move || pump(a2, b2))?;
+    let forward = start(Box::new(move || pump(a2, b2)))?;
     let back = pump(b, a);
-    let fwd = forward.join().unwrap_or(0);
-    Ok((fwd, back))
+    Ok((forward(), back))
 }

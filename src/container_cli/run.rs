@@ -122,11 +122,15 @@ fn detached(runtime: &Runtime, id: &str) -> Result<i32, ContainerError> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
-    // SAFETY: setsid between fork and exec: the container leaves this
-    // terminal's session and its signals.
+    // SAFETY: setsid and fcntl/close_range on plain integers between fork
+    // and exec (async-signal-safe): the container leaves this terminal's
+    // session and its signals, and keeps none of the caller's descriptors
+    // (a lock or pipe the caller holds must not live as long as the
+    // container).
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
+            cloexec_from(3);
             Ok(())
         });
     }
@@ -190,4 +194,21 @@ fn attached(
         Err(e) => vm.lost(pid, agent_protocol::ClientError::Unexpected(e.to_string())),
     };
     Ok(vm.finish(end))
+}
+
+/// Marks every descriptor from `first` on close-on-exec (the child's stdio
+/// is already in place below it). Async-signal-safe: for `pre_exec`.
+fn cloexec_from(first: u32) {
+    /// `CLOSE_RANGE_CLOEXEC` (Linux 5.11); older kernels get the loop.
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags.
+    let done =
+        unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if done == 0 {
+        return;
+    }
+    for fd in first as i32..4096 {
+        // SAFETY: F_SETFD on a descriptor number; EBADF for unused ones.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
 }

@@ -185,13 +185,13 @@ pub fn session(conn: UnixStream, spec: ExecSpec, reaper: &Arc<Reaper>) -> io::Re
         .into_iter()
         .map(|(source, is_stderr)| {
             let out = out.clone();
-            std::thread::spawn(move || pump(source, is_stderr, &out))
+            super::workers::run(move || pump(source, is_stderr, &out))
         })
         .collect();
     let mut reader = conn.try_clone()?;
     // Detached: it ends when the connection is shut down below.
     let r = reaper.clone();
-    std::thread::spawn(move || relay_input(&mut reader, input, pid, &r));
+    super::workers::run(move || relay_input(&mut reader, input, pid, &r));
     for pump in pumps {
         let _ = pump.join();
     }

@@ -13,6 +13,7 @@ mod mount;
 mod pty;
 mod reaper;
 mod vsock;
+mod workers;
 
 pub mod procfs;
 
@@ -64,6 +65,7 @@ impl Listen {
 pub fn serve(listen: &Listen) -> Result<(), String> {
     reaper::block_sigchld();
     let reaper = Reaper::start();
+    workers::POOL.prestart(workers::PRESTART);
     let accept: Box<dyn Fn() -> io::Result<UnixStream>> = match listen {
         Listen::Unix(path) => {
             let _ = std::fs::remove_file(path);
@@ -81,7 +83,7 @@ pub fn serve(listen: &Listen) -> Result<(), String> {
         match accept() {
             Ok(conn) => {
                 let reaper = reaper.clone();
-                std::thread::spawn(move || handle(conn, &reaper));
+                workers::run(move || handle(conn, &reaper));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -109,7 +111,10 @@ fn connect(mut conn: UnixStream, port: u16) -> Result<(), FrameError> {
     };
     let _ = tcp.set_nodelay(true);
     reply(&mut conn, Response::Ok)?;
-    agent_protocol::splice(conn, tcp)?;
+    agent_protocol::splice_with(conn, tcp, |forward| {
+        let done = workers::run(forward);
+        Ok(move || done.join().unwrap_or(0))
+    })?;
     Ok(())
 }
 
