@@ -86,6 +86,10 @@ mod tests {
     #[test]
     fn kvm_accepts_every_boot_msr() {
         let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "cannot run under CI: no /dev/kvm"
+            );
             eprintln!("skipped: /dev/kvm not available");
             return;
         };

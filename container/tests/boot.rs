@@ -41,7 +41,31 @@ struct Outcome {
     wall: Duration,
 }
 
+/// How a one-shot run reports a command killed by SIGSEGV. On this
+/// emulating test host a process started by the guest init now and then
+/// dies so on its first thread-local access (the host loses the thread
+/// pointer it set; see `tests/container_lifecycle.rs`).
+const HOST_SEGV: u8 = 139;
+
+/// [`run_once`], again (at most twice more, said on stderr) when the
+/// command died of the host's SIGSEGV quirk; the progress of every run,
+/// and whether the first hit the cache.
 fn run(args: ContainerRunArgs) -> Outcome {
+    let mut first = run_once(args.clone());
+    let mut attempt = 1;
+    while first.report.exit_code == HOST_SEGV && attempt < 3 {
+        attempt += 1;
+        eprintln!("attempt {attempt}: the command died of SIGSEGV (host quirk); running it again");
+        let again = run_once(args.clone());
+        let cache_hit = first.report.cache_hit;
+        let progress = first.progress + &again.progress;
+        first = Outcome { progress, ..again };
+        first.report.cache_hit = cache_hit;
+    }
+    first
+}
+
+fn run_once(args: ContainerRunArgs) -> Outcome {
     let (stdout, stderr, progress) = (Capture::default(), Capture::default(), Capture::default());
     let started = Instant::now();
     let result = container::run_with(
@@ -98,6 +122,10 @@ fn watchdog(limit: Duration) {
 #[test]
 fn an_image_runs_cold_then_from_the_cache() {
     if let Some(reason) = skip_reason() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "cannot run under CI: {reason}"
+        );
         eprintln!("SKIP: {reason}");
         return;
     }
