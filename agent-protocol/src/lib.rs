@@ -42,8 +42,8 @@ pub use client::{
 };
 pub use frame::{decode_frame, read_frame, write_frame, Frame, MAX_CHUNK, MAX_PAYLOAD};
 pub use messages::{
-    CpuTimes, ExecSpec, ExitStatus, Hello, MountSpec, ProcessInfo, Request, Response, Stats,
-    WindowSize,
+    CpuTimes, ExecSpec, ExitStatus, Hello, MountSpec, ProcessInfo, Request, Response, Rlimit,
+    Stats, WindowSize,
 };
 pub use splice::{splice, splice_with, Duplex, SPLICE_BUFFER};
 

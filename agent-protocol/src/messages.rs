@@ -116,6 +116,29 @@ pub struct ExecSpec {
     /// it. `None`: the guest's own root.
     #[serde(default)]
     pub root: Option<String>,
+    /// Resource limits set in the child before it executes (an OCI
+    /// spec's `process.rlimits`); limits not named keep the agent's. Left
+    /// out of the JSON when empty, so a request without limits reads as
+    /// before; an agent older than this field ignores it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// One resource limit for [`ExecSpec::rlimits`], as the OCI runtime spec
+/// writes it: `{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 4096}`.
+/// `u64::MAX` is `RLIM_INFINITY`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// `RLIMIT_NOFILE`, `RLIMIT_NPROC`, ...: the `setrlimit(2)` resource's
+    /// name. The agent refuses a name it does not know (as runc does)
+    /// rather than run the process without the limit.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The soft limit (what the process gets); at most `hard`.
+    pub soft: u64,
+    /// The hard limit (the ceiling an unprivileged process can raise its
+    /// soft limit to).
+    pub hard: u64,
 }
 
 /// A terminal's size in character cells.
@@ -184,4 +207,45 @@ pub struct CpuTimes {
     pub irq: u64,
     pub softirq: u64,
     pub steal: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rlimits_are_optional_both_ways() {
+        // A request from a host older than the field still parses.
+        let old: Request =
+            serde_json::from_str(r#"{"type": "exec", "argv": ["sh"], "root": null}"#).unwrap();
+        assert_eq!(
+            old,
+            Request::Exec(ExecSpec {
+                argv: vec!["sh".into()],
+                ..ExecSpec::default()
+            })
+        );
+        // Without limits the JSON is what an older agent has always read.
+        let plain = serde_json::to_string(&Request::Exec(ExecSpec::default())).unwrap();
+        assert!(!plain.contains("rlimits"), "{plain}");
+        // With limits: the OCI spec's shape.
+        let spec = ExecSpec {
+            argv: vec!["sh".into()],
+            rlimits: vec![Rlimit {
+                kind: "RLIMIT_NOFILE".into(),
+                soft: 64,
+                hard: 128,
+            }],
+            ..ExecSpec::default()
+        };
+        let json = serde_json::to_value(Request::Exec(spec.clone())).unwrap();
+        assert_eq!(
+            json["rlimits"],
+            serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 64, "hard": 128}])
+        );
+        assert_eq!(
+            serde_json::from_value::<Request>(json).unwrap(),
+            Request::Exec(spec)
+        );
+    }
 }

@@ -20,6 +20,11 @@ fn all_frames() -> Vec<Frame> {
             user: Some("1000:1000".into()),
             tty: Some(WindowSize { rows: 24, cols: 80 }),
             root: Some("/c/x".into()),
+            rlimits: vec![Rlimit {
+                kind: "RLIMIT_NOFILE".into(),
+                soft: 1024,
+                hard: u64::MAX,
+            }],
         })),
         Frame::Request(Request::Mount(MountSpec {
             source: "/dev/vdb".into(),

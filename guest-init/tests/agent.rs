@@ -134,6 +134,36 @@ fn exec_reports_output_and_exit_status() {
 }
 
 #[test]
+fn rlimits_reach_the_process_even_as_another_user() {
+    let agent = Agent::start("rlimits");
+    let limit = |kind: &str, soft, hard| Rlimit {
+        kind: kind.into(),
+        soft,
+        hard,
+    };
+    // Set before the switch to an unprivileged user, which could not
+    // raise the hard limit itself.
+    let mut s = spec(&["sh", "-c", "ulimit -Sn; ulimit -Hn; ulimit -Sc"]);
+    s.user = Some("4242:4242".into());
+    s.rlimits = vec![
+        limit("RLIMIT_NOFILE", 77, 4321),
+        limit("RLIMIT_CORE", u64::MAX, u64::MAX),
+    ];
+    let out = agent.client().exec(s).unwrap().wait_output().unwrap();
+    assert_eq!(
+        (text(&out.stdout), out.status),
+        ("77\n4321\nunlimited\n".into(), ExitStatus::Code(0)),
+        "{}",
+        text(&out.stderr)
+    );
+    // An unknown limit is refused, not silently dropped.
+    let mut s = spec(&["true"]);
+    s.rlimits = vec![limit("RLIMIT_WHATEVER", 1, 1)];
+    let err = agent.client().exec(s).err().unwrap();
+    assert!(err.to_string().contains("RLIMIT_WHATEVER"), "{err}");
+}
+
+#[test]
 fn stdin_reaches_the_process() {
     let agent = Agent::start("stdin");
     let mut session = agent.client().exec(spec(&["cat"])).unwrap();

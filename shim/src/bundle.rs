@@ -1,11 +1,12 @@
 //! What the shim reads from an OCI bundle's `config.json`: the process to
 //! run, the CRI pod annotations and the VM size. Only the fields the shim
 //! uses are parsed; the rest of the runtime spec is ignored (the guest has
-//! no cgroups or namespaces per container yet).
+//! no cgroups or namespaces per container yet). Also: the resources of a
+//! task `Update`, checked against the VM's size.
 
 use std::path::Path;
 
-use agent_protocol::{ExecSpec, WindowSize};
+use agent_protocol::{ExecSpec, Rlimit, WindowSize};
 use serde::Deserialize;
 
 use crate::ShimError;
@@ -50,6 +51,10 @@ pub struct Process {
     pub env: Vec<String>,
     #[serde(default)]
     pub cwd: Option<String>,
+    /// `process.rlimits`: `{"type": "RLIMIT_NOFILE", "hard": n, "soft": n}`,
+    /// the agent's own shape; set on the process in the guest.
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
 }
 
 /// `process.consoleSize`.
@@ -75,7 +80,8 @@ pub struct Linux {
     pub resources: Option<Resources>,
 }
 
-/// `linux.resources`.
+/// `linux.resources`, and the body of a task `Update` (containerd sends
+/// an OCI `LinuxResources` as JSON).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Resources {
     #[serde(default)]
@@ -187,8 +193,65 @@ impl Process {
             user,
             tty,
             root: Some(root.to_owned()),
+            rlimits: self.rlimits.clone(),
         }
     }
+}
+
+impl Resources {
+    /// The resources of a task `Update` (`UpdateTaskRequest.resources`:
+    /// an OCI `LinuxResources` in JSON).
+    pub fn parse_update(json: &[u8]) -> Result<Resources, ShimError> {
+        serde_json::from_slice(json).map_err(|e| ShimError::Spec(format!("update: {e}")))
+    }
+
+    /// The memory limit in bytes, if one is set (`<= 0`: none).
+    pub fn memory_limit(&self) -> Option<u64> {
+        let limit = self.memory.as_ref()?.limit?;
+        (limit > 0).then_some(limit as u64)
+    }
+
+    /// Accepts limits the running VM already satisfies: memory at most the
+    /// VM's `mem_mib`, a CPU quota of at most `vcpus` CPUs. flint does not
+    /// grow a running VM (no memory or CPU hot-plug through the shim), so
+    /// a larger limit is refused instead of being recorded as if granted.
+    pub fn check_fits(&self, mem_mib: u64, vcpus: u64) -> Result<(), ShimError> {
+        if let Some(limit) = self.memory_limit() {
+            if limit > mem_mib << 20 {
+                return Err(ShimError::Usage(format!(
+                    "update: a memory limit of {limit} bytes exceeds the pod VM's \
+                     {mem_mib} MiB; flint cannot grow a running VM (size the pod \
+                     with io.flint.vm.memory-mib or its limits instead)"
+                )));
+            }
+        }
+        if let Some(cpu) = &self.cpu {
+            if let (Some(quota), Some(period)) = (cpu.quota, cpu.period) {
+                if quota > 0 && period > 0 && (quota as u64).div_ceil(period) > vcpus {
+                    return Err(ShimError::Usage(format!(
+                        "update: a CPU quota of {quota}/{period} exceeds the pod VM's \
+                         {vcpus} vCPU(s); flint cannot add vCPUs to a running VM"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keeps a container id usable as a guest path component.
+pub fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -241,5 +304,58 @@ mod tests {
         assert_eq!(exec.tty, Some(WindowSize { rows: 24, cols: 80 }));
         assert_eq!(exec.root.as_deref(), Some("/c/x"));
         assert_eq!(exec.cwd.as_deref(), Some("/w"));
+        assert!(exec.rlimits.is_empty());
+    }
+
+    #[test]
+    fn rlimits_reach_the_exec_spec() {
+        let spec = Spec::parse(
+            br#"{"process": {"args": ["sh"], "rlimits": [
+                {"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024},
+                {"type": "RLIMIT_CORE", "hard": 18446744073709551615, "soft": 0}]}}"#,
+        )
+        .unwrap();
+        let exec = spec.process.unwrap().exec_spec("/c/x");
+        let limits: Vec<_> = exec
+            .rlimits
+            .iter()
+            .map(|l| (l.kind.as_str(), l.soft, l.hard))
+            .collect();
+        assert_eq!(
+            limits,
+            [("RLIMIT_NOFILE", 1024, 4096), ("RLIMIT_CORE", 0, u64::MAX)]
+        );
+    }
+
+    #[test]
+    fn updates_fit_the_vm_or_are_refused() {
+        // containerd's JSON for `ctr task update` / CRI UpdateContainerResources.
+        let shrink = Resources::parse_update(
+            br#"{"memory": {"limit": 67108864}, "cpu": {"quota": 50000, "period": 100000}}"#,
+        )
+        .unwrap();
+        assert!(shrink.check_fits(256, 1).is_ok());
+        assert_eq!(shrink.memory_limit(), Some(64 << 20));
+        // Exactly the VM's size fits; no limit (-1) fits.
+        let whole = Resources::parse_update(br#"{"memory": {"limit": 268435456}}"#).unwrap();
+        assert!(whole.check_fits(256, 1).is_ok());
+        let unlimited = Resources::parse_update(br#"{"memory": {"limit": -1}}"#).unwrap();
+        assert!(unlimited.check_fits(256, 1).is_ok());
+        assert_eq!(unlimited.memory_limit(), None);
+        let grow = Resources::parse_update(br#"{"memory": {"limit": 536870912}}"#).unwrap();
+        let err = grow.check_fits(256, 1).unwrap_err().to_string();
+        assert!(err.contains("exceeds the pod VM's 256 MiB"), "{err}");
+        let cpus =
+            Resources::parse_update(br#"{"cpu": {"quota": 200000, "period": 100000}}"#).unwrap();
+        assert!(cpus.check_fits(256, 2).is_ok());
+        let err = cpus.check_fits(256, 1).unwrap_err().to_string();
+        assert!(err.contains("1 vCPU"), "{err}");
+        assert!(Resources::parse_update(b"[1]").is_err());
+    }
+
+    #[test]
+    fn ids_become_safe_guest_paths() {
+        assert_eq!(sanitize("abc-1_2.x"), "abc-1_2.x");
+        assert_eq!(sanitize("../x/y"), "_x_y");
     }
 }

@@ -23,7 +23,7 @@ use containerd_shim::{
     Config, Context, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
 };
 
-use crate::bundle::{Role, Spec};
+use crate::bundle::{sanitize, Resources, Role, Spec};
 use crate::image::{self, RootMount};
 use crate::process::{Process, Status as PStatus, StdioPaths};
 use crate::settings::{Resolved, Settings};
@@ -42,6 +42,9 @@ pub struct Container {
     pub guest_root: String,
     /// Orders a process's start event before its exit event.
     events: Arc<Mutex<()>>,
+    /// The limits of its last accepted `Update` (`Stats` reports the
+    /// memory limit).
+    limits: Mutex<Option<Resources>>,
 }
 
 /// State shared by the service's threads.
@@ -50,6 +53,8 @@ pub struct Inner {
     publisher: Mutex<Option<RemotePublisher>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     vm: Mutex<Option<Arc<Vm>>>,
+    /// The VM's memory (MiB) and vCPUs: what an `Update` must fit in.
+    vm_size: Mutex<(u64, u64)>,
     paused: AtomicBool,
     exit: Arc<ExitSignal>,
 }
@@ -169,6 +174,7 @@ impl Inner {
             image: root_image,
             guest_root,
             events: Arc::new(Mutex::new(())),
+            limits: Mutex::new(None),
         });
         lock(&self.containers).insert(req.id.clone(), container);
         self.publish(
@@ -210,6 +216,8 @@ impl Inner {
                 }
                 let settings = Settings::load(&env)?.resolve(&env)?;
                 let vm = Arc::new(start_vm(&settings, spec, bundle, root_image, id)?);
+                *lock(&self.vm_size) =
+                    spec.vm_size(settings.default_memory_mib, settings.default_vcpus);
                 *lock(&self.vm) = Some(vm.clone());
                 (vm, vm::slot_device(0))
             }
@@ -500,11 +508,27 @@ impl Inner {
         Ok(())
     }
 
+    /// Update: new limits for a running container. Accepted and recorded
+    /// when the pod's VM already satisfies them (they only shrink within
+    /// its size); a limit beyond the VM is refused, as flint does not grow
+    /// a running VM. Nothing in the guest enforces them per container yet
+    /// (no cgroups per container in the guest).
+    fn update(&self, req: &api::UpdateTaskRequest) -> Result<(), ShimError> {
+        let c = self.container(&req.id)?;
+        let json = req.resources.as_ref().map_or(&[][..], |a| &a.value[..]);
+        let resources = Resources::parse_update(if json.is_empty() { b"{}" } else { json })?;
+        let (mem_mib, vcpus) = *lock(&self.vm_size);
+        resources.check_fits(mem_mib, vcpus)?;
+        *lock(&c.limits) = Some(resources);
+        Ok(())
+    }
+
     fn stats(&self, id: &str) -> Result<api::StatsResponse, ShimError> {
         use containerd_shim::protos::cgroups::metrics::{MemoryEntry, MemoryStat, Metrics};
         use containerd_shim::protos::protobuf::well_known_types::any::Any;
-        self.container(id)?;
+        let c = self.container(id)?;
         let stats = self.vm()?.agent()?.stats()?;
+        let limit = lock(&c.limits).as_ref().and_then(Resources::memory_limit);
         let used = stats
             .mem_total_bytes
             .saturating_sub(stats.mem_available_bytes);
@@ -512,7 +536,7 @@ impl Inner {
             memory: Some(MemoryStat {
                 usage: Some(MemoryEntry {
                     usage: used,
-                    limit: stats.mem_total_bytes,
+                    limit: limit.map_or(stats.mem_total_bytes, |l| l.min(stats.mem_total_bytes)),
                     ..Default::default()
                 })
                 .into(),
@@ -532,21 +556,6 @@ impl Inner {
 
 /// The service's shared state, for exit callbacks that outlive a request.
 static SELF: Mutex<std::sync::Weak<Inner>> = Mutex::new(std::sync::Weak::new());
-
-/// Keeps a container id usable as a guest path component.
-fn sanitize(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect::<String>()
-        .trim_start_matches('.')
-        .to_owned()
-}
 
 /// Starts a sandbox's VM and waits for its agent.
 fn start_vm(
@@ -599,6 +608,7 @@ impl containerd_shim::Shim for Service {
             publisher: Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
             vm: Mutex::new(None),
+            vm_size: Mutex::new((0, 0)),
             paused: AtomicBool::new(false),
             exit: Arc::new(ExitSignal::default()),
         });
@@ -747,6 +757,11 @@ impl containerd_shim::Task for Service {
         Ok(api::Empty::default())
     }
 
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        ok(self.inner.update(&req))?;
+        Ok(api::Empty::default())
+    }
+
     fn stats(
         &self,
         _ctx: &TtrpcContext,
@@ -778,16 +793,5 @@ impl containerd_shim::Task for Service {
             self.exit.signal();
         }
         Ok(api::Empty::default())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_become_safe_guest_paths() {
-        assert_eq!(sanitize("abc-1_2.x"), "abc-1_2.x");
-        assert_eq!(sanitize("../x/y"), "_x_y");
     }
 }

@@ -65,6 +65,7 @@ pub fn exec(args: ExecArgs) -> Result<i32, ContainerError> {
         user: args.user.clone().or(st.user.clone()),
         tty: args.tty.then(term::size),
         root: None,
+        rlimits: Vec::new(),
     };
     let session = daemon::agent(&dir)
         .and_then(|a| a.exec(spec))

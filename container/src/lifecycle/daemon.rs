@@ -148,6 +148,7 @@ impl Vm {
             user: s.user.clone(),
             tty,
             root: None,
+            rlimits: Vec::new(),
         };
         let session = agent(&self.dir)
             .and_then(|a| a.exec(spec))

@@ -13,6 +13,7 @@ use agent_protocol::{read_frame, write_frame, ExecSpec, ExitStatus, Frame, Respo
 
 use super::pty;
 use super::reaper::Reaper;
+use super::rlimit;
 use crate::resolve_user;
 
 /// `PATH` for processes whose environment has none (Docker's default).
@@ -86,6 +87,7 @@ fn command(spec: &ExecSpec) -> Result<Command, String> {
         cmd.env("HOME", &creds.home);
     }
     let tty = spec.tty.is_some();
+    let limits = rlimit::prepare(&spec.rlimits)?;
     let switch = creds.uid != 0 || creds.gid != 0 || creds.groups != [0];
     let crate::Credentials {
         uid, gid, groups, ..
@@ -104,6 +106,8 @@ fn command(spec: &ExecSpec) -> Result<Command, String> {
                     return Err(io::Error::last_os_error());
                 }
             }
+            // Before the user changes: raising a hard limit needs root.
+            rlimit::apply(&limits)?;
             if switch
                 && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setgid(gid) != 0

@@ -12,6 +12,7 @@ mod files;
 mod mount;
 mod pty;
 mod reaper;
+mod rlimit;
 mod vsock;
 mod workers;
 

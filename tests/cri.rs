@@ -1,0 +1,663 @@
+//! A Kubernetes-style pod in one flint microVM, driven through containerd's
+//! CRI API over gRPC, as kubelet drives it: a private containerd (own
+//! config, root, state and sockets in a temp dir) with the CRI plugin and
+//! a runtime handler `flint` (`runtime_type = "io.containerd.flint.v2"`),
+//! and a small CRI client (`tests/cri/client.rs`) calling `runtime.v1`:
+//! RunPodSandbox (runtime handler `flint`) → CreateContainer ×2 →
+//! StartContainer ×2 → ContainerStatus → ExecSync in each →
+//! UpdateContainerResources (one that fits the VM, one that does not) →
+//! StopPodSandbox → RemovePodSandbox.
+//!
+//! What it proves: the CRI plugin's own annotations (containerd sets
+//! `io.kubernetes.cri.container-type` and `io.kubernetes.cri.sandbox-id`,
+//! nothing is set by hand) put the pod's sandbox and both containers into
+//! one VM (one flint process, one shim; both containers report the same
+//! `/proc/sys/kernel/random/boot_id`); ExecSync's exit codes are exact;
+//! `process.rlimits` reach the container's processes (Kubernetes has no
+//! rlimits field: they come from the runtime entry's `base_runtime_spec`,
+//! the way a node operator sets them, and CRI carries them into each
+//! container's spec); a task `Update` that fits the VM is accepted and one that
+//! does not is refused with the shim's error; after RemovePodSandbox no
+//! flint, shim, socket directory or mount is left.
+//!
+//! No registry is reachable and there is no CNI here: the test builds its
+//! pause and container images from busybox-static, imports them into the
+//! `k8s.io` namespace under the names the config uses, and the pod uses
+//! the host's network (`NamespaceOption.network = NODE`), for which
+//! containerd sets up no CNI network. One guest boot.
+
+#[path = "cri/client.rs"]
+mod client;
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use client::*;
+
+/// The sandbox ("pause") image the containerd config names.
+const PAUSE: &str = "flint.test/pause:1";
+/// The pod's containers' image.
+const BOX: &str = "flint.test/box:1";
+/// CRI's containerd namespace.
+const NS: &str = "k8s.io";
+/// The runtime handler (a Kubernetes RuntimeClass's `handler`).
+const HANDLER: &str = "flint";
+/// A long-lived main process that survives one of its `sleep`s dying of
+/// the host's guest SIGSEGV quirk (see EMULATION_SEGV).
+const KEEP_RUNNING: &str = "while :; do sleep 5; done";
+/// The `RLIMIT_NOFILE` (soft, hard) of the runtime's base spec.
+const NOFILE: (u64, u64) = (1111, 2222);
+/// Exit status of a guest process killed by SIGSEGV: on this emulating
+/// host a guest busybox now and then dies so, shim or not.
+const EMULATION_SEGV: i32 = 139;
+
+/// A private containerd with the CRI plugin, killed (with what it left)
+/// on drop.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Containerd {
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
+    fn start(bin_dir: &Path) -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("flint-cri-test")
+            .tempdir()
+            .unwrap();
+        let d = dir.path().display();
+        // The runtime entry a node adds for flint (README "Kubernetes /
+        // containerd"), plus what this host needs: the test's pause image,
+        // empty CNI directories (host-network pods need none), no AppArmor
+        // profile (the spec's is not used inside a VM anyway). The default
+        // runtime must name a configured one (the CRI plugin refuses to
+        // load otherwise: this config's `runtimes` replaces containerd's
+        // default `runc` entry); the pod still picks `flint` by handler.
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/c.sock"
+[ttrpc]
+  address = "{d}/c.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  disable_apparmor = true
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/conf"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "{HANDLER}"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{HANDLER}]
+    runtime_type = "io.containerd.flint.v2"
+    base_runtime_spec = "{d}/base-spec.json"
+"#
+        );
+        // Kubernetes has no rlimits field: a node gives a runtime's pods
+        // rlimits through its base spec, which CRI starts each spec from.
+        let mut base: serde_json::Value =
+            serde_json::from_str(&common::run(Command::new("ctr").args(["oci", "spec"]))).unwrap();
+        base["process"]["rlimits"] = serde_json::json!([
+            {"type": "RLIMIT_NOFILE", "soft": NOFILE.0, "hard": NOFILE.1}
+        ]);
+        std::fs::write(dir.path().join("base-spec.json"), base.to_string()).unwrap();
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .env("PATH", path)
+            .env("FLINT_GUEST_DIR", common::guest_dir())
+            .env("FLINT_BIN", bin_dir.join("flint"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting containerd");
+        let c = Containerd { dir, child };
+        let start = Instant::now();
+        while c.ctr(&["version"]).status.code() != Some(0) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "containerd did not come up: {}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(self.sock())
+            .args(["-n", NS])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ctr")
+    }
+
+    /// A task's bundle (the shim's state directory for it).
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(NS)
+            .join(id)
+    }
+
+    /// The containerd log's last lines, for failure messages.
+    fn tail(&self) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Whatever a failed test left running (the shims and their flints
+        // name the temp dir on their command lines) or mounted under it.
+        let prefix = self.dir.path().display().to_string();
+        for pid in pids_with(&prefix) {
+            // SAFETY: kill(2) with plain integers.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        for point in mounts_under(&prefix).into_iter().rev() {
+            let _ = Command::new("umount").args(["-l", &point]).status();
+        }
+    }
+}
+
+/// Mount points under `prefix`, in mount order.
+fn mounts_under(prefix: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|m| m.split_whitespace().nth(4))
+        .filter(|point| point.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Pids of live processes whose command line contains `needle`.
+fn pids_with(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline: Vec<u8> = cmdline
+            .iter()
+            .map(|&b| if b == 0 { b' ' } else { b })
+            .collect();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn sha256(path: &Path) -> String {
+    let out = common::run(Command::new("sha256sum").arg(path));
+    out.split_whitespace().next().unwrap().to_owned()
+}
+
+/// An OCI image layout tarball of a static busybox named `name`, whose
+/// entrypoint is `entrypoint`, built with tar(1) under `work`.
+fn build_image(work: &Path, busybox: &Path, name: &str, entrypoint: &[&str]) -> PathBuf {
+    let work = work.join(name.replace(['/', ':'], "_"));
+    let layer = work.join("layer");
+    let blobs = work.join("img/blobs/sha256");
+    for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(layer.join(d)).unwrap();
+    }
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::copy(busybox, layer.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "cat", "sleep", "ls", "true"] {
+        std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(layer.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(layer.join("etc/group"), "root:x:0:\n").unwrap();
+    let blob = |path: &Path| -> (String, u64) {
+        let digest = sha256(path);
+        std::fs::copy(path, blobs.join(&digest)).unwrap();
+        (digest, std::fs::metadata(path).unwrap().len())
+    };
+    let layer_tar = work.join("layer.tar");
+    common::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&layer)
+            .args(["--owner=0", "--group=0", "-cf"])
+            .arg(&layer_tar)
+            .arg("."),
+    );
+    let (l, l_size) = blob(&layer_tar);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Entrypoint": entrypoint},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{l}")]},
+    });
+    let write = |file: &str, v: &serde_json::Value| -> (String, u64) {
+        let p = work.join(file);
+        std::fs::write(&p, v.to_string()).unwrap();
+        blob(&p)
+    };
+    let (c, c_size) = write("config.json", &config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{c}"), "size": c_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{l}"), "size": l_size}],
+    });
+    let (m, m_size) = write("manifest.json", &manifest);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{m}"), "size": m_size,
+            "platform": {"architecture": "amd64", "os": "linux"},
+            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1"},
+        }],
+    });
+    std::fs::write(work.join("img/index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        work.join("img/oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let tarball = work.join("image.tar");
+    common::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(work.join("img"))
+            .arg("-cf")
+            .arg(&tarball)
+            .arg("."),
+    );
+    tarball
+}
+
+/// ExecSync of `sh -c script`: its stdout and exit code. Retried (up to 3
+/// runs) when busybox died of the emulation's SIGSEGV, or when a guest
+/// pipeline printed nothing (both quirks of this host, printed when seen).
+fn exec_sync(cri: &mut Cri, id: &str, script: &str) -> (String, i32) {
+    exec_sync_timed(cri, id, script).0
+}
+
+/// [`exec_sync`], and how long its last attempt took.
+fn exec_sync_timed(cri: &mut Cri, id: &str, script: &str) -> ((String, i32), Duration) {
+    let mut last = (String::new(), -1);
+    let mut took = Duration::ZERO;
+    for attempt in 0..3 {
+        let t = Instant::now();
+        let reply: ExecSyncResponse = cri
+            .runtime(
+                "ExecSync",
+                &ExecSyncRequest {
+                    container_id: id.into(),
+                    cmd: vec!["sh".into(), "-c".into(), script.into()],
+                    timeout: 300,
+                },
+            )
+            .unwrap_or_else(|e| panic!("ExecSync {script:?} in {id}: {e}"));
+        took = t.elapsed();
+        last = (
+            String::from_utf8_lossy(&reply.stdout).into_owned(),
+            reply.exit_code,
+        );
+        if last.1 == EMULATION_SEGV {
+            println!(
+                "ExecSync {script:?} in {id}: SIGSEGV (exit 139) on attempt {attempt}, retrying"
+            );
+        } else if last.0.trim().is_empty() {
+            println!("ExecSync {script:?} in {id}: no output on attempt {attempt}, retrying");
+        } else {
+            break;
+        }
+    }
+    (last, took)
+}
+
+/// The pod's config, sent with RunPodSandbox and each CreateContainer.
+fn pod_config() -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "pod1".into(),
+            uid: "flint-cri-test-uid".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "pod1".into(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: String::new(),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NAMESPACE_NODE,
+                    ..NamespaceOption::default()
+                }),
+            }),
+        }),
+        ..PodSandboxConfig::default()
+    }
+}
+
+/// The `RLIMIT_NOFILE` (soft, hard) a task's `config.json` gives its
+/// process.
+fn nofile_limit(bundle: &Path) -> Option<(u64, u64)> {
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+    let limit = spec["process"]["rlimits"]
+        .as_array()?
+        .iter()
+        .find(|l| l["type"] == "RLIMIT_NOFILE")?
+        .clone();
+    Some((limit["soft"].as_u64()?, limit["hard"].as_u64()?))
+}
+
+fn container_state(cri: &mut Cri, id: &str) -> ContainerStatus {
+    let reply: ContainerStatusResponse = cri
+        .runtime(
+            "ContainerStatus",
+            &ContainerIdRequest {
+                container_id: id.into(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"));
+    reply.status.expect("a status")
+}
+
+#[test]
+fn a_cri_pod_runs_its_containers_in_one_flint_vm() {
+    if !common::is_root() {
+        return common::cannot_run("the shim mounts rootfs snapshots: needs root");
+    }
+    let busybox = Path::new("/bin/busybox");
+    if Command::new("containerd")
+        .arg("--version")
+        .output()
+        .is_err()
+        || !busybox.is_file()
+    {
+        return common::cannot_run(
+            "containerd or busybox-static missing (scripts/test installs them)",
+        );
+    }
+    let flint = PathBuf::from(env!("CARGO_BIN_EXE_flint"));
+    let bin_dir = flint.parent().unwrap().to_owned();
+    // The shim is another package's binary: build it (a no-op when fresh).
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "-p", "shim", "--bin", "containerd-shim-flint-v2"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let _boot = common::BOOT_LOCK.write().unwrap_or_else(|p| p.into_inner());
+
+    let c = Containerd::start(&bin_dir);
+    let prefix = c.dir.path().display().to_string();
+    let mut cri = Cri::connect(&c.sock()).expect("connecting to containerd's socket");
+    let version: VersionResponse = cri
+        .runtime(
+            "Version",
+            &VersionRequest {
+                version: "v1".into(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("CRI Version: {e}\n{}", c.tail()));
+    println!(
+        "CRI: {} {} (API {})",
+        version.runtime_name, version.runtime_version, version.runtime_api_version
+    );
+
+    // Images: the config's pause image and the containers', imported into
+    // CRI's namespace; CRI's image store picks them up from containerd's
+    // events, so wait until ImageStatus knows them.
+    let pause = build_image(c.dir.path(), busybox, PAUSE, &["sh", "-c", KEEP_RUNNING]);
+    let image = build_image(c.dir.path(), busybox, BOX, &["sh"]);
+    for tarball in [&pause, &image] {
+        let out = c.ctr(&["images", "import", tarball.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    for name in [PAUSE, BOX] {
+        let start = Instant::now();
+        loop {
+            let status: ImageStatusResponse = cri
+                .image(
+                    "ImageStatus",
+                    &ImageStatusRequest {
+                        image: Some(ImageSpec { image: name.into() }),
+                    },
+                )
+                .unwrap_or_else(|e| panic!("ImageStatus {name}: {e}"));
+            if status.image.is_some() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "CRI never saw {name}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // 1. The pod: its sandbox boots the VM.
+    let t = Instant::now();
+    let pod: RunPodSandboxResponse = cri
+        .runtime(
+            "RunPodSandbox",
+            &RunPodSandboxRequest {
+                config: Some(pod_config()),
+                runtime_handler: HANDLER.into(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.tail()));
+    let pod_id = pod.pod_sandbox_id;
+    println!(
+        "figure: RunPodSandbox (VM boot included): {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // 2. Two containers in it.
+    let mut ids = Vec::new();
+    for name in ["c1", "c2"] {
+        let created: CreateContainerResponse = cri
+            .runtime(
+                "CreateContainer",
+                &CreateContainerRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                    config: Some(ContainerConfig {
+                        metadata: Some(ContainerMetadata {
+                            name: name.into(),
+                            attempt: 0,
+                        }),
+                        image: Some(ImageSpec { image: BOX.into() }),
+                        command: vec!["sh".into(), "-c".into(), KEEP_RUNNING.into()],
+                        args: vec![],
+                    }),
+                    sandbox_config: Some(pod_config()),
+                },
+            )
+            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", c.tail()));
+        let id = created.container_id;
+        let _: Empty = cri
+            .runtime(
+                "StartContainer",
+                &ContainerIdRequest {
+                    container_id: id.clone(),
+                },
+            )
+            .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", c.tail()));
+        assert_eq!(container_state(&mut cri, &id).state, CONTAINER_RUNNING);
+        ids.push(id);
+    }
+
+    // 3. ExecSync in each: one VM (same boot id), exact exit codes.
+    let boot_id = "cat /proc/sys/kernel/random/boot_id";
+    let (b1, _) = exec_sync(&mut cri, &ids[0], boot_id);
+    let (b2, _) = exec_sync(&mut cri, &ids[1], boot_id);
+    assert!(!b1.trim().is_empty(), "no boot id");
+    assert_eq!(b1, b2, "the pod's containers run in different VMs");
+    for (i, id) in ids.iter().enumerate() {
+        let ((out, code), took) =
+            exec_sync_timed(&mut cri, id, &format!("echo out-{i}; exit {}", 7 + i));
+        println!("figure: ExecSync round trip: {:.2} s", took.as_secs_f64());
+        assert_eq!(
+            (out.trim(), code),
+            (format!("out-{i}").as_str(), 7 + i as i32)
+        );
+    }
+    // Each container has its own root.
+    let (wrote, _) = exec_sync(&mut cri, &ids[1], "echo mine > /tmp/only-c2 && echo ok");
+    assert_eq!(wrote.trim(), "ok");
+    let (seen, _) = exec_sync(&mut cri, &ids[0], "ls /tmp/only-c2 2>&1; echo done");
+    assert!(seen.contains("No such file"), "{seen}");
+
+    // 4. The spec's rlimits (from the runtime's base spec, through CRI)
+    // reach the container's processes.
+    assert_eq!(
+        nofile_limit(&c.bundle(&ids[0])),
+        Some(NOFILE),
+        "CRI kept the base spec's rlimits"
+    );
+    let (limit, _) = exec_sync(&mut cri, &ids[0], "ulimit -Sn; ulimit -Hn");
+    assert_eq!(
+        limit.trim(),
+        format!("{}\n{}", NOFILE.0, NOFILE.1),
+        "RLIMIT_NOFILE in the guest"
+    );
+
+    // 5. One flint and one shim serve the whole pod.
+    let flint_pid: u32 = std::fs::read_to_string(c.bundle(&pod_id).join("flint.pid"))
+        .expect("the sandbox's bundle names its flint")
+        .trim()
+        .parse()
+        .unwrap();
+    let sock_dir = std::fs::read_to_string(c.bundle(&pod_id).join("flint.sockdir")).unwrap();
+    let shims: Vec<u32> = pids_with("containerd-shim-flint-v2")
+        .into_iter()
+        .filter(|p| pids_with(&prefix).contains(p))
+        .collect();
+    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    let flints = pids_with("flint-vm.json")
+        .into_iter()
+        .filter(|p| pids_with(&prefix).contains(p))
+        .count();
+    assert_eq!(flints, 1, "one flint for the pod");
+    assert!(Path::new(&format!("/proc/{flint_pid}")).exists());
+    println!(
+        "figure: per pod RSS (sandbox + 2 containers): shim {} KiB + flint {} KiB",
+        rss_kib(shims[0]),
+        rss_kib(flint_pid)
+    );
+
+    // 6. Update (UpdateContainerResources → the task's Update): limits
+    // within the VM are accepted; more memory than the VM has is refused.
+    let update = |memory: i64| UpdateContainerResourcesRequest {
+        container_id: ids[0].clone(),
+        linux: Some(LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            memory_limit_in_bytes: memory,
+        }),
+    };
+    let _: Empty = cri
+        .runtime("UpdateContainerResources", &update(64 << 20))
+        .unwrap_or_else(|e| panic!("UpdateContainerResources 64 MiB: {e}\n{}", c.tail()));
+    let refused = cri
+        .runtime::<_, Empty>("UpdateContainerResources", &update(64 << 30))
+        .expect_err("64 GiB does not fit the pod's VM");
+    assert!(refused.message.contains("exceeds the pod VM"), "{refused}");
+
+    // 7. Stop and remove the pod: the containers end (SIGKILL: 137), and
+    // nothing is left.
+    let _: Empty = cri
+        .runtime(
+            "StopPodSandbox",
+            &PodSandboxIdRequest {
+                pod_sandbox_id: pod_id.clone(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", c.tail()));
+    for id in &ids {
+        let status = container_state(&mut cri, id);
+        assert_eq!(
+            (status.state, status.exit_code),
+            (CONTAINER_EXITED, 137),
+            "{status:?}"
+        );
+    }
+    let _: Empty = cri
+        .runtime(
+            "RemovePodSandbox",
+            &PodSandboxIdRequest {
+                pod_sandbox_id: pod_id.clone(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.tail()));
+    let gone = cri
+        .runtime::<_, ContainerStatusResponse>(
+            "ContainerStatus",
+            &ContainerIdRequest {
+                container_id: ids[0].clone(),
+            },
+        )
+        .expect_err("the pod's containers are removed with it");
+    assert_eq!(gone.code, 5, "NotFound: {gone}");
+    let containerd_pid = c.child.id();
+    let start = Instant::now();
+    loop {
+        let left: Vec<u32> = pids_with(&prefix)
+            .into_iter()
+            .filter(|&p| p != containerd_pid && p != std::process::id())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "processes left after RemovePodSandbox: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !Path::new(&format!("/proc/{flint_pid}")).exists(),
+        "flint still runs"
+    );
+    assert!(
+        !Path::new(&sock_dir).exists(),
+        "the VM's socket directory is left"
+    );
+    let mounts = mounts_under(&prefix);
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    assert!(!c.bundle(&pod_id).exists(), "the sandbox's bundle is left");
+}
