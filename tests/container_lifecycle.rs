@@ -172,6 +172,9 @@ fn prerequisites() -> Option<String> {
     if !common::guest_file("vmlinux").is_file() {
         return Some("no guest kernel (FLINT_GUEST_DIR)".into());
     }
+    if !common::is_root() {
+        return Some("the container's VMM is jailed only as root".into());
+    }
     if !Path::new("/bin/busybox").is_file() {
         return Some("no /bin/busybox (apt-get install busybox-static)".into());
     }
@@ -220,6 +223,93 @@ fn rss_kib(pid: i64) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Checks that the container's VMM (`state["flint"]["pid"]`) runs jailed:
+/// its `/` is the jail root, its uid is the jail's (not 0), it is in the
+/// jail's cgroup with the memory limit, and seccomp-filtered. Returns the
+/// jail as `inspect` shows it.
+fn assert_jailed(state: &serde_json::Value) -> serde_json::Value {
+    use std::os::unix::fs::MetadataExt;
+    let jail = state["jail"].clone();
+    assert!(jail.is_object(), "not jailed: {state}");
+    assert_eq!(state["jailed"], true);
+    let pid = state["flint"]["pid"].as_i64().unwrap();
+    let root = PathBuf::from(jail["root"].as_str().unwrap());
+    let seen = std::fs::metadata(format!("/proc/{pid}/root")).unwrap();
+    let real = std::fs::metadata(&root).unwrap();
+    assert_eq!(
+        (seen.dev(), seen.ino()),
+        (real.dev(), real.ino()),
+        "its / is not the jail"
+    );
+    assert!(root.join("rootfs.ext4").exists(), "the disk is in the jail");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {status}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let uid = jail["uid"].as_u64().unwrap().to_string();
+    assert_ne!(uid, "0");
+    assert_eq!(field("Uid:"), vec![uid.clone(); 4], "runs as the jail uid");
+    assert_eq!(field("Gid:")[0], jail["gid"].as_u64().unwrap().to_string());
+    assert_eq!(field("Seccomp:"), ["2"], "seccomp-filtered");
+    // In the jail's cgroup (v1 memory hierarchy here, v2 where mounted),
+    // with the guest's memory plus the VMM's headroom as its limit.
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let cgroup = jail["cgroup"].as_str().unwrap();
+    let memory = cgroups
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            (ctl.split(',').any(|c| c == "memory") || ctl.is_empty()).then(|| path.to_owned())
+        })
+        .expect("no memory cgroup");
+    assert_eq!(memory, format!("/{cgroup}"), "{cgroups}");
+    let v1 = Path::new("/sys/fs/cgroup/memory").join(cgroup);
+    let limit = std::fs::read_to_string(v1.join("memory.limit_in_bytes"))
+        .or_else(|_| {
+            std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(cgroup).join("memory.max"))
+        })
+        .unwrap();
+    let mib = state["memory_mib"].as_u64().unwrap();
+    assert_eq!(
+        limit.trim(),
+        ((mib + 256) << 20).to_string(),
+        "memory limit"
+    );
+    jail
+}
+
+/// Checks that nothing of `jail` is left: no directory, no mount, no cgroup.
+fn assert_jail_gone(jail: &serde_json::Value) {
+    let root = PathBuf::from(jail["root"].as_str().unwrap());
+    let top = root.parent().unwrap();
+    assert!(!top.exists(), "{} is left", top.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(top.to_str().unwrap()),
+        "a mount is left: {mounts}"
+    );
+    let cgroup = jail["cgroup"].as_str().unwrap();
+    for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let left = entry.path().join(cgroup);
+        assert!(!left.exists(), "{} is left", left.display());
+    }
+    assert!(!Path::new("/sys/fs/cgroup").join(cgroup).exists());
+    let uid = jail["uid"].as_u64().unwrap();
+    assert!(
+        !Path::new("/run/flint/jail-uids")
+            .join(uid.to_string())
+            .exists(),
+        "uid {uid} still taken"
+    );
 }
 
 #[test]
@@ -346,6 +436,7 @@ fn a_detached_httpd_container_goes_through_docker_s_lifecycle() {
     assert_eq!(state["status"], "running");
     let flint_pid = state["flint"]["pid"].as_i64().unwrap();
     let monitor_pid = state["monitor"]["pid"].as_i64().unwrap();
+    let jail = assert_jailed(&state);
     println!(
         "FIGURE RSS of the idle container's flint: {} KiB (monitor {} KiB)",
         rss_kib(flint_pid),
@@ -380,6 +471,7 @@ fn a_detached_httpd_container_goes_through_docker_s_lifecycle() {
     assert!(disk.exists() && dir.exists());
     env.ok(&["rm", "web"]);
     assert!(!disk.exists() && !dir.exists(), "rm left state behind");
+    assert_jail_gone(&jail);
     assert!(!env.runtime().join("names/web").exists());
     assert!(!pid_alive(monitor_pid));
     env.fails(&["inspect", "web"], "no such container");
@@ -413,7 +505,8 @@ fn a_killed_flint_shows_the_container_exited_with_the_reason() {
     let state = env.inspect("victim");
     assert_eq!(state["status"], "running");
     let flint_pid = state["flint"]["pid"].as_i64().unwrap();
-    // SAFETY: kill(2) on the container's flint process.
+    let jail = assert_jailed(&state);
+    // SAFETY: kill(2) on the container's (jailed) flint process.
     assert_eq!(unsafe { libc::kill(flint_pid as i32, libc::SIGKILL) }, 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     let ps = loop {
@@ -439,6 +532,7 @@ fn a_killed_flint_shows_the_container_exited_with_the_reason() {
     let dir = PathBuf::from(state["state_dir"].as_str().unwrap());
     env.ok(&["rm", "victim"]);
     assert!(!dir.exists());
+    assert_jail_gone(&jail);
 }
 
 /// `-v HOST:GUEST:ro`: the page comes from a host directory, and a change

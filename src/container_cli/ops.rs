@@ -198,7 +198,7 @@ pub fn stop(keys: &[String], grace: u64) -> Result<i32, ContainerError> {
                 }
             }
         } else if s.status == Status::Created {
-            if let Some(p) = s.flint.or(s.monitor) {
+            for p in [s.flint, s.supervisor, s.monitor].into_iter().flatten() {
                 p.kill(libc::SIGKILL);
             }
             wait_gone(&runtime, &s.id, Duration::from_secs(10));
@@ -255,7 +255,7 @@ pub fn rm(keys: &[String], force: bool) -> Result<i32, ContainerError> {
     let runtime = Runtime::open()?;
     for key in keys {
         let s = load(&runtime, key)?;
-        let live = [s.flint, s.monitor]
+        let live = [s.flint, s.supervisor, s.monitor]
             .into_iter()
             .flatten()
             .any(|p| p.alive());
@@ -265,11 +265,11 @@ pub fn rm(keys: &[String], force: bool) -> Result<i32, ContainerError> {
                     "container {key} is running: stop it first, or use rm -f"
                 )));
             }
-            for p in [s.flint, s.monitor].into_iter().flatten() {
+            for p in [s.flint, s.supervisor, s.monitor].into_iter().flatten() {
                 p.kill(libc::SIGKILL);
             }
             let deadline = Instant::now() + Duration::from_secs(10);
-            while [s.flint, s.monitor]
+            while [s.flint, s.supervisor, s.monitor]
                 .into_iter()
                 .flatten()
                 .any(|p| p.alive())
@@ -295,6 +295,7 @@ pub fn inspect(keys: &[String]) -> Result<i32, ContainerError> {
         let mut v = serde_json::to_value(&s)
             .map_err(|e| ContainerError::Internal(format!("encoding the state: {e}")))?;
         v["state_dir"] = runtime.dir(&s.id).to_string_lossy().into_owned().into();
+        v["jailed"] = s.jail.is_some().into();
         all.push(v);
     }
     let text = serde_json::to_string_pretty(&all)
