@@ -178,7 +178,19 @@ fn prerequisites() -> Option<String> {
     if !Path::new("/bin/busybox").is_file() {
         return Some("no /bin/busybox (apt-get install busybox-static)".into());
     }
+    build_jailer();
     None
+}
+
+/// Builds `flint-jailer` (another package's binary, found next to flint;
+/// a no-op when fresh).
+fn build_jailer() {
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "-p", "jailer", "--bin", "flint-jailer"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(built.success(), "building flint-jailer");
 }
 
 fn watchdog(limit: Duration) {

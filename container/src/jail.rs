@@ -321,7 +321,9 @@ pub fn spawn(
                 ])
                 .arg("--chroot-base")
                 .arg(&spec.chroot_base)
-                .args(["--parent-cgroup", PARENT_CGROUP]);
+                .args(["--parent-cgroup", PARENT_CGROUP])
+                // Allocated uids have no passwd entry.
+                .arg("--unnamed-ids");
             for s in &settings {
                 cmd.args(["--cgroup", s]);
             }
