@@ -27,9 +27,10 @@ fn a_jailed_vmm_takes_its_config_and_leaves_nothing_behind() {
     let disk = dir.path().join("rootfs.ext4");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let uids = dir.path().join("uids");
-    let uid = jail::allocate_uid(&uids, jail::UID_BASE + 999_000, 1000, "t").unwrap();
+    let id = format!("unit-{}", std::process::id());
+    let uid = jail::allocate_uid(&uids, jail::UID_BASE + 999_000, 1000, &id).unwrap();
     let spec = JailSpec {
-        id: format!("unit-{}", std::process::id()),
+        id,
         flint: flint.clone(),
         jailer: jail::find_jailer(&flint),
         uid,

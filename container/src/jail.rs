@@ -101,7 +101,8 @@ pub fn cgroup_settings(memory_mib: u64, vcpus: u64) -> Vec<String> {
     ]
 }
 
-/// Takes the first free uid of `base..base+count` for `owner`.
+/// Takes the first free uid of `base..base+count` for `owner` (the jail
+/// id: [`remove`] gives back only a claim that names its jail).
 pub fn allocate_uid(dir: &Path, base: u32, count: u32, owner: &str) -> Result<u32, ContainerError> {
     std::fs::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
     for uid in base..base.saturating_add(count) {
@@ -600,7 +601,11 @@ pub fn remove(j: &JailInfo) -> Result<(), ContainerError> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let _ = std::fs::remove_file(j.uid_dir.join(j.uid.to_string()));
+    // Only our own claim: once given back, the uid may be another jail's.
+    let claim = j.uid_dir.join(j.uid.to_string());
+    if std::fs::read_to_string(&claim).is_ok_and(|owner| owner == j.id) {
+        let _ = std::fs::remove_file(claim);
+    }
     Ok(())
 }
 

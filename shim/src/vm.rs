@@ -105,10 +105,11 @@ impl Vm {
         let vm_err = |e: container::ContainerError| ShimError::Vm(e.to_string());
         let jail_spec = match spec.jail {
             Some((base, count)) if jail::unjailed_reason(false).is_none() => {
-                let uid = jail::allocate_uid(Path::new(jail::UID_DIR), base, count, owner)
+                let id = format!("pod-{}", short(owner));
+                let uid = jail::allocate_uid(Path::new(jail::UID_DIR), base, count, &id)
                     .map_err(vm_err)?;
                 Some(JailSpec {
-                    id: format!("pod-{}", short(owner)),
+                    id,
                     flint: spec.flint.clone(),
                     jailer: jail::find_jailer(&spec.flint),
                     uid,

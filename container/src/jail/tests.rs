@@ -141,6 +141,7 @@ fn removing_a_jail_leaves_the_linked_files() {
     let uids = dir.path().join("uids");
     std::fs::create_dir(&uids).unwrap();
     std::fs::write(uids.join("42"), b"c-1").unwrap();
+    std::fs::write(uids.join("43"), b"c-2").unwrap();
     let info = JailInfo {
         id: "c-1".into(),
         root,
@@ -153,5 +154,9 @@ fn removing_a_jail_leaves_the_linked_files() {
     remove(&info).unwrap();
     assert!(!top.exists());
     assert!(!uids.join("42").exists());
+    // A uid given back and taken by another jail stays that jail's.
+    let again = JailInfo { uid: 43, ..info };
+    remove(&again).unwrap();
+    assert!(uids.join("43").exists());
     assert_eq!(std::fs::read(&disk).unwrap(), b"d");
 }

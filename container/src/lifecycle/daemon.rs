@@ -74,14 +74,15 @@ fn jail_spec(state: &State, flint: &Path) -> Result<Result<JailSpec, String>, Co
         .parent()
         .and_then(Path::parent)
         .ok_or_else(|| ContainerError::Internal("disk directory without a cache".into()))?;
+    let id = format!("ctr-{}", &state.id[..16.min(state.id.len())]);
     let uid = jail::allocate_uid(
         Path::new(jail::UID_DIR),
         jail::UID_BASE,
         jail::UID_COUNT,
-        &state.id,
+        &id,
     )?;
     Ok(Ok(JailSpec {
-        id: format!("ctr-{}", &state.id[..16.min(state.id.len())]),
+        id,
         flint: flint.to_owned(),
         jailer,
         uid,
