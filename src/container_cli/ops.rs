@@ -160,12 +160,17 @@ fn signal_main(runtime: &Runtime, s: &State, signal: i32) -> Result<(), Containe
         .map_err(|e| ContainerError::Usage(format!("signalling {}: {e}", s.name)))
 }
 
-/// Whether the container's flint process has gone.
+/// Whether the container's VMM and its supervisor (which removes the jail
+/// after the VMM) have gone.
 fn flint_gone(runtime: &Runtime, id: &str) -> bool {
     state::load(&runtime.dir(id))
         .map(|s| {
             let s = s.effective();
-            s.status == Status::Exited && !s.flint.is_some_and(|p| p.alive())
+            s.status == Status::Exited
+                && ![s.flint, s.supervisor]
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p.alive())
         })
         .unwrap_or(true)
 }
