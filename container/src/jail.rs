@@ -405,12 +405,16 @@ fn endpoints(
         "fs" => each("tag", "fs")?,
         "pmem" => each("id", "pmem")?,
         "boot-source" | "machine-config" | "cpu-config" | "vsock" | "entropy" | "serial"
-        | "balloon" | "logger" | "metrics" | "mmds-config" => {
-            let path = if key == "mmds-config" {
-                "/mmds/config".into()
-            } else {
-                format!("/{key}")
+        | "balloon" | "logger" | "metrics" | "mmds-config" | "memory-hotplug" => {
+            let path = match key {
+                "mmds-config" => "/mmds/config".into(),
+                "memory-hotplug" => "/hotplug/memory".into(),
+                _ => format!("/{key}"),
             };
+            // A section given as null is not there.
+            if value.is_null() {
+                return Ok(Vec::new());
+            }
             vec![(path, value.to_string())]
         }
         other => {

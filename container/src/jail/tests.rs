@@ -126,6 +126,13 @@ fn every_config_section_has_an_endpoint_and_unknown_ones_are_refused() {
         endpoints("mmds-config", &json!({})).unwrap()[0].0,
         "/mmds/config"
     );
+    assert_eq!(
+        endpoints("memory-hotplug", &json!({})).unwrap()[0].0,
+        "/hotplug/memory"
+    );
+    assert!(endpoints("balloon", &serde_json::Value::Null)
+        .unwrap()
+        .is_empty());
     assert!(endpoints("nonsense", &json!({})).is_err());
 }
 
