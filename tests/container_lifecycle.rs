@@ -153,11 +153,14 @@ impl Drop for Env {
             ));
             return;
         }
-        // Leave nothing running behind a failed test.
-        let _ = Command::new(env!("CARGO_BIN_EXE_flint"))
-            .args(["container", "rm", "-f", "web", "victim"])
-            .env("FLINT_RUNTIME_DIR", self.runtime())
-            .output();
+        // Leave nothing running (or jailed) behind a failed test: one `rm`
+        // per name, as `rm` stops at the first it does not know.
+        for name in ["web", "victim"] {
+            let _ = Command::new(env!("CARGO_BIN_EXE_flint"))
+                .args(["container", "rm", "-f", name])
+                .env("FLINT_RUNTIME_DIR", self.runtime())
+                .output();
+        }
     }
 }
 

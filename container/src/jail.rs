@@ -560,6 +560,14 @@ impl Vmm {
     }
 }
 
+impl Drop for Vmm {
+    /// A VMM nobody holds any more (its owner failed or ended) does not
+    /// run on, jailed or not.
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The cgroup directories of `cgroup` in every mounted hierarchy.
 fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
