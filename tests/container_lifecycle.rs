@@ -237,11 +237,14 @@ impl Drop for Env {
             ));
             return;
         }
-        // Leave nothing running behind a failed test.
-        let _ = Command::new(env!("CARGO_BIN_EXE_flint"))
-            .args(["container", "rm", "-f", "web", "victim"])
-            .env("FLINT_RUNTIME_DIR", self.runtime())
-            .output();
+        // Leave nothing running (or jailed) behind a failed test: one `rm`
+        // per name, as `rm` stops at the first it does not know.
+        for name in ["web", "victim"] {
+            let _ = Command::new(env!("CARGO_BIN_EXE_flint"))
+                .args(["container", "rm", "-f", name])
+                .env("FLINT_RUNTIME_DIR", self.runtime())
+                .output();
+        }
     }
 }
 
@@ -256,10 +259,25 @@ fn prerequisites() -> Option<String> {
     if !common::guest_file("vmlinux").is_file() {
         return Some("no guest kernel (FLINT_GUEST_DIR)".into());
     }
+    if !common::is_root() {
+        return Some("the container's VMM is jailed only as root".into());
+    }
     if !Path::new("/bin/busybox").is_file() {
         return Some("no /bin/busybox (apt-get install busybox-static)".into());
     }
+    build_jailer();
     None
+}
+
+/// Builds `flint-jailer` (another package's binary, found next to flint;
+/// a no-op when fresh).
+fn build_jailer() {
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "-p", "jailer", "--bin", "flint-jailer"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(built.success(), "building flint-jailer");
 }
 
 fn watchdog(limit: Duration) {
@@ -304,6 +322,99 @@ fn rss_kib(pid: i64) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Checks that the container's VMM (`state["flint"]["pid"]`) runs jailed:
+/// its `/` is the jail root, its uid is the jail's (not 0), it is in the
+/// jail's cgroup with the memory limit, and seccomp-filtered. Returns the
+/// jail as `inspect` shows it.
+fn assert_jailed(state: &serde_json::Value) -> serde_json::Value {
+    use std::os::unix::fs::MetadataExt;
+    let jail = state["jail"].clone();
+    assert!(jail.is_object(), "not jailed: {state}");
+    assert_eq!(state["jailed"], true);
+    let pid = state["flint"]["pid"].as_i64().unwrap();
+    let root = PathBuf::from(jail["root"].as_str().unwrap());
+    let seen = std::fs::metadata(format!("/proc/{pid}/root")).unwrap();
+    let real = std::fs::metadata(&root).unwrap();
+    assert_eq!(
+        (seen.dev(), seen.ino()),
+        (real.dev(), real.ino()),
+        "its / is not the jail"
+    );
+    let disk = Path::new(state["disk_dir"].as_str().unwrap()).join("root.ext4");
+    let linked = std::fs::metadata(root.join("root.ext4")).expect("the disk is in the jail");
+    assert_eq!(
+        linked.ino(),
+        std::fs::metadata(&disk).unwrap().ino(),
+        "the disk is hard-linked, not copied"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {status}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let uid = jail["uid"].as_u64().unwrap().to_string();
+    assert_ne!(uid, "0");
+    assert_eq!(field("Uid:"), vec![uid.clone(); 4], "runs as the jail uid");
+    assert_eq!(field("Gid:")[0], jail["gid"].as_u64().unwrap().to_string());
+    assert_eq!(field("Seccomp:"), ["2"], "seccomp-filtered");
+    // In the jail's cgroup (v1 memory hierarchy here, v2 where mounted),
+    // with the guest's memory plus the VMM's headroom as its limit.
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let cgroup = jail["cgroup"].as_str().unwrap();
+    let memory = cgroups
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            (ctl.split(',').any(|c| c == "memory") || ctl.is_empty()).then(|| path.to_owned())
+        })
+        .expect("no memory cgroup");
+    assert_eq!(memory, format!("/{cgroup}"), "{cgroups}");
+    let v1 = Path::new("/sys/fs/cgroup/memory").join(cgroup);
+    let limit = std::fs::read_to_string(v1.join("memory.limit_in_bytes"))
+        .or_else(|_| {
+            std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(cgroup).join("memory.max"))
+        })
+        .unwrap();
+    let mib = state["memory_mib"].as_u64().unwrap();
+    assert_eq!(
+        limit.trim(),
+        ((mib + 256) << 20).to_string(),
+        "memory limit"
+    );
+    jail
+}
+
+/// Checks that nothing of `jail` is left: no directory, no mount, no cgroup.
+fn assert_jail_gone(jail: &serde_json::Value) {
+    let root = PathBuf::from(jail["root"].as_str().unwrap());
+    let top = root.parent().unwrap();
+    assert!(!top.exists(), "{} is left", top.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(top.to_str().unwrap()),
+        "a mount is left: {mounts}"
+    );
+    let cgroup = jail["cgroup"].as_str().unwrap();
+    for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let left = entry.path().join(cgroup);
+        assert!(!left.exists(), "{} is left", left.display());
+    }
+    assert!(!Path::new("/sys/fs/cgroup").join(cgroup).exists());
+    let uid = jail["uid"].as_u64().unwrap();
+    assert!(
+        !Path::new("/run/flint/jail-uids")
+            .join(uid.to_string())
+            .exists(),
+        "uid {uid} still taken"
+    );
 }
 
 #[test]
@@ -418,6 +529,7 @@ fn a_detached_httpd_container_goes_through_docker_s_lifecycle() {
     assert_eq!(state["status"], "running");
     let flint_pid = state["flint"]["pid"].as_i64().unwrap();
     let monitor_pid = state["monitor"]["pid"].as_i64().unwrap();
+    let jail = assert_jailed(&state);
     println!(
         "FIGURE RSS of the idle container's flint: {} KiB (monitor {} KiB)",
         rss_kib(flint_pid),
@@ -452,6 +564,7 @@ fn a_detached_httpd_container_goes_through_docker_s_lifecycle() {
     assert!(disk.exists() && dir.exists());
     env.ok(&["rm", "web"]);
     assert!(!disk.exists() && !dir.exists(), "rm left state behind");
+    assert_jail_gone(&jail);
     assert!(!env.runtime().join("names/web").exists());
     assert!(!pid_alive(monitor_pid));
     env.fails(&["inspect", "web"], "no such container");
@@ -497,7 +610,8 @@ fn a_killed_flint_shows_the_container_exited_with_the_reason() {
     let flint_pid = state["flint"]["pid"].as_i64().unwrap();
     let monitor_pid = state["monitor"]["pid"].as_i64().unwrap();
     let held_path = env.dir.path().join("held");
-    for pid in [monitor_pid, flint_pid] {
+    let supervisor_pid = state["supervisor"]["pid"].as_i64().unwrap_or(monitor_pid);
+    for pid in [monitor_pid, supervisor_pid, flint_pid] {
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
         for fd in fds.flatten() {
             let target = std::fs::read_link(fd.path()).unwrap_or_default();
@@ -508,7 +622,8 @@ fn a_killed_flint_shows_the_container_exited_with_the_reason() {
         }
     }
     drop(held);
-    // SAFETY: kill(2) on the container's flint process.
+    let jail = assert_jailed(&state);
+    // SAFETY: kill(2) on the container's (jailed) flint process.
     assert_eq!(unsafe { libc::kill(flint_pid as i32, libc::SIGKILL) }, 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     let ps = loop {
@@ -534,6 +649,7 @@ fn a_killed_flint_shows_the_container_exited_with_the_reason() {
     let dir = PathBuf::from(state["state_dir"].as_str().unwrap());
     env.ok(&["rm", "victim"]);
     assert!(!dir.exists());
+    assert_jail_gone(&jail);
 }
 
 /// `-v HOST:GUEST:ro`: the page comes from a host directory, and a change

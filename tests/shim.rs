@@ -279,6 +279,112 @@ fn pids_with(needle: &str) -> Vec<u32> {
     pids
 }
 
+/// Live children of `parent` whose command name is `name`.
+fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let Some((comm, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+        else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if comm == name && ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Checks that VMM `pid` runs in `jail` (the shim's `flint.jail` record):
+/// its `/` is the jail root, it runs as the jail's uid (not 0), in the
+/// jail's cgroup with its memory limit, and seccomp-filtered.
+fn assert_jailed(pid: u32, jail: &serde_json::Value) {
+    use std::os::unix::fs::MetadataExt;
+    let root = PathBuf::from(jail["root"].as_str().unwrap());
+    let seen = std::fs::metadata(format!("/proc/{pid}/root")).unwrap();
+    let real = std::fs::metadata(&root).unwrap();
+    assert_eq!(
+        (seen.dev(), seen.ino()),
+        (real.dev(), real.ino()),
+        "the pod's flint does not run in its jail"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |key: &str| -> Vec<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {status}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let uid = jail["uid"].as_u64().unwrap();
+    assert_ne!(uid, 0);
+    assert_eq!(field("Uid:"), vec![uid.to_string(); 4]);
+    assert_eq!(field("Seccomp:"), ["2"], "seccomp-filtered");
+    let cgroup = jail["cgroup"].as_str().unwrap();
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memory = cgroups
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            (ctl.split(',').any(|c| c == "memory") || ctl.is_empty()).then(|| path.to_owned())
+        })
+        .expect("no memory cgroup");
+    assert_eq!(memory, format!("/{cgroup}"), "{cgroups}");
+    let want = jail["cgroup_settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|s| s.as_str()?.strip_prefix("memory.max="))
+        .unwrap()
+        .to_owned();
+    let limit = std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup/memory")
+            .join(cgroup)
+            .join("memory.limit_in_bytes"),
+    )
+    .or_else(|_| {
+        std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(cgroup).join("memory.max"))
+    })
+    .unwrap();
+    assert_eq!(limit.trim(), want, "memory limit");
+}
+
+/// Checks that nothing of `jail` is left: no directory, no mount, no
+/// cgroup, no uid claim.
+fn assert_jail_gone(jail: &serde_json::Value) {
+    let root = PathBuf::from(jail["root"].as_str().unwrap());
+    let top = root.parent().unwrap();
+    assert!(!top.exists(), "{} is left", top.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(top.to_str().unwrap()),
+        "a jail mount is left"
+    );
+    let cgroup = jail["cgroup"].as_str().unwrap();
+    for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let left = entry.path().join(cgroup);
+        assert!(!left.exists(), "{} is left", left.display());
+    }
+    assert!(!Path::new("/sys/fs/cgroup").join(cgroup).exists());
+    let uid = jail["uid"].as_u64().unwrap();
+    assert!(
+        !Path::new("/run/flint/jail-uids")
+            .join(uid.to_string())
+            .exists(),
+        "uid {uid} still taken"
+    );
+}
+
 /// A process killed by SIGSEGV, as ctr reports it: on this emulating host
 /// a guest busybox now and then dies so (a TLS access faults; seen in the
 /// guest's kernel log), shim or not.
@@ -323,6 +429,7 @@ fn containerd_runs_execs_pauses_kills_and_deletes_containers_and_pods_in_flint_v
     // The shim is another package's binary: build it (a no-op when fresh).
     let built = Command::new(env!("CARGO"))
         .args(["build", "-p", "shim", "--bin", "containerd-shim-flint-v2"])
+        .args(["-p", "jailer", "--bin", "flint-jailer"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .unwrap();
@@ -438,12 +545,20 @@ fn containerd_runs_execs_pauses_kills_and_deletes_containers_and_pods_in_flint_v
         .trim()
         .parse()
         .unwrap();
-    let flints = pids_with("flint-vm.json")
-        .into_iter()
-        .filter(|p| pids_with(&sock).contains(p))
-        .count();
-    assert_eq!(flints, 1, "one VM for the pod");
     assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    let flints = children_named(shims[0], "flint");
+    assert_eq!(flints, [flint_pid], "one VM for the pod");
+    // The pod's flint is jailed and seccomp-filtered, as in `flint container`.
+    let jail: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.bundle("pod1").join("flint.jail")).unwrap())
+            .unwrap();
+    assert_jailed(flint_pid, &jail);
+    // The second container's image was linked into the jail for its PATCH.
+    let jail_root = PathBuf::from(jail["root"].as_str().unwrap());
+    assert!(
+        jail_root.join("c1.img").exists(),
+        "c2's image is not in the jail"
+    );
     println!(
         "figure: per pod RSS: shim {} KiB + flint {} KiB",
         rss_kib(shims[0]),
@@ -452,7 +567,7 @@ fn containerd_runs_execs_pauses_kills_and_deletes_containers_and_pods_in_flint_v
 
     // 5. pause/resume really stop the VM's vCPUs.
     let sock_dir = std::fs::read_to_string(c.bundle("pod1").join("flint.sockdir")).unwrap();
-    let api_sock = Path::new(&sock_dir).join("api.sock");
+    let api_sock = jail_root.join("api.sock");
     c.ok(&["task", "pause", "pod1"]);
     assert_eq!(vm_state(&api_sock), "Paused");
     assert_eq!(c.task_status("pod1").as_deref(), Some("PAUSED"));
@@ -489,6 +604,7 @@ fn containerd_runs_execs_pauses_kills_and_deletes_containers_and_pods_in_flint_v
         !Path::new(&sock_dir).exists(),
         "the VM's socket directory is left"
     );
+    assert_jail_gone(&jail);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts

@@ -20,6 +20,7 @@ pub mod cache;
 mod fuzz;
 pub mod image;
 pub mod interrupt;
+pub mod jail;
 pub mod lifecycle;
 pub mod rootfs;
 pub mod settings;

@@ -46,6 +46,11 @@ pub struct JailArgs {
     #[arg(long)]
     pub allow_root: bool,
 
+    /// Accept a --uid/--gid with no passwd/group entry (refused otherwise, as
+    /// a likely typo): e.g. one uid per jail from a reserved range.
+    #[arg(long)]
+    pub unnamed_ids: bool,
+
     /// Absolute directory under which <exec-file-name>/<id>/root is built.
     #[arg(long, value_name = "DIR")]
     pub chroot_base: PathBuf,

@@ -39,8 +39,10 @@ pub(crate) struct JailConfig {
 pub(crate) fn validate(args: JailArgs) -> Result<JailConfig, JailError> {
     validate_id(&args.id)?;
     check_not_root(args.uid, args.gid, args.allow_root)?;
-    check_user(args.uid)?;
-    check_group(args.gid)?;
+    if !args.unnamed_ids {
+        check_user(args.uid)?;
+        check_group(args.gid)?;
+    }
     let exec_name = check_exec_file(&args.exec_file)?;
     check_chroot_base(&args.chroot_base)?;
     let jail_root = crate::jail_root(&args.chroot_base, &args.exec_file, &args.id);

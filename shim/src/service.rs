@@ -575,6 +575,7 @@ fn start_vm(
             state_dir: bundle.to_owned(),
             first_image: root_image.to_owned(),
             stubs: settings.spare_drives,
+            jail: settings.jail,
         },
         owner,
     )?;

@@ -5,8 +5,13 @@
 //!
 //! ```json
 //! {"kernel": "/var/lib/flint/vmlinux", "flint": "/usr/local/bin/flint",
-//!  "default_memory_mib": 256, "default_vcpus": 1, "spare_drives": 4}
+//!  "default_memory_mib": 256, "default_vcpus": 1, "spare_drives": 4,
+//!  "jail": true, "jail_uid_base": 10000000, "jail_uid_count": 1000000}
 //! ```
+//!
+//! `jail` (default true; only root can jail, and `FLINT_NO_JAIL=1` turns it
+//! off too): each pod's flint runs under the jailer with its own uid from
+//! `jail_uid_base`.. (`jail_uid_count` of them), as `flint container` does.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +43,15 @@ pub struct Settings {
     /// Spare drives per VM, i.e. how many more containers a pod may add.
     #[serde(default)]
     pub spare_drives: Option<usize>,
+    /// Run each pod's flint jailed (default: true; as root only).
+    #[serde(default)]
+    pub jail: Option<bool>,
+    /// First uid (= gid) given to pod jails (default 10000000).
+    #[serde(default)]
+    pub jail_uid_base: Option<u32>,
+    /// How many uids pod jails may use (default 1000000).
+    #[serde(default)]
+    pub jail_uid_count: Option<u32>,
 }
 
 /// Settings after defaults and overrides.
@@ -48,6 +62,8 @@ pub struct Resolved {
     pub default_memory_mib: u64,
     pub default_vcpus: u64,
     pub spare_drives: usize,
+    /// The uids to jail pods with (`base`, `count`), or `None`: unjailed.
+    pub jail: Option<(u32, u32)>,
 }
 
 impl Settings {
@@ -81,6 +97,14 @@ impl Settings {
                 .or(self.default_vcpus)
                 .unwrap_or(DEFAULT_VCPUS),
             spare_drives: self.spare_drives.unwrap_or(4).min(20),
+            jail: self.jail.unwrap_or(true).then(|| {
+                (
+                    self.jail_uid_base.unwrap_or(container::jail::UID_BASE),
+                    self.jail_uid_count
+                        .unwrap_or(container::jail::UID_COUNT)
+                        .max(1),
+                )
+            }),
         })
     }
 }
@@ -135,6 +159,18 @@ mod tests {
         assert_eq!(r.flint, PathBuf::from("/opt/flint"));
         assert_eq!((r.default_memory_mib, r.default_vcpus), (128, 2));
         assert_eq!(r.spare_drives, 4);
+        assert_eq!(r.jail, Some((10_000_000, 1_000_000)), "jailed by default");
+        let unjailed = Settings {
+            jail: Some(false),
+            ..settings.clone()
+        };
+        assert_eq!(unjailed.resolve(&env).unwrap().jail, None);
+        let range = Settings {
+            jail_uid_base: Some(20_000),
+            jail_uid_count: Some(10),
+            ..settings
+        };
+        assert_eq!(range.resolve(&env).unwrap().jail, Some((20_000, 10)));
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! One pod's VM: a `flint` process the shim starts with a JSON config, its
-//! API socket (pause, resume, drive swaps) and its vsock socket (the guest
-//! agent).
+//! One pod's VM: a `flint` process the shim starts (as root: under the
+//! jailer, through `container::jail`, with the pod's memory and vCPUs as
+//! its cgroup limits and its own uid) and configures through its API
+//! socket (also used for pause, resume, drive swaps), and its vsock socket
+//! (the guest agent). Jailed, every file it uses is hard-linked into the
+//! jail's root first and named by its path there.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use agent_protocol::{connect_hybrid_vsock, AgentClient, DEFAULT_PORT};
+use container::jail::{self, JailSpec, Vmm};
 
 use crate::image;
 use crate::ShimError;
@@ -36,11 +39,14 @@ pub struct VmSpec {
     pub first_image: PathBuf,
     /// Spare drive slots for the pod's further containers.
     pub stubs: usize,
+    /// Jail the VM (when root): the uids to take one from
+    /// (`base`, `count`); `None` runs it unjailed.
+    pub jail: Option<(u32, u32)>,
 }
 
 /// A running VM.
 pub struct Vm {
-    child: Mutex<Child>,
+    vmm: Mutex<Vmm>,
     sock_dir: PathBuf,
     api_sock: PathBuf,
     vsock: PathBuf,
@@ -66,8 +72,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
 }
 
 impl Vm {
-    /// Builds the boot image and placeholders, writes the config and starts
-    /// flint; does not wait for the guest (see [`Vm::wait_ready`]).
+    /// Builds the boot image and placeholders, starts flint (jailed when
+    /// `spec.jail` says so and we are root), puts the files into its jail
+    /// and boots the VM; does not wait for the guest (see
+    /// [`Vm::wait_ready`]).
     pub fn start(spec: &VmSpec, owner: &str) -> Result<Vm, ShimError> {
         let sock_dir = Path::new(RUN_DIR).join(format!("{}-{}", std::process::id(), short(owner)));
         let _ = std::fs::remove_dir_all(&sock_dir);
@@ -86,49 +94,106 @@ impl Vm {
             image::write_stub(&stub)?;
             drives.push(serde_json::json!({"drive_id": slot_drive_id(slot), "path_on_host": stub, "is_root_device": false, "is_read_only": false}));
         }
-        let api_sock = sock_dir.join("api.sock");
-        let vsock = sock_dir.join("vsock.sock");
         let config = serde_json::json!({
             "boot-source": {"kernel_image_path": spec.kernel, "boot_args": BOOT_ARGS},
             "machine-config": {"vcpu_count": spec.vcpus, "mem_size_mib": spec.mem_mib},
             "drives": drives,
-            "vsock": {"guest_cid": 3, "uds_path": vsock},
+            "vsock": {"guest_cid": 3, "uds_path": sock_dir.join("vsock.sock")},
         });
-        let config_path = spec.state_dir.join("flint-vm.json");
-        std::fs::write(&config_path, config.to_string()).map_err(io("writing the VM config"))?;
         let log = std::fs::File::create(spec.state_dir.join("flint-console.log"))
             .map_err(io("creating the console log"))?;
-        let log2 = log.try_clone().map_err(io("console log"))?;
-        let child = Command::new(&spec.flint)
-            .arg("--api-sock")
-            .arg(&api_sock)
-            .arg("--config-file")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(io(format!("starting {}", spec.flint.display())))?;
-        let _ = std::fs::write(spec.state_dir.join("flint.pid"), child.id().to_string());
+        let vm_err = |e: container::ContainerError| ShimError::Vm(e.to_string());
+        let jail_spec = match spec.jail {
+            Some((base, count)) if jail::unjailed_reason(false).is_none() => {
+                let id = format!("pod-{}", short(owner));
+                let uid = jail::allocate_uid(Path::new(jail::UID_DIR), base, count, &id)
+                    .map_err(vm_err)?;
+                Some(JailSpec {
+                    id,
+                    flint: spec.flint.clone(),
+                    jailer: jail::find_jailer(&spec.flint),
+                    uid,
+                    gid: uid,
+                    // On the file system of the bundles (/run), so their
+                    // images are hard-linked.
+                    chroot_base: Path::new(RUN_DIR).join("jail"),
+                    memory_mib: spec.mem_mib,
+                    vcpus: spec.vcpus,
+                })
+            }
+            _ => None,
+        };
+        let uid_dir = Path::new(jail::UID_DIR);
+        let vmm = jail::spawn(
+            jail_spec.as_ref().map(|s| (s, uid_dir)),
+            &spec.flint,
+            &sock_dir.join("api.sock"),
+            log,
+        )
+        .map_err(|e| {
+            if let Some(s) = &jail_spec {
+                let _ = std::fs::remove_file(uid_dir.join(s.uid.to_string()));
+            }
+            vm_err(e)
+        })?;
+        let _ = std::fs::write(spec.state_dir.join("flint.pid"), vmm.pid().to_string());
         let _ = std::fs::write(
             spec.state_dir.join("flint.sockdir"),
             sock_dir.as_os_str().as_encoded_bytes(),
         );
+        if let Some(j) = &vmm.jail {
+            if let Ok(text) = serde_json::to_string(j) {
+                let _ = std::fs::write(spec.state_dir.join("flint.jail"), text);
+            }
+        }
+        let api_sock = vmm.api_sock.clone();
+        let vsock = match &vmm.jail {
+            Some(j) => j.root.join("vsock.sock"),
+            None => sock_dir.join("vsock.sock"),
+        };
         let mut slots = vec![None; spec.stubs + 1];
         slots[0] = Some(owner.to_owned());
-        Ok(Vm {
-            child: Mutex::new(child),
+        let vm = Vm {
+            vmm: Mutex::new(vmm),
             sock_dir,
             api_sock,
             vsock,
             state_dir: spec.state_dir.clone(),
             slots: Mutex::new(slots),
-        })
+        };
+        let booted = {
+            let vmm = vm.vmm.lock().unwrap_or_else(|p| p.into_inner());
+            vmm.prepare(&config).and_then(|c| vmm.start(&c))
+        };
+        if let Err(e) = booted {
+            vm.stop();
+            return Err(vm_err(e));
+        }
+        Ok(vm)
     }
 
     /// The flint process's pid.
     pub fn pid(&self) -> u32 {
-        self.child.lock().unwrap_or_else(|p| p.into_inner()).id()
+        self.vmm.lock().unwrap_or_else(|p| p.into_inner()).pid()
+    }
+
+    /// The VM's jail, when jailed.
+    pub fn jail(&self) -> Option<jail::JailInfo> {
+        self.vmm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .jail
+            .clone()
+    }
+
+    /// The path flint must be given for host file `host` (linked into the
+    /// jail as `name` when jailed).
+    fn vmm_path(&self, host: &Path, name: &str, writable: bool) -> Result<PathBuf, ShimError> {
+        self.vmm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_file(host, name, writable)
+            .map_err(|e| ShimError::Vm(e.to_string()))
     }
 
     /// A fresh agent connection (one per operation).
@@ -148,9 +213,10 @@ impl Vm {
                 }
             }
             if let Ok(Some(status)) = self
-                .child
+                .vmm
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
+                .child
                 .try_wait()
             {
                 let log = std::fs::read_to_string(self.state_dir.join("flint-console.log"))
@@ -232,8 +298,16 @@ impl Vm {
             slots[slot] = Some(id.to_owned());
             slot
         };
+        // Jailed, the image is linked into the jail first and named there.
+        let path = match self.vmm_path(image, &slot_image_name(slot), true) {
+            Ok(p) => p,
+            Err(e) => {
+                self.release_slot(slot);
+                return Err(e);
+            }
+        };
         let body =
-            serde_json::json!({"drive_id": slot_drive_id(slot), "path_on_host": image}).to_string();
+            serde_json::json!({"drive_id": slot_drive_id(slot), "path_on_host": path}).to_string();
         if let Err(e) = self.api_ok("PATCH", &format!("/drives/{}", slot_drive_id(slot)), &body) {
             self.release_slot(slot);
             return Err(e);
@@ -251,11 +325,21 @@ impl Vm {
             .position(|s| s.as_deref() == Some(id));
         if let Some(slot) = slot.filter(|s| *s > 0) {
             let stub = stub_path(&self.state_dir, slot);
-            let body = serde_json::json!({"drive_id": slot_drive_id(slot), "path_on_host": stub})
-                .to_string();
-            if let Err(e) = self.api_ok("PATCH", &format!("/drives/{}", slot_drive_id(slot)), &body)
-            {
+            let name = stub
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let put_back = self.vmm_path(&stub, &name, true).and_then(|path| {
+                let body =
+                    serde_json::json!({"drive_id": slot_drive_id(slot), "path_on_host": path})
+                        .to_string();
+                self.api_ok("PATCH", &format!("/drives/{}", slot_drive_id(slot)), &body)
+            });
+            if let Err(e) = put_back {
                 log::warn!("putting drive slot {slot} back: {e}");
+            }
+            if let Some(j) = self.jail() {
+                let _ = std::fs::remove_file(j.root.join(slot_image_name(slot)));
             }
             self.release_slot(slot);
         }
@@ -275,18 +359,18 @@ impl Vm {
     /// Ends flint (SIGTERM, then SIGKILL after a few seconds) and removes
     /// the VM's files.
     pub fn stop(&self) {
-        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let mut vmm = self.vmm.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(vmm.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
+            if let Ok(Some(_)) = vmm.child.try_wait() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        // Kills it if still there, reaps it, removes its jail.
+        vmm.kill();
         let _ = std::fs::remove_dir_all(&self.sock_dir);
         for name in [
             "flint-boot.ext4",
@@ -294,6 +378,7 @@ impl Vm {
             "flint-vm.json",
             "flint.pid",
             "flint.sockdir",
+            "flint.jail",
         ] {
             let _ = std::fs::remove_file(self.state_dir.join(name));
         }
@@ -302,6 +387,11 @@ impl Vm {
             let _ = std::fs::remove_file(stub_path(&self.state_dir, slot));
         }
     }
+}
+
+/// The name in the jail of the image put on drive slot `slot`.
+fn slot_image_name(slot: usize) -> String {
+    format!("{}.img", slot_drive_id(slot))
 }
 
 fn stub_path(state_dir: &Path, slot: usize) -> PathBuf {
@@ -329,6 +419,16 @@ pub fn cleanup_bundle(bundle: &Path) {
         if comm.trim() == "flint" {
             // SAFETY: kill(2) with plain integers.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    if let Some(j) = std::fs::read(bundle.join("flint.jail"))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<jail::JailInfo>(&t).ok())
+        .filter(|j| j.root.starts_with(RUN_DIR))
+    {
+        // The VMM was just killed: `remove` waits for its cgroup to empty.
+        if let Err(e) = jail::remove(&j) {
+            log::warn!("removing the jail {}: {e}", j.root.display());
         }
     }
     if let Ok(dir) = std::fs::read_to_string(bundle.join("flint.sockdir")) {

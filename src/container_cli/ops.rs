@@ -160,12 +160,17 @@ fn signal_main(runtime: &Runtime, s: &State, signal: i32) -> Result<(), Containe
         .map_err(|e| ContainerError::Usage(format!("signalling {}: {e}", s.name)))
 }
 
-/// Whether the container's flint process has gone.
+/// Whether the container's VMM and its supervisor (which removes the jail
+/// after the VMM) have gone.
 fn flint_gone(runtime: &Runtime, id: &str) -> bool {
     state::load(&runtime.dir(id))
         .map(|s| {
             let s = s.effective();
-            s.status == Status::Exited && !s.flint.is_some_and(|p| p.alive())
+            s.status == Status::Exited
+                && ![s.flint, s.supervisor]
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p.alive())
         })
         .unwrap_or(true)
 }
@@ -198,7 +203,7 @@ pub fn stop(keys: &[String], grace: u64) -> Result<i32, ContainerError> {
                 }
             }
         } else if s.status == Status::Created {
-            if let Some(p) = s.flint.or(s.monitor) {
+            for p in [s.flint, s.supervisor, s.monitor].into_iter().flatten() {
                 p.kill(libc::SIGKILL);
             }
             wait_gone(&runtime, &s.id, Duration::from_secs(10));
@@ -255,7 +260,7 @@ pub fn rm(keys: &[String], force: bool) -> Result<i32, ContainerError> {
     let runtime = Runtime::open()?;
     for key in keys {
         let s = load(&runtime, key)?;
-        let live = [s.flint, s.monitor]
+        let live = [s.flint, s.supervisor, s.monitor]
             .into_iter()
             .flatten()
             .any(|p| p.alive());
@@ -265,11 +270,11 @@ pub fn rm(keys: &[String], force: bool) -> Result<i32, ContainerError> {
                     "container {key} is running: stop it first, or use rm -f"
                 )));
             }
-            for p in [s.flint, s.monitor].into_iter().flatten() {
+            for p in [s.flint, s.supervisor, s.monitor].into_iter().flatten() {
                 p.kill(libc::SIGKILL);
             }
             let deadline = Instant::now() + Duration::from_secs(10);
-            while [s.flint, s.monitor]
+            while [s.flint, s.supervisor, s.monitor]
                 .into_iter()
                 .flatten()
                 .any(|p| p.alive())
@@ -295,6 +300,7 @@ pub fn inspect(keys: &[String]) -> Result<i32, ContainerError> {
         let mut v = serde_json::to_value(&s)
             .map_err(|e| ContainerError::Internal(format!("encoding the state: {e}")))?;
         v["state_dir"] = runtime.dir(&s.id).to_string_lossy().into_owned().into();
+        v["jailed"] = s.jail.is_some().into();
         all.push(v);
     }
     let text = serde_json::to_string_pretty(&all)

@@ -39,6 +39,12 @@ pub struct RunArgs {
     /// Run the main process on a terminal.
     #[arg(short, long)]
     tty: bool,
+    /// Run the container's VMM unjailed even as root (also FLINT_NO_JAIL=1).
+    /// By default, as root, it runs under flint-jailer: its own root
+    /// directory, an unprivileged uid, a cgroup with the --memory/--cpus
+    /// limits.
+    #[arg(long)]
+    no_jail: bool,
 }
 
 /// Runs the command.
@@ -85,6 +91,7 @@ pub fn run(mut args: RunArgs) -> Result<i32, ContainerError> {
             .map(|(i, v)| volumes::parse_volume(v, i))
             .collect::<Result<_, _>>()?,
         tty: args.tty,
+        no_jail: args.no_jail,
     };
     // A taken port is refused before anything is built.
     drop(ports::bind(&options.ports)?);

@@ -26,6 +26,8 @@ pub struct CreateOptions {
     pub volumes: Vec<VolumeMap>,
     /// The main process runs on a terminal (`-t`).
     pub tty: bool,
+    /// `--no-jail`: the VMM runs unjailed even as root.
+    pub no_jail: bool,
 }
 
 /// Refuses to go on without a usable `/dev/kvm`, in one clear line.
@@ -173,7 +175,11 @@ fn create_in(
         disk_dir,
         status: Status::Created,
         monitor: None,
+        supervisor: None,
         flint: None,
+        no_jail: options.no_jail,
+        jail: None,
+        unjailed: None,
         main_pid: None,
         started_at: None,
         finished_at: None,

@@ -1,11 +1,15 @@
-//! The container's flint process: boots the VM, starts the main process
-//! through the guest agent, carries the published ports, writes the log,
-//! and when the main process ends records its status and powers the VM off.
+//! The container's supervisor (`flint container __vm`, unjailed): starts
+//! the VMM as a child `flint` process (jailed as root: see [`crate::jail`]),
+//! starts the main process through the guest agent, carries the published
+//! ports, writes the log, and when the main process ends records its
+//! status, powers the VM off and removes the jail. A VMM that dies (a
+//! `kill -9`, a crash) ends the container with the reason ("flint process
+//! N died: killed by signal 9").
 //!
-//! A small *monitor* process is its parent (`flint container __monitor`):
-//! it only waits, and when the flint process dies without recording an end
-//! (a `kill -9`, a crash) it records why ("flint process N died: killed by
-//! signal 9"), so `ps` never shows a dead container as running.
+//! A small *monitor* process is the supervisor's parent (`flint container
+//! __monitor`): it only waits, and when the supervisor dies without
+//! recording an end it records why, so `ps` never shows a dead container
+//! as running.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -15,7 +19,6 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use agent_protocol::{
@@ -27,6 +30,7 @@ use super::create::{config_path, console_path, log_path, vsock_path};
 use super::logfile::{LogWriter, Stream};
 use super::state::{self, ProcId, Runtime, State, Status};
 use super::{ports, volumes};
+use crate::jail::{self, JailSpec, Vmm};
 use crate::ContainerError;
 
 /// How long the guest may take to boot to a listening agent. The slow
@@ -38,13 +42,11 @@ pub fn agent(dir: &Path) -> Result<AgentClient<UnixStream>, ClientError> {
     AgentClient::handshake(connect_hybrid_vsock(&vsock_path(dir), DEFAULT_PORT)?)
 }
 
-type VmThread = JoinHandle<Result<vmm::RunEnd, ContainerError>>;
-
 /// A booted container VM whose agent answers.
 pub struct Vm {
     pub dir: PathBuf,
     pub state: State,
-    thread: Option<VmThread>,
+    vmm: Option<Vmm>,
     listeners: Vec<(TcpListener, u16)>,
     _virtiofsd: Vec<Child>,
     pub log: Arc<LogWriter>,
@@ -54,62 +56,154 @@ fn io_at(what: String) -> impl FnOnce(std::io::Error) -> ContainerError {
     move |source| ContainerError::Io { what, source }
 }
 
-/// Boots container `id` in this process: binds its ports, starts its
-/// virtiofsd daemons and the VM, and waits for the agent.
+/// The API socket of an unjailed VMM in container directory `dir`.
+pub fn api_path(dir: &Path) -> PathBuf {
+    dir.join("api.sock")
+}
+
+/// The jail for container `state`, or why there is none.
+fn jail_spec(state: &State, flint: &Path) -> Result<Result<JailSpec, String>, ContainerError> {
+    if let Some(reason) = jail::unjailed_reason(state.no_jail) {
+        return Ok(Err(reason));
+    }
+    let jailer = jail::find_jailer(flint);
+    // `<cache>/containers/<id>` holds the disks: the jails go next to it,
+    // on the same file system, so the disks are hard-linked, never copied.
+    let cache = state
+        .disk_dir
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| ContainerError::Internal("disk directory without a cache".into()))?;
+    let id = format!("ctr-{}", &state.id[..16.min(state.id.len())]);
+    let uid = jail::allocate_uid(
+        Path::new(jail::UID_DIR),
+        jail::UID_BASE,
+        jail::UID_COUNT,
+        &id,
+    )?;
+    Ok(Ok(JailSpec {
+        id,
+        flint: flint.to_owned(),
+        jailer,
+        uid,
+        gid: uid,
+        chroot_base: cache.join("jail"),
+        memory_mib: state.memory_mib,
+        vcpus: state.cpus.into(),
+    }))
+}
+
+/// Boots container `id`: binds its ports, starts the VMM (jailed when
+/// root), its virtiofsd daemons, and waits for the agent.
 pub fn boot(runtime: &Runtime, id: &str) -> Result<Vm, ContainerError> {
     let dir = runtime.dir(id);
-    let state = state::update(&dir, |s| s.flint = ProcId::current())?;
+    let state = state::update(&dir, |s| s.supervisor = ProcId::current())?;
     let listeners = ports::bind(&state.ports)?;
-    let virtiofsd = volumes::start_daemons(&dir, &state.volumes)?;
     let text = std::fs::read_to_string(config_path(&dir))
         .map_err(io_at(format!("reading {}", config_path(&dir).display())))?;
-    let config = api::VmConfig::from_json(&text)?;
+    let mut config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ContainerError::Internal(format!("the VM config: {e}")))?;
+    // The kernel's messages go to the console log (COM1: the VMM's stdout).
+    if let Some(args) = config["boot-source"]["boot_args"].as_str() {
+        config["boot-source"]["boot_args"] = args.replace("console=ttyS1", "console=ttyS0").into();
+    }
     let _ = std::fs::remove_file(vsock_path(&dir));
     let console = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(console_path(&dir))
         .map_err(io_at("opening the console log".into()))?;
-    let console2 = console
-        .try_clone()
-        .map_err(io_at("opening the console log".into()))?;
-    let options = vmm::VmmOptions {
-        console_out: Some(Box::new(console)),
-        console2_out: Some(Box::new(console2)),
-        console_in: false,
-        instance_id: state.name.clone(),
-        ..vmm::VmmOptions::default()
+    let flint = std::env::current_exe().map_err(io_at("finding flint's executable".into()))?;
+    let spec = jail_spec(&state, &flint)?;
+    let uid_dir = Path::new(jail::UID_DIR);
+    let spawned = jail::spawn(
+        spec.as_ref().ok().map(|s| (s, uid_dir)),
+        &flint,
+        &api_path(&dir),
+        console,
+    );
+    let vmm = match spawned {
+        Ok(v) => v,
+        Err(e) => {
+            if let Ok(s) = &spec {
+                let _ = std::fs::remove_file(uid_dir.join(s.uid.to_string()));
+            }
+            return Err(e);
+        }
     };
-    let thread = std::thread::Builder::new()
-        .name("flint_vmm".into())
-        .spawn(move || vmm::run(vmm::Start::Boot(config), options).map_err(ContainerError::from))
-        .map_err(io_at("starting the VMM thread".into()))?;
+    let state = state::update(&dir, |s| {
+        s.flint = ProcId::of(vmm.pid() as i32);
+        s.jail = vmm.jail.clone();
+        s.unjailed = spec.as_ref().err().cloned();
+    })?;
     let log = Arc::new(
         LogWriter::open(&log_path(&dir)).map_err(io_at("opening the container log".into()))?,
     );
     let mut vm = Vm {
-        dir,
+        dir: dir.clone(),
         state,
-        thread: Some(thread),
+        vmm: Some(vmm),
         listeners,
-        _virtiofsd: virtiofsd,
+        _virtiofsd: Vec::new(),
         log,
     };
+    vm.configure(&config)?;
     vm.wait_for_agent()?;
     Ok(vm)
 }
 
+impl Drop for Vm {
+    /// A VM given up on (a failed boot) leaves no VMM or jail behind.
+    fn drop(&mut self) {
+        self.stop_vmm();
+    }
+}
+
 impl Vm {
-    fn vm_ended(&mut self) -> Option<String> {
-        if !self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-            return None;
+    /// Puts the VM's files into the jail, starts the volumes' daemons (their
+    /// sockets in the jail) and boots the VM.
+    fn configure(&mut self, config: &serde_json::Value) -> Result<(), ContainerError> {
+        let vmm = self
+            .vmm
+            .as_ref()
+            .ok_or_else(|| ContainerError::Internal("no VMM".into()))?;
+        let seen = vmm.prepare(config)?;
+        let socket_dir = match &vmm.jail {
+            Some(j) => {
+                // Host-side code (exec, ports, the CLI) finds the agent
+                // where it always did.
+                std::os::unix::fs::symlink(j.root.join("vsock.sock"), vsock_path(&self.dir))
+                    .map_err(io_at("linking the vsock socket".into()))?;
+                j.root.clone()
+            }
+            None => self.dir.clone(),
+        };
+        self._virtiofsd = volumes::start_daemons(&self.dir, &socket_dir, &self.state.volumes)?;
+        for v in &self.state.volumes {
+            vmm.give_socket(&volumes::socket_path(&socket_dir, v))?;
         }
-        let end = self.thread.take().map(JoinHandle::join);
-        Some(match end {
-            Some(Ok(Ok(end))) => format!("the VM stopped ({end:?})"),
-            Some(Ok(Err(e))) => format!("the VM failed: {e}"),
-            _ => "the VM thread panicked".into(),
-        })
+        vmm.start(&seen)
+    }
+
+    /// Why the VMM has ended, once it has.
+    fn vm_ended(&mut self) -> Option<String> {
+        let vmm = self.vmm.as_mut()?;
+        let status = vmm.child.try_wait().ok()??;
+        let why = format!(
+            "flint process {} died: {}",
+            vmm.pid(),
+            describe_exit(status)
+        );
+        let _ = vmm.remove_jail();
+        self.vmm = None;
+        Some(why)
+    }
+
+    /// Kills the VMM and removes its jail.
+    fn stop_vmm(&mut self) {
+        if let Some(mut vmm) = self.vmm.take() {
+            vmm.kill();
+        }
     }
 
     fn wait_for_agent(&mut self) -> Result<(), ContainerError> {
@@ -212,14 +306,14 @@ impl Vm {
             s.exit_code = code;
             s.reason = end.err();
         });
-        if self.thread.is_some() {
+        if self.vmm.is_some() {
             let _ = agent(&self.dir).and_then(|a| a.shutdown());
         }
         let deadline = Instant::now() + Duration::from_secs(60);
-        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) && Instant::now() < deadline {
+        while self.vm_ended().is_none() && self.vmm.is_some() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.vm_ended();
+        self.stop_vmm();
         let _ = std::fs::remove_file(vsock_path(&self.dir));
         code.unwrap_or(125)
     }
@@ -315,6 +409,21 @@ pub fn monitor(runtime: &Runtime, id: &str) -> i32 {
         Ok(s) => s,
         Err(_) => return 1,
     };
+    // A supervisor that died leaves its VMM: end it and remove its jail.
+    if let Ok(s) = state::load(&dir) {
+        if s.status != Status::Exited {
+            if let Some(vmm) = s.flint.filter(|p| p.alive()) {
+                vmm.kill(libc::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while vmm.alive() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            if let Some(j) = &s.jail {
+                let _ = jail::remove(j);
+            }
+        }
+    }
     let _ = state::update(&dir, |s| {
         if s.status != Status::Exited {
             s.status = Status::Exited;

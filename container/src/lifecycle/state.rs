@@ -123,9 +123,22 @@ pub struct State {
     /// The process watching the container's flint (records how it died).
     #[serde(default)]
     pub monitor: Option<ProcId>,
-    /// The container's flint process (the VM, the ports, the log).
+    /// The container's supervisor (`__vm`: the ports, the log, the agent
+    /// session; unjailed).
+    #[serde(default)]
+    pub supervisor: Option<ProcId>,
+    /// The container's VMM (a child `flint` process, jailed as root).
     #[serde(default)]
     pub flint: Option<ProcId>,
+    /// `run --no-jail`.
+    #[serde(default)]
+    pub no_jail: bool,
+    /// The VMM's jail (root directory, uid, cgroup), when jailed.
+    #[serde(default)]
+    pub jail: Option<crate::jail::JailInfo>,
+    /// Why the VMM runs unjailed (not root, `--no-jail`, `FLINT_NO_JAIL=1`).
+    #[serde(default)]
+    pub unjailed: Option<String>,
     /// The main process's pid in the guest.
     #[serde(default)]
     pub main_pid: Option<u32>,
@@ -154,7 +167,7 @@ impl State {
     /// running whose flint process is gone has exited.
     pub fn effective(mut self) -> State {
         if self.status != Status::Exited {
-            let watched = self.flint.or(self.monitor);
+            let watched = self.flint.or(self.supervisor).or(self.monitor);
             if let Some(p) = watched.filter(|p| !p.alive()) {
                 self.status = Status::Exited;
                 self.reason
@@ -334,6 +347,9 @@ impl Runtime {
     /// Removes container `state`'s directory, disks and name.
     pub fn remove(&self, state: &State) -> Result<(), ContainerError> {
         let dir = self.dir(&state.id);
+        if let Some(j) = &state.jail {
+            crate::jail::remove(j)?;
+        }
         if state.disk_dir.exists() {
             std::fs::remove_dir_all(&state.disk_dir)
                 .map_err(io_at(format!("removing {}", state.disk_dir.display())))?;

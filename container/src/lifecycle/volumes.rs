@@ -75,16 +75,22 @@ pub fn socket_path(dir: &Path, v: &VolumeMap) -> PathBuf {
     dir.join(format!("{}.virtiofsd.sock", v.tag))
 }
 
-/// Starts one virtiofsd per volume and waits for their sockets; they die
-/// with the calling process (`PR_SET_PDEATHSIG`).
-pub fn start_daemons(dir: &Path, volumes: &[VolumeMap]) -> Result<Vec<Child>, ContainerError> {
+/// Starts one virtiofsd per volume (its log in container directory `dir`,
+/// its socket in `socket_dir`: the jail's root when the VMM is jailed) and
+/// waits for their sockets; they die with the calling process
+/// (`PR_SET_PDEATHSIG`).
+pub fn start_daemons(
+    dir: &Path,
+    socket_dir: &Path,
+    volumes: &[VolumeMap],
+) -> Result<Vec<Child>, ContainerError> {
     if volumes.is_empty() {
         return Ok(Vec::new());
     }
     let bin = find_virtiofsd()?;
     let mut children = Vec::new();
     for v in volumes {
-        let socket = socket_path(dir, v);
+        let socket = socket_path(socket_dir, v);
         let _ = std::fs::remove_file(&socket);
         let log = std::fs::File::create(dir.join(format!("{}.virtiofsd.log", v.tag)))
             .map(Stdio::from)
