@@ -143,6 +143,14 @@ const LEAF_ADDRESS_SIZES: u32 = 0x8000_0008;
 
 /// Leaf 0x1 ECX: running under a hypervisor.
 const HYPERVISOR_BIT: u32 = 1 << 31;
+/// Leaf 0x1 ECX: the local APIC timer has TSC-deadline mode. KVM always
+/// emulates it (`KVM_CAP_TSC_DEADLINE_TIMER`) but leaves the bit to the
+/// VMM; without it the guest arms every timer tick by writing the APIC's
+/// MMIO page (an MMIO exit and an instruction decode) instead of one MSR.
+const TSC_DEADLINE_BIT: u32 = 1 << 24;
+/// Leaf 0x1 ECX: IA32_PERF_CAPABILITIES exists; KVM does not give the
+/// guest a PMU here (leaf 0xa is cleared), so neither is it offered.
+const PDCM_BIT: u32 = 1 << 15;
 /// Leaf 0x1 EDX: more than one logical processor per package.
 const HTT_BIT: u32 = 1 << 28;
 /// CLFLUSH line size in 8-byte units (64 bytes).
@@ -303,7 +311,8 @@ pub fn normalize_cpuid(
                 entry.ebx = set_bits(entry.ebx, 31, 24, apic_id);
                 entry.ebx = set_bits(entry.ebx, 23, 16, count);
                 entry.ebx = set_bits(entry.ebx, 15, 8, CLFLUSH_LINE_SIZE);
-                entry.ecx |= HYPERVISOR_BIT;
+                entry.ecx |= HYPERVISOR_BIT | TSC_DEADLINE_BIT;
+                entry.ecx &= !PDCM_BIT;
                 if count > 1 {
                     entry.edx |= HTT_BIT;
                 } else {
@@ -495,6 +504,15 @@ mod tests {
         assert_eq!(find(&cpuid, 0xb, 1).eax, 0);
         assert_eq!(find(&cpuid, 0xb, 1).ebx, 1);
         assert_eq!(find(&cpuid, 4, 3).eax >> 14, 0);
+    }
+
+    #[test]
+    fn the_apic_timer_has_tsc_deadline_mode_and_no_perf_capabilities() {
+        let cpuid = normalized(b"GenuineIntel", 0, 1, CpuTemplate::None);
+        let ecx = find(&cpuid, 1, 0).ecx;
+        assert_ne!(ecx & TSC_DEADLINE_BIT, 0);
+        assert_eq!(ecx & PDCM_BIT, 0);
+        assert_ne!(ecx & HYPERVISOR_BIT, 0);
     }
 
     #[test]
