@@ -204,11 +204,15 @@ fn a_killed_flint_shows_the_container_exited_with_the_reason() {
     let held = std::fs::File::create(env.dir.path().join("held")).unwrap();
     // SAFETY: F_SETFD on a descriptor this test owns.
     unsafe { libc::fcntl(held.as_raw_fd(), libc::F_SETFD, 0) };
-    // Up: still running five seconds after `run` returned.
+    // Up: an exec in it runs (a main process that died at start shows as
+    // exited once its end is recorded; slow under load).
     env.run_detached(
         "victim",
         &["run", "-d", "--name", "victim", "web:1", "sleep", "100000"],
-        |t| (t > Duration::from_secs(5)).then(String::new),
+        |_| {
+            let probe = env.flint(&["exec", "victim", "true"]);
+            probe.status.success().then(String::new)
+        },
     );
     let state = env.inspect("victim");
     assert_eq!(state["status"], "running");

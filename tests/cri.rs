@@ -30,6 +30,8 @@
 mod client;
 mod common;
 
+use common::procs::{children_named, pids_with, rss_kib};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -196,34 +198,6 @@ fn mounts_under(prefix: &str) -> Vec<String> {
         .filter(|point| point.starts_with(prefix))
         .map(str::to_owned)
         .collect()
-}
-
-/// Pids of live processes whose command line contains `needle`.
-fn pids_with(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline: Vec<u8> = cmdline
-            .iter()
-            .map(|&b| if b == 0 { b' ' } else { b })
-            .collect();
-        if String::from_utf8_lossy(&cmdline).contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn sha256(path: &Path) -> String {
@@ -397,7 +371,7 @@ fn container_state(cri: &mut Cri, id: &str) -> ContainerStatus {
 }
 
 /// CreateContainer + StartContainer of `name` in the pod; the container's
-/// id once it still runs three seconds later. A main process that died of
+/// id once an exec in it answers. A main process that died of
 /// the host's SIGSEGV quirk at start (see EMULATION_SEGV) is removed and
 /// created again under the next `attempt` (three at most, each said);
 /// anything else fails.
@@ -430,17 +404,37 @@ fn start_container(cri: &mut Cri, c: &Containerd, pod_id: &str, name: &str) -> S
                 },
             )
             .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", c.tail()));
-        std::thread::sleep(Duration::from_secs(3));
-        let status = container_state(cri, &id);
-        if status.state == CONTAINER_RUNNING {
-            return id;
+        // Alive: an exec in it answers (each exec retried on the quirk).
+        // A shell that died at start shows as exited, here or once the
+        // shim's exit event has reached containerd (slow under load).
+        loop {
+            let status = container_state(cri, &id);
+            if status.state == CONTAINER_RUNNING {
+                let alive: Result<ExecSyncResponse, _> = cri.runtime(
+                    "ExecSync",
+                    &ExecSyncRequest {
+                        container_id: id.clone(),
+                        cmd: vec!["echo".into(), "alive".into()],
+                        timeout: 300,
+                    },
+                );
+                match alive {
+                    Ok(reply) if reply.exit_code != EMULATION_SEGV => return id,
+                    Ok(_) => continue,
+                    Err(e) if e.to_string().contains("EXITED") => {}
+                    Err(e) => panic!("ExecSync in {name}: {e}\n{}", c.tail()),
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            assert_eq!(
+                status.exit_code,
+                EMULATION_SEGV,
+                "container {name} ended at start: {status:?}\n{}",
+                c.tail()
+            );
+            break;
         }
-        assert_eq!(
-            status.exit_code,
-            EMULATION_SEGV,
-            "container {name} ended at start: {status:?}\n{}",
-            c.tail()
-        );
         println!(
             "container {name}: its shell died of SIGSEGV at start (host quirk); creating it again"
         );
@@ -600,11 +594,9 @@ fn a_cri_pod_runs_its_containers_in_one_flint_vm() {
         .filter(|p| pids_with(&prefix).contains(p))
         .collect();
     assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
-    let flints = pids_with("flint-vm.json")
-        .into_iter()
-        .filter(|p| pids_with(&prefix).contains(p))
-        .count();
-    assert_eq!(flints, 1, "one flint for the pod");
+    // The pod's VMM: the shim's one child `flint` (jailed or not).
+    let flints = children_named(shims[0], "flint");
+    assert_eq!(flints, [flint_pid], "one flint for the pod");
     assert!(Path::new(&format!("/proc/{flint_pid}")).exists());
     println!(
         "figure: per pod RSS (sandbox + 2 containers): shim {} KiB + flint {} KiB",

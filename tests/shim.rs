@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::procs::{children_named, pids_with, rss_kib};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -119,8 +121,7 @@ impl Containerd {
             .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
     }
 
-    /// `ctr run -d ... ID ...` (`args`), until task `id` still runs three
-    /// seconds after it started. A main process that died at start (on
+    /// `ctr run -d ... ID ...` (`args`), until an exec in task `id` runs. A main process that died at start (on
     /// this host: the guest's SIGSEGV quirk, see EMULATION_SEGV) is
     /// deleted and run again (three runs at most, each said).
     fn run_detached(&self, args: &[&str], id: &str) {
@@ -137,9 +138,18 @@ impl Containerd {
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            std::thread::sleep(Duration::from_secs(3));
-            if self.task_status(id).as_deref() == Some("RUNNING") {
-                return;
+            // Alive: an exec in it runs (a shell that died at start shows
+            // as STOPPED once its exit has reached containerd; slow under
+            // load). An exec that itself died of the quirk is tried again.
+            let mut probe = 0;
+            while self.task_status(id).as_deref() == Some("RUNNING") {
+                probe += 1;
+                let eid = format!("alive-{attempt}-{probe}");
+                let out = self.ctr(&["task", "exec", "--exec-id", &eid, id, "true"]);
+                if out.status.success() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(500));
             }
             println!("attempt {attempt}: {id}'s main process ended at start (the host's SIGSEGV quirk); running it again");
             self.ok(&["task", "delete", id]);
@@ -277,58 +287,6 @@ fn vm_state(api_sock: &Path) -> String {
     let body = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     let json: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
     json["state"].as_str().unwrap_or("?").to_owned()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Pids of live processes whose command line contains `needle`.
-fn pids_with(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        // Arguments are NUL-separated: compare with spaces.
-        let cmdline: Vec<u8> = cmdline
-            .iter()
-            .map(|&b| if b == 0 { b' ' } else { b })
-            .collect();
-        if String::from_utf8_lossy(&cmdline).contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Live children of `parent` whose command name is `name`.
-fn children_named(parent: u32, name: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let Some((comm, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
-        else {
-            continue;
-        };
-        let ppid = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok());
-        if comm == name && ppid == Some(parent) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// Checks that VMM `pid` runs in `jail` (the shim's `flint.jail` record):
