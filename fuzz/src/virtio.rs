@@ -8,7 +8,8 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use devices::bus::BusDevice;
@@ -69,25 +70,57 @@ impl NetBackend for PairBackend {
     }
 }
 
-type Shared<D> = Arc<Mutex<D>>;
-
-struct Harness {
-    transport: MmioTransport,
+/// The device model and what it is wired to: its event loop (a real
+/// `EventManager`), clones of its queue eventfds (the fuzzer's
+/// notifications) and, for network cards, both ends of the tap's stand-in.
+///
+/// Made once per process and reused for every input (see [`reusable`]):
+/// building a device per input (a listener socket bound in a directory, a
+/// connector thread spawned and ended for vsock; an epoll set, eventfds and
+/// a file opened for the others) cost more than the input's own work.
+/// Between inputs [`Rig::clean`] puts it back in the state a fresh device
+/// has, so an input run alone (a fresh process, hence a fresh device) does
+/// what it did mid-run and a crash reproduces.
+struct Rig {
+    device: Arc<Mutex<dyn VirtioDevice>>,
     events: Vec<vmm_sys_util::eventfd::EventFd>,
     manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
-    mem: GuestMemory,
+    /// The host's end of the tap stand-in (frames the fuzzer injects).
     host_side: Option<UnixDatagram>,
+    /// A clone of the device's end, to drop frames left unread by an input.
+    tap_side: Option<UnixDatagram>,
+}
+
+/// Whether a device of `kind` is reused across inputs: yes when its
+/// `reset()` (what a driver's status-0 write does) leaves nothing of an
+/// input behind but counters, which no code path reads back. Not the
+/// balloon: its config space (pages the guest reports), latest statistics
+/// and stats timer outlive a reset by design, so each input gets a new one.
+/// `FLINT_FUZZ_FRESH_DEVICE=1` turns reuse off (to compare).
+fn reusable(kind: Kind) -> bool {
+    static FRESH: OnceLock<bool> = OnceLock::new();
+    let fresh = *FRESH.get_or_init(|| std::env::var_os("FLINT_FUZZ_FRESH_DEVICE").is_some());
+    !matches!(kind, Kind::Balloon) && !fresh
+}
+
+/// Whether `FLINT_FUZZ_CHECK_RESET` is set (see [`check_against_fresh`]).
+fn checking_reset() -> bool {
+    static CHECK: OnceLock<bool> = OnceLock::new();
+    *CHECK.get_or_init(|| std::env::var_os("FLINT_FUZZ_CHECK_RESET").is_some())
 }
 
 /// What every input of a fuzz process shares, made once: guest memory
-/// (zeroed before each input), a scratch directory and the block device's
-/// image (rewritten before each input). Creating them per input (a
-/// directory, a file, a mapping) cost most of an execution; resetting them
-/// gives each input the same starting point for a fraction of that.
+/// (zeroed before each input), a scratch directory (on tmpfs when there is
+/// one, see [`crate::scratch_base`]), the block device's image (rewritten
+/// before each input) and the reusable device. Creating them per input (a
+/// directory, a file, a mapping, a device) cost most of an execution;
+/// resetting them gives each input the same starting point for a fraction
+/// of that.
 struct Process {
     mem: GuestMemory,
     scratch: tempfile::TempDir,
     image: std::fs::File,
+    rig: RefCell<Option<Rig>>,
 }
 
 /// What guest memory is reset to.
@@ -99,7 +132,7 @@ const IMAGE_BYTES: [u8; 8 * 512] = [0x5a; 8 * 512];
 impl Process {
     fn new() -> Option<Self> {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).ok()?;
-        let scratch = tempfile::tempdir().ok()?;
+        let scratch = tempfile::tempdir_in(crate::scratch_base()).ok()?;
         let image = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -111,16 +144,19 @@ impl Process {
             mem,
             scratch,
             image,
+            rig: RefCell::new(None),
         })
     }
 
     /// Back to the state a fresh process starts an input in: zeroed guest
-    /// memory, the image's original bytes and size, no vsock socket left.
-    fn reset(&self) -> Option<()> {
+    /// memory and, for a block device, the image's original bytes and size.
+    fn reset(&self, kind: Kind) -> Option<()> {
         use std::os::unix::fs::FileExt;
         self.mem.write_slice(&ZEROS, GuestAddress(0)).ok()?;
-        self.image.set_len(IMAGE_BYTES.len() as u64).ok()?;
-        self.image.write_all_at(&IMAGE_BYTES, 0).ok()?;
+        if matches!(kind, Kind::Block) {
+            self.image.set_len(IMAGE_BYTES.len() as u64).ok()?;
+            self.image.write_all_at(&IMAGE_BYTES, 0).ok()?;
+        }
         Some(())
     }
 }
@@ -129,43 +165,28 @@ thread_local! {
     static PROCESS: Option<Process> = Process::new();
 }
 
-fn attach<D>(
-    device: D,
-    mem: &GuestMemory,
-) -> Option<(
-    MmioTransport,
-    Vec<vmm_sys_util::eventfd::EventFd>,
-    Shared<D>,
-)>
-where
-    D: VirtioDevice + MutEventSubscriber + Send + 'static,
-{
-    let events = device
-        .queue_events()
-        .iter()
-        .map(|e| e.try_clone().ok())
-        .collect::<Option<Vec<_>>>()?;
-    let device = Arc::new(Mutex::new(device));
-    let irq = Arc::new(IrqTrigger::new().ok()?);
-    let transport = MmioTransport::new(device.clone(), mem.clone(), irq).ok()?;
-    Some((transport, events, device))
-}
-
-impl Harness {
-    fn new(kind: Kind, process: &Process) -> Option<Self> {
-        process.reset()?;
-        let mem = process.mem.clone();
+impl Rig {
+    /// A fresh device of `kind`; a vsock listener is bound at `socket` in
+    /// the scratch directory.
+    fn new(kind: Kind, process: &Process, socket: &str) -> Option<Self> {
         let scratch = &process.scratch;
         let mut manager = EventManager::new().ok()?;
         let mut host_side = None;
+        let mut tap_side = None;
         macro_rules! wire {
             ($dev:expr) => {{
-                let (transport, events, device) = attach($dev, &mem)?;
-                manager.add_subscriber(device as Arc<Mutex<dyn MutEventSubscriber + Send>>);
-                (transport, events)
+                let device = $dev;
+                let events = device
+                    .queue_events()
+                    .iter()
+                    .map(|e| e.try_clone().ok())
+                    .collect::<Option<Vec<_>>>()?;
+                let device = Arc::new(Mutex::new(device));
+                manager.add_subscriber(device.clone() as Arc<Mutex<dyn MutEventSubscriber + Send>>);
+                (device as Arc<Mutex<dyn VirtioDevice>>, events)
             }};
         }
-        let (transport, events) = match kind {
+        let (device, events) = match kind {
             Kind::Block => {
                 let image = scratch.path().join("disk.img");
                 wire!(Block::new(BlockConfig {
@@ -180,6 +201,7 @@ impl Harness {
                 let (ours, theirs) = UnixDatagram::pair().ok()?;
                 ours.set_nonblocking(true).ok()?;
                 theirs.set_nonblocking(true).ok()?;
+                tap_side = Some(ours.try_clone().ok()?);
                 host_side = Some(theirs);
                 let config = NetConfig {
                     iface_id: "fuzz".into(),
@@ -201,19 +223,53 @@ impl Harness {
             .ok()?),
             Kind::Vsock => wire!(Vsock::new(VsockConfig {
                 guest_cid: 3,
-                uds_path: scratch.path().join("v.sock"),
+                uds_path: scratch.path().join(socket),
             })
             .ok()?),
         };
         Some(Self {
-            transport,
+            device,
             events,
             manager,
-            mem,
             host_side,
+            tap_side,
         })
     }
 
+    /// Back to a fresh device's state after an input: the device reset
+    /// (queues dropped; vsock: every connection closed, pending connects
+    /// forgotten), notifications and frames the input left unread dropped,
+    /// and the event loop turned until quiet so no event of this input is
+    /// handled during the next one.
+    fn clean(&mut self) {
+        self.device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset();
+        for evt in &self.events {
+            let _ = evt.read();
+        }
+        if let Some(tap) = &self.tap_side {
+            let mut buf = [0u8; 1];
+            while tap.recv(&mut buf).is_ok() {}
+        }
+        for _ in 0..TURNS {
+            if !matches!(self.manager.run_with_timeout(0), Ok(n) if n > 0) {
+                break;
+            }
+        }
+    }
+}
+
+/// One input's view: a fresh transport (register file, interrupt) on the
+/// process's device and memory.
+struct Harness<'a> {
+    transport: MmioTransport,
+    rig: &'a mut Rig,
+    mem: GuestMemory,
+}
+
+impl Harness<'_> {
     fn write32(&mut self, offset: u64, value: u32) {
         self.transport.write(0, offset, &value.to_le_bytes());
     }
@@ -236,7 +292,7 @@ impl Harness {
         }
         let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
         self.write32(0x70, s);
-        for q in 0..self.events.len() as u64 {
+        for q in 0..self.rig.events.len() as u64 {
             self.write32(0x30, q as u32);
             self.write32(0x38, QUEUE_SIZE);
             let desc = q * 0x80;
@@ -252,11 +308,11 @@ impl Harness {
     }
 
     fn notify(&mut self, queue: usize) {
-        if let Some(evt) = self.events.get(queue) {
+        if let Some(evt) = self.rig.events.get(queue) {
             let _ = evt.write(1);
         }
         for _ in 0..TURNS {
-            let _ = self.manager.run_with_timeout(0);
+            let _ = self.rig.manager.run_with_timeout(0);
         }
     }
 }
@@ -271,8 +327,66 @@ pub fn run(kind: Kind, data: &[u8]) {
 }
 
 fn run_in(kind: Kind, data: &[u8], process: &Process) {
-    let Some(mut h) = Harness::new(kind, process) else {
+    if process.reset(kind).is_none() {
         return;
+    }
+    let cached = process.rig.borrow_mut().take();
+    let Some(mut rig) = cached.or_else(|| Rig::new(kind, process, "v.sock")) else {
+        return;
+    };
+    run_on(&mut rig, data, &process.mem);
+    if reusable(kind) {
+        rig.clean();
+        if checking_reset() {
+            check_against_fresh(kind, data, process);
+        }
+        *process.rig.borrow_mut() = Some(rig);
+    }
+}
+
+/// `FLINT_FUZZ_CHECK_RESET=1` (a check of [`Rig::clean`], not for long
+/// runs): runs the input again on a device built for it alone and panics if
+/// guest memory ends up different from the run on the reused device. Run
+/// it over a corpus (`-runs=0`): a difference is state one input left to
+/// the next. Not for virtio-rng, whose buffers get random bytes.
+fn check_against_fresh(kind: Kind, data: &[u8], process: &Process) {
+    if matches!(kind, Kind::Rng) {
+        return;
+    }
+    let mut reused = vec![0u8; MEM_SIZE];
+    let _ = process.mem.read_slice(&mut reused, GuestAddress(0));
+    if process.reset(kind).is_none() {
+        return;
+    }
+    let Some(mut fresh) = Rig::new(kind, process, "check.sock") else {
+        return;
+    };
+    run_on(&mut fresh, data, &process.mem);
+    let mut alone = vec![0u8; MEM_SIZE];
+    let _ = process.mem.read_slice(&mut alone, GuestAddress(0));
+    if let Some(at) = reused.iter().zip(&alone).position(|(a, b)| a != b) {
+        let window = at & !0xf..(at & !0xf) + 16;
+        panic!(
+            "{kind:?}: guest memory differs at {at:#x} between a reused and a fresh device \
+             ({:02x?} vs {:02x?})",
+            &reused[window.clone()],
+            &alone[window]
+        );
+    }
+}
+
+/// One input on `rig` (a fresh device or one [`Rig::clean`] left as one).
+fn run_on(rig: &mut Rig, data: &[u8], mem: &GuestMemory) {
+    let Some(irq) = IrqTrigger::new().ok().map(Arc::new) else {
+        return;
+    };
+    let Ok(transport) = MmioTransport::new(rig.device.clone(), mem.clone(), irq) else {
+        return;
+    };
+    let mut h = Harness {
+        transport,
+        rig,
+        mem: mem.clone(),
     };
     let (image, ops) = data.split_at(data.len().min(IMAGE_LEN));
     let _ = h.mem.write_slice(image, GuestAddress(0));
@@ -283,7 +397,7 @@ fn run_in(kind: Kind, data: &[u8], process: &Process) {
         .map_or(u64::MAX, u64::from_le_bytes);
     h.set_up(mask);
     if ops.len() <= 8 {
-        for q in 0..h.events.len() {
+        for q in 0..h.rig.events.len() {
             h.notify(q);
         }
         return;
@@ -320,7 +434,7 @@ fn run_ops(h: &mut Harness, mut ops: &[u8]) {
             }
             2 => {
                 let Some(b) = take(&mut ops, 1) else { break };
-                h.notify(usize::from(b[0]) % h.events.len().max(1));
+                h.notify(usize::from(b[0]) % h.rig.events.len().max(1));
             }
             3 => {
                 let Some(n) = take(&mut ops, 1) else { break };
@@ -328,11 +442,11 @@ fn run_ops(h: &mut Harness, mut ops: &[u8]) {
                 let Some(frame) = take(&mut ops, len) else {
                     break;
                 };
-                if let Some(host) = &h.host_side {
+                if let Some(host) = &h.rig.host_side {
                     let _ = host.send(&frame);
                 }
                 for _ in 0..TURNS {
-                    let _ = h.manager.run_with_timeout(0);
+                    let _ = h.rig.manager.run_with_timeout(0);
                 }
             }
             4 => {
@@ -341,11 +455,11 @@ fn run_ops(h: &mut Harness, mut ops: &[u8]) {
                 let _ = h.mem.write_slice(&b[2..], GuestAddress(addr));
             }
             _ => {
-                let _ = h.manager.run_with_timeout(0);
+                let _ = h.rig.manager.run_with_timeout(0);
             }
         }
     }
     // Let timers (rate limiters, stats) that fired be handled too.
     std::thread::sleep(Duration::from_millis(0));
-    let _ = h.manager.run_with_timeout(0);
+    let _ = h.rig.manager.run_with_timeout(0);
 }
