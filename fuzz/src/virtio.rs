@@ -95,18 +95,19 @@ struct Rig {
     tap_side: Option<UnixDatagram>,
     /// The vsock device, to wait for its connector thread ([`Rig::settle`]).
     vsock: Option<Arc<Mutex<Vsock>>>,
+    /// The balloon, whose reset keeps state a new device does not have
+    /// ([`Rig::clean`] uses `Balloon::reset_to_new`).
+    balloon: Option<Arc<Mutex<Balloon>>>,
 }
 
-/// Whether a device of `kind` is reused across inputs: yes when its
-/// `reset()` (what a driver's status-0 write does) leaves nothing of an
-/// input behind but counters, which no code path reads back. Not the
-/// balloon: its config space (pages the guest reports), latest statistics
-/// and stats timer outlive a reset by design, so each input gets a new one.
-/// `FLINT_FUZZ_FRESH_DEVICE=1` turns reuse off (to compare).
-fn reusable(kind: Kind) -> bool {
+/// Whether the device is reused across inputs: yes (every device's reset
+/// leaves nothing of an input behind but counters, which no code path reads
+/// back; the balloon's reset keeps its config space, statistics and
+/// hinting state, so it gets `Balloon::reset_to_new`), unless
+/// `FLINT_FUZZ_FRESH_DEVICE=1` asks for one per input (to compare).
+fn reusable() -> bool {
     static FRESH: OnceLock<bool> = OnceLock::new();
-    let fresh = *FRESH.get_or_init(|| std::env::var_os("FLINT_FUZZ_FRESH_DEVICE").is_some());
-    !matches!(kind, Kind::Balloon) && !fresh
+    !*FRESH.get_or_init(|| std::env::var_os("FLINT_FUZZ_FRESH_DEVICE").is_some())
 }
 
 /// Whether `FLINT_FUZZ_CHECK_RESET` is set (see [`check_against_fresh`]).
@@ -180,18 +181,23 @@ impl Rig {
         let mut host_side = None;
         let mut tap_side = None;
         let mut vsock = None;
-        macro_rules! wire {
-            ($dev:expr) => {{
-                let device = $dev;
-                let events = device
+        let mut balloon = None;
+        macro_rules! wire_shared {
+            ($device:expr) => {{
+                let device = $device;
+                let events = lock(&device)
                     .queue_events()
                     .iter()
                     .map(|e| e.try_clone().ok())
                     .collect::<Option<Vec<_>>>()?;
-                let device = Arc::new(Mutex::new(device));
                 manager.add_subscriber(device.clone() as Arc<Mutex<dyn MutEventSubscriber + Send>>);
                 (device as Arc<Mutex<dyn VirtioDevice>>, events)
             }};
+        }
+        macro_rules! wire {
+            ($dev:expr) => {
+                wire_shared!(Arc::new(Mutex::new($dev)))
+            };
         }
         let (device, events) = match kind {
             Kind::Block => {
@@ -220,14 +226,20 @@ impl Rig {
                 wire!(Net::with_backend(config, Box::new(PairBackend(ours))).ok()?)
             }
             Kind::Rng => wire!(Rng::new(None).ok()?),
-            Kind::Balloon => wire!(Balloon::new(BalloonConfig {
-                amount_mib: 1,
-                deflate_on_oom: true,
-                stats_polling_interval_s: 1,
-                free_page_hinting: true,
-                free_page_reporting: true,
-            })
-            .ok()?),
+            Kind::Balloon => {
+                let device = Arc::new(Mutex::new(
+                    Balloon::new(BalloonConfig {
+                        amount_mib: 1,
+                        deflate_on_oom: true,
+                        stats_polling_interval_s: 1,
+                        free_page_hinting: true,
+                        free_page_reporting: true,
+                    })
+                    .ok()?,
+                ));
+                balloon = Some(device.clone());
+                wire_shared!(device)
+            }
             Kind::Vsock => {
                 let device = Arc::new(Mutex::new(
                     Vsock::new(VsockConfig {
@@ -236,14 +248,8 @@ impl Rig {
                     })
                     .ok()?,
                 ));
-                let events = lock(&device)
-                    .queue_events()
-                    .iter()
-                    .map(|e| e.try_clone().ok())
-                    .collect::<Option<Vec<_>>>()?;
-                manager.add_subscriber(device.clone() as Arc<Mutex<dyn MutEventSubscriber + Send>>);
                 vsock = Some(device.clone());
-                (device as Arc<Mutex<dyn VirtioDevice>>, events)
+                wire_shared!(device)
             }
         };
         Some(Self {
@@ -253,6 +259,7 @@ impl Rig {
             host_side,
             tap_side,
             vsock,
+            balloon,
         })
     }
 
@@ -286,7 +293,12 @@ impl Rig {
     /// and the event loop turned until quiet so no event of this input is
     /// handled during the next one.
     fn clean(&mut self) {
-        lock(&self.device).reset();
+        match &self.balloon {
+            Some(balloon) => {
+                let _ = lock(balloon).reset_to_new();
+            }
+            None => lock(&self.device).reset(),
+        }
         for evt in &self.events {
             let _ = evt.read();
         }
@@ -383,7 +395,7 @@ fn run_in(kind: Kind, data: &[u8], process: &Process) {
         return;
     };
     run_on(&mut rig, data, &process.mem);
-    if reusable(kind) {
+    if reusable() {
         rig.clean();
         if checking_reset() {
             check_against_fresh(kind, data, process);
