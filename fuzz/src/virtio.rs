@@ -8,6 +8,7 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -125,7 +126,7 @@ fn checking_reset() -> bool {
 /// of that.
 struct Process {
     mem: GuestMemory,
-    scratch: tempfile::TempDir,
+    scratch: PathBuf,
     image: std::fs::File,
     rig: RefCell<Option<Rig>>,
 }
@@ -139,13 +140,13 @@ const IMAGE_BYTES: [u8; 8 * 512] = [0x5a; 8 * 512];
 impl Process {
     fn new() -> Option<Self> {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).ok()?;
-        let scratch = tempfile::tempdir_in(crate::scratch_base()).ok()?;
+        let scratch = process_scratch()?;
         let image = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(scratch.path().join("disk.img"))
+            .open(scratch.join("disk.img"))
             .ok()?;
         Some(Self {
             mem,
@@ -166,6 +167,30 @@ impl Process {
         }
         Some(())
     }
+}
+
+/// This process's scratch directory, `flint-fuzz/<pid>` under
+/// [`crate::scratch_base`]. libFuzzer ends the process with `exit()`, so
+/// nothing of ours is dropped and the directory stays behind: each new
+/// process removes those of processes that are gone, so at most the ones of
+/// running (or last crashed) fuzzers exist.
+fn process_scratch() -> Option<PathBuf> {
+    let base = crate::scratch_base().join("flint-fuzz");
+    std::fs::create_dir_all(&base).ok()?;
+    for entry in std::fs::read_dir(&base).ok()?.flatten() {
+        let name = entry.file_name();
+        let gone = name
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists());
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = base.join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).ok()?;
+    Some(dir)
 }
 
 thread_local! {
@@ -201,7 +226,7 @@ impl Rig {
         }
         let (device, events) = match kind {
             Kind::Block => {
-                let image = scratch.path().join("disk.img");
+                let image = scratch.join("disk.img");
                 wire!(Block::new(BlockConfig {
                     drive_id: "fuzz".into(),
                     path: image,
@@ -244,7 +269,7 @@ impl Rig {
                 let device = Arc::new(Mutex::new(
                     Vsock::new(VsockConfig {
                         guest_cid: 3,
-                        uds_path: scratch.path().join(socket),
+                        uds_path: scratch.join(socket),
                     })
                     .ok()?,
                 ));
