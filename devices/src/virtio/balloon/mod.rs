@@ -184,20 +184,19 @@ pub struct Balloon {
 impl Balloon {
     /// A new, not yet activated balloon with these options.
     pub fn new(config: BalloonConfig) -> Result<Self, BalloonError> {
-        let num_pages = target_pages(config.amount_mib)?;
-        let state = BalloonState {
-            avail_features: avail_features(
-                config.deflate_on_oom,
-                config.stats_polling_interval_s > 0,
-                config.free_page_hinting,
-                config.free_page_reporting,
-            ),
-            config,
-            num_pages,
-            hint_ack_on_stop: true,
-            ..Default::default()
-        };
-        Self::from_state(state)
+        Self::from_state(new_state(config)?)
+    }
+
+    /// Back to what [`Balloon::new`] with the current options makes,
+    /// keeping the eventfds and the timer. A device reset (the driver's
+    /// status 0) keeps the config space, the guest's statistics and the
+    /// hinting state on purpose; the fuzzer, which reuses one device for
+    /// millions of inputs, needs those gone too.
+    pub fn reset_to_new(&mut self) -> Result<(), BalloonError> {
+        let state = new_state(self.state.config.clone())?;
+        super::VirtioDevice::reset(self);
+        self.state = state;
+        Ok(())
     }
 
     /// Rebuilds the device from saved state (a restore); the transport then
@@ -266,6 +265,23 @@ fn set_nonblocking(fd: &impl AsRawFd) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The state of a new device with these options.
+fn new_state(config: BalloonConfig) -> Result<BalloonState, BalloonError> {
+    let num_pages = target_pages(config.amount_mib)?;
+    Ok(BalloonState {
+        avail_features: avail_features(
+            config.deflate_on_oom,
+            config.stats_polling_interval_s > 0,
+            config.free_page_hinting,
+            config.free_page_reporting,
+        ),
+        config,
+        num_pages,
+        hint_ack_on_stop: true,
+        ..Default::default()
+    })
 }
 
 /// `mib` in 4 KiB pages, if that fits `num_pages`.

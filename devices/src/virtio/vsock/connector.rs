@@ -47,6 +47,9 @@ pub(super) struct Connector {
     requests: Sender<Request>,
     results: Receiver<Done>,
     ready: Arc<EventFd>,
+    /// Requests submitted and not yet taken back as results (see
+    /// [`Connector::in_flight`]).
+    in_flight: usize,
 }
 
 impl Connector {
@@ -77,6 +80,7 @@ impl Connector {
             requests,
             results,
             ready,
+            in_flight: 0,
         })
     }
 
@@ -86,14 +90,25 @@ impl Connector {
     }
 
     /// Asks for a connection to `path`; false if the helper is gone.
-    pub fn submit(&self, key: ConnKey, id: u64, path: PathBuf) -> bool {
-        self.requests.send((key, id, path)).is_ok()
+    pub fn submit(&mut self, key: ConnKey, id: u64, path: PathBuf) -> bool {
+        let sent = self.requests.send((key, id, path)).is_ok();
+        self.in_flight += usize::from(sent);
+        sent
     }
 
     /// The results ready now (clears the eventfd first, so a result queued
     /// meanwhile wakes the muxer again).
-    pub fn take_results(&self) -> Vec<Done> {
+    pub fn take_results(&mut self) -> Vec<Done> {
         let _ = self.ready.read();
-        self.results.try_iter().collect()
+        let done: Vec<Done> = self.results.try_iter().collect();
+        self.in_flight = self.in_flight.saturating_sub(done.len());
+        done
+    }
+
+    /// Connects submitted whose result the muxer has not taken yet, stale
+    /// ones (of connections reset meanwhile) included: zero means the
+    /// helper is idle and nothing of earlier guest packets is still to come.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 }

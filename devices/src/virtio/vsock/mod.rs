@@ -229,6 +229,16 @@ impl Vsock {
         self.muxer.conns.values().map(|c| c.buffered()).sum()
     }
 
+    /// Host connects the helper thread has been asked for and whose result
+    /// the device has not taken yet (it takes them when [`host_events_fd`]
+    /// is readable). The fuzzer waits for zero so that each input's
+    /// effects are complete, and reproducible, before the next one.
+    ///
+    /// [`host_events_fd`]: Vsock::host_events_fd
+    pub fn connects_in_flight(&self) -> usize {
+        self.muxer.connector.in_flight()
+    }
+
     /// The fd of the host sockets' epoll set (readable when one has news).
     pub fn host_events_fd(&self) -> std::os::fd::RawFd {
         self.muxer.epoll_fd()

@@ -291,3 +291,25 @@ fn persist_keeps_target_actual_and_hinting() {
     config.free_page_reporting = false;
     assert!(Balloon::restore(config, &back).is_err());
 }
+
+#[test]
+fn reset_to_new_forgets_what_a_reset_keeps() {
+    let mut t = T::new(all_options(), 0);
+    t.b.set_target_mib(2).unwrap();
+    t.b.write_config(4, &256u32.to_le_bytes());
+    t.b.reset();
+    assert_ne!(
+        t.b.state(),
+        Balloon::new(t.b.state().config).unwrap().state()
+    );
+    t.b.reset_to_new().unwrap();
+    assert!(!t.b.is_activated());
+    assert_eq!(
+        t.b.state(),
+        Balloon::new(t.b.state().config).unwrap().state()
+    );
+    assert_eq!(t.config_u32(4), 0);
+    let features = t.b.avail_features();
+    t.activate(features);
+    assert!(t.b.is_activated());
+}

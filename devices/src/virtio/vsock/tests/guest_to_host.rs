@@ -187,3 +187,26 @@ fn a_second_request_while_connecting_is_a_protocol_error() {
     assert!(t.g.take_rx().is_empty());
     assert_eq!(t.dev.connection_count(), 0);
 }
+
+#[test]
+fn connects_in_flight_counts_each_connect_until_its_answer_is_taken() {
+    let mut t = T::new();
+    t.g.post_rx(1, RX_BUF);
+    assert_eq!(t.dev.connects_in_flight(), 0);
+    t.send(&pkt(Op::Request, 40000, 99, 0), &[]);
+    // Answered or not by the helper thread, the device has not taken it.
+    assert_eq!(t.dev.connects_in_flight(), 1);
+    let got = t.rx_at_least(1);
+    assert_eq!(got[0].0.op, Op::Rst as u16);
+    assert_eq!(t.dev.connects_in_flight(), 0);
+
+    // A reset forgets the connection, not the connect under way: its
+    // (stale, dropped) answer still counts until the device takes it.
+    t.send(&pkt(Op::Request, 40001, 98, 0), &[]);
+    t.dev.reset();
+    assert_eq!(t.dev.connects_in_flight(), 1);
+    t.pump_until("the stale answer taken", |t| {
+        t.dev.connects_in_flight() == 0
+    });
+    assert_eq!(t.dev.connection_count(), 0);
+}
