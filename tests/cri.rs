@@ -30,6 +30,7 @@
 mod client;
 mod common;
 
+use common::oci::busybox_image;
 use common::procs::{children_named, pids_with, rss_kib};
 
 use std::path::{Path, PathBuf};
@@ -198,87 +199,6 @@ fn mounts_under(prefix: &str) -> Vec<String> {
         .filter(|point| point.starts_with(prefix))
         .map(str::to_owned)
         .collect()
-}
-
-fn sha256(path: &Path) -> String {
-    let out = common::run(Command::new("sha256sum").arg(path));
-    out.split_whitespace().next().unwrap().to_owned()
-}
-
-/// An OCI image layout tarball of a static busybox named `name`, whose
-/// entrypoint is `entrypoint`, built with tar(1) under `work`.
-fn build_image(work: &Path, busybox: &Path, name: &str, entrypoint: &[&str]) -> PathBuf {
-    let work = work.join(name.replace(['/', ':'], "_"));
-    let layer = work.join("layer");
-    let blobs = work.join("img/blobs/sha256");
-    for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
-        std::fs::create_dir_all(layer.join(d)).unwrap();
-    }
-    std::fs::create_dir_all(&blobs).unwrap();
-    std::fs::copy(busybox, layer.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "sleep", "ls", "true"] {
-        std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(layer.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(layer.join("etc/group"), "root:x:0:\n").unwrap();
-    let blob = |path: &Path| -> (String, u64) {
-        let digest = sha256(path);
-        std::fs::copy(path, blobs.join(&digest)).unwrap();
-        (digest, std::fs::metadata(path).unwrap().len())
-    };
-    let layer_tar = work.join("layer.tar");
-    common::run(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&layer)
-            .args(["--owner=0", "--group=0", "-cf"])
-            .arg(&layer_tar)
-            .arg("."),
-    );
-    let (l, l_size) = blob(&layer_tar);
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Entrypoint": entrypoint},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{l}")]},
-    });
-    let write = |file: &str, v: &serde_json::Value| -> (String, u64) {
-        let p = work.join(file);
-        std::fs::write(&p, v.to_string()).unwrap();
-        blob(&p)
-    };
-    let (c, c_size) = write("config.json", &config);
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{c}"), "size": c_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{l}"), "size": l_size}],
-    });
-    let (m, m_size) = write("manifest.json", &manifest);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": format!("sha256:{m}"), "size": m_size,
-            "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1"},
-        }],
-    });
-    std::fs::write(work.join("img/index.json"), index.to_string()).unwrap();
-    std::fs::write(
-        work.join("img/oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let tarball = work.join("image.tar");
-    common::run(
-        Command::new("tar")
-            .arg("-C")
-            .arg(work.join("img"))
-            .arg("-cf")
-            .arg(&tarball)
-            .arg("."),
-    );
-    tarball
 }
 
 /// ExecSync of `sh -c script`: its stdout and exit code. Retried (up to 3
@@ -496,8 +416,15 @@ fn a_cri_pod_runs_its_containers_in_one_flint_vm() {
     // Images: the config's pause image and the containers', imported into
     // CRI's namespace; CRI's image store picks them up from containerd's
     // events, so wait until ImageStatus knows them.
-    let pause = build_image(c.dir.path(), busybox, PAUSE, &["sh", "-c", KEEP_RUNNING]);
-    let image = build_image(c.dir.path(), busybox, BOX, &["sh"]);
+    let entrypoint = |argv: &[&str]| serde_json::json!({"Env": ["PATH=/bin"], "Entrypoint": argv});
+    let pause = busybox_image(
+        c.dir.path(),
+        busybox,
+        PAUSE,
+        "1",
+        entrypoint(&["sh", "-c", KEEP_RUNNING]),
+    );
+    let image = busybox_image(c.dir.path(), busybox, BOX, "1", entrypoint(&["sh"]));
     for tarball in [&pause, &image] {
         let out = c.ctr(&["images", "import", tarball.to_str().unwrap()]);
         assert!(out.status.success(), "{out:?}");

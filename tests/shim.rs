@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::oci::busybox_image;
 use common::procs::{children_named, pids_with, rss_kib};
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -198,85 +199,6 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn sha256(path: &Path) -> String {
-    let out = common::run(Command::new("sha256sum").arg(path));
-    out.split_whitespace().next().unwrap().to_owned()
-}
-
-/// An OCI image layout tarball of a static busybox, built with tar(1).
-fn build_image(work: &Path, busybox: &Path) -> PathBuf {
-    let layer = work.join("layer");
-    let blobs = work.join("img/blobs/sha256");
-    for d in ["bin", "etc", "tmp", "root"] {
-        std::fs::create_dir_all(layer.join(d)).unwrap();
-    }
-    std::fs::create_dir_all(&blobs).unwrap();
-    std::fs::copy(busybox, layer.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "sleep", "ls", "ps", "true"] {
-        std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(layer.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(layer.join("etc/group"), "root:x:0:\n").unwrap();
-    let blob = |path: &Path| -> (String, u64) {
-        let digest = sha256(path);
-        std::fs::copy(path, blobs.join(&digest)).unwrap();
-        (digest, std::fs::metadata(path).unwrap().len())
-    };
-    let layer_tar = work.join("layer.tar");
-    common::run(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&layer)
-            .args(["--owner=0", "--group=0", "-cf"])
-            .arg(&layer_tar)
-            .arg("."),
-    );
-    let (l, l_size) = blob(&layer_tar);
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{l}")]},
-    });
-    let write = |name: &str, v: &serde_json::Value| -> (String, u64) {
-        let p = work.join(name);
-        std::fs::write(&p, v.to_string()).unwrap();
-        blob(&p)
-    };
-    let (c, c_size) = write("config.json", &config);
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{c}"), "size": c_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{l}"), "size": l_size}],
-    });
-    let (m, m_size) = write("manifest.json", &manifest);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": format!("sha256:{m}"), "size": m_size,
-            "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"io.containerd.image.name": IMAGE, "org.opencontainers.image.ref.name": "latest"},
-        }],
-    });
-    std::fs::write(work.join("img/index.json"), index.to_string()).unwrap();
-    std::fs::write(
-        work.join("img/oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let tarball = work.join("image.tar");
-    common::run(
-        Command::new("tar")
-            .arg("-C")
-            .arg(work.join("img"))
-            .arg("-cf")
-            .arg(&tarball)
-            .arg("."),
-    );
-    tarball
-}
-
 /// `GET /` on a flint API socket: the instance state.
 fn vm_state(api_sock: &Path) -> String {
     let mut conn = UnixStream::connect(api_sock).unwrap();
@@ -425,7 +347,8 @@ fn containerd_runs_execs_pauses_kills_and_deletes_containers_and_pods_in_flint_v
     let _boot = common::BOOT_LOCK.write().unwrap_or_else(|p| p.into_inner());
 
     let c = Containerd::start(&bin_dir);
-    let image = build_image(c.dir.path(), busybox);
+    let config = serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]});
+    let image = busybox_image(c.dir.path(), busybox, IMAGE, "latest", config);
     c.ok(&["images", "import", image.to_str().unwrap()]);
 
     // 1. `ctr run --rm`: output and the exact exit status (a second try

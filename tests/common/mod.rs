@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod oci;
 pub mod procs;
 
 use std::io::{BufRead, BufReader, Write};
