@@ -179,10 +179,7 @@ impl Drop for Containerd {
         // Whatever a failed test left running (the shims and their flints
         // name the temp dir on their command lines) or mounted under it.
         let prefix = self.dir.path().display().to_string();
-        for pid in pids_with(&prefix) {
-            // SAFETY: kill(2) with plain integers.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
+        common::procs::kill_with_their_vms(&prefix);
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for m in mounts.lines().rev() {
             if let Some(point) = m.split_whitespace().nth(4) {

@@ -53,3 +53,20 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// SIGKILLs every process whose command line contains `needle` (a test's
+/// temp dir: the shims it started), and first their `flint` children: a
+/// pod's jailed flint runs as `flint run --api-sock /api.sock`, with
+/// nothing of the temp dir on its command line, and outlives a killed
+/// shim (containerd's cleanup would stop it, but the test has killed
+/// containerd first).
+pub fn kill_with_their_vms(needle: &str) {
+    for pid in pids_with(needle) {
+        for vm in children_named(pid, "flint") {
+            // SAFETY: kill(2) with plain integers.
+            unsafe { libc::kill(vm as i32, libc::SIGKILL) };
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
