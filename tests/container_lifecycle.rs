@@ -99,7 +99,7 @@ fn a_detached_httpd_container_goes_through_docker_s_lifecycle() {
     assert!(tty.trim().starts_with("/dev/pts/"), "{tty:?}");
     // exec -i: stdin reaches the command.
     let mut piped = String::new();
-    for _ in 0..3 {
+    for _ in 0..6 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flint"))
             .args(["container", "exec", "-i", "web", "cat"])
             .env("FLINT_RUNTIME_DIR", env.runtime())

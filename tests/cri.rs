@@ -198,7 +198,7 @@ fn mounts_under(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// ExecSync of `sh -c script`: its stdout and exit code. Retried (up to 3
+/// ExecSync of `sh -c script`: its stdout and exit code. Retried (up to 6
 /// runs) when busybox died of the emulation's SIGSEGV, or when a guest
 /// pipeline printed nothing (both quirks of this host, printed when seen).
 fn exec_sync(cri: &mut Cri, id: &str, script: &str) -> (String, i32) {
@@ -209,7 +209,7 @@ fn exec_sync(cri: &mut Cri, id: &str, script: &str) -> (String, i32) {
 fn exec_sync_timed(cri: &mut Cri, id: &str, script: &str) -> ((String, i32), Duration) {
     let mut last = (String::new(), -1);
     let mut took = Duration::ZERO;
-    for attempt in 0..3 {
+    for attempt in 0..6 {
         let t = Instant::now();
         let reply: ExecSyncResponse = cri
             .runtime(
@@ -293,7 +293,7 @@ fn container_state(cri: &mut Cri, id: &str) -> ContainerStatus {
 /// created again under the next `attempt` (three at most, each said);
 /// anything else fails.
 fn start_container(cri: &mut Cri, c: &Containerd, pod_id: &str, name: &str) -> String {
-    for attempt in 0..3 {
+    for attempt in 0..5 {
         let created: CreateContainerResponse = cri
             .runtime(
                 "CreateContainer",
@@ -364,7 +364,7 @@ fn start_container(cri: &mut Cri, c: &Containerd, pod_id: &str, name: &str) -> S
             )
             .unwrap_or_else(|e| panic!("RemoveContainer {name}: {e}"));
     }
-    panic!("container {name} died of SIGSEGV at start three times")
+    panic!("container {name} died of SIGSEGV at start five times")
 }
 
 #[test]

@@ -124,9 +124,9 @@ impl Containerd {
 
     /// `ctr run -d ... ID ...` (`args`), until an exec in task `id` runs. A main process that died at start (on
     /// this host: the guest's SIGSEGV quirk, see EMULATION_SEGV) is
-    /// deleted and run again (three runs at most, each said).
+    /// deleted and run again (five runs at most, each said).
     fn run_detached(&self, args: &[&str], id: &str) {
-        for attempt in 1..=3 {
+        for attempt in 1..=5 {
             self.ok(args);
             let start = Instant::now();
             loop {
@@ -156,7 +156,7 @@ impl Containerd {
             self.ok(&["task", "delete", id]);
             self.ok(&["containers", "rm", id]);
         }
-        panic!("{id}'s main process ended at start three times");
+        panic!("{id}'s main process ended at start five times");
     }
 
     fn wait_status(&self, id: &str, want: &str) {
@@ -296,11 +296,11 @@ fn assert_jail_gone(jail: &serde_json::Value) {
 /// guest's kernel log), shim or not.
 const EMULATION_SEGV: i32 = 139;
 
-/// Output of `ctr task exec`, retried up to 3 times: a guest pipeline now
+/// Output of `ctr task exec`, retried up to 6 times: a guest pipeline now
 /// and then prints nothing, or busybox dies of SIGSEGV, on this host.
 fn exec_text(c: &Containerd, id: &str, exec_id: &str, script: &str) -> (String, i32) {
     let mut last = (String::new(), -1);
-    for attempt in 0..3 {
+    for attempt in 0..6 {
         let eid = format!("{exec_id}-{attempt}");
         let out = c.ctr(&["task", "exec", "--exec-id", &eid, id, "sh", "-c", script]);
         last = (

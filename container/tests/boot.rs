@@ -47,13 +47,13 @@ struct Outcome {
 /// pointer it set; see `tests/container_lifecycle.rs`).
 const HOST_SEGV: u8 = 139;
 
-/// [`run_once`], again (at most twice more, said on stderr) when the
+/// [`run_once`], again (at most four more times, said on stderr) when the
 /// command died of the host's SIGSEGV quirk; the progress of every run,
 /// and whether the first hit the cache.
 fn run(args: ContainerRunArgs) -> Outcome {
     let mut first = run_once(args.clone());
     let mut attempt = 1;
-    while first.report.exit_code == HOST_SEGV && attempt < 3 {
+    while first.report.exit_code == HOST_SEGV && attempt < 5 {
         attempt += 1;
         eprintln!("attempt {attempt}: the command died of SIGSEGV (host quirk); running it again");
         let again = run_once(args.clone());

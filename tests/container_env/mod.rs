@@ -82,7 +82,7 @@ impl Env {
     }
 
     /// Runs an `exec` until it prints something and did not die of the
-    /// host's SIGSEGV quirk (see [`HOST_SEGV`]); four tries, each retry
+    /// host's SIGSEGV quirk (see [`HOST_SEGV`]); six tries, each retry
     /// said in the output.
     pub fn exec_output(&self, args: &[&str]) -> Output {
         self.exec_retrying(args, |out| !out.stdout.is_empty())
@@ -99,7 +99,7 @@ impl Env {
 
     pub fn exec_retrying(&self, args: &[&str], done: impl Fn(&Output) -> bool) -> Output {
         let mut out = self.flint(args);
-        for attempt in 2..=4 {
+        for attempt in 2..=6 {
             let segv = out.status.code() == Some(HOST_SEGV);
             if done(&out) && !segv {
                 break;
@@ -114,7 +114,7 @@ impl Env {
     /// `run` returned) says it serves: its result, the id, and when `run`
     /// returned and `up` answered. A main process that dies of the host's
     /// SIGSEGV quirk (see [`HOST_SEGV`]) at start is run again (`rm -f`,
-    /// `run`; three runs at most, each retry said); any other end fails at
+    /// `run`; five runs at most, each retry said); any other end fails at
     /// once, with the logs.
     pub fn run_detached(
         &self,
@@ -122,7 +122,7 @@ impl Env {
         args: &[&str],
         up: impl Fn(Duration) -> Option<String>,
     ) -> Detached {
-        for attempt in 1..=3 {
+        for attempt in 1..=5 {
             let started = Instant::now();
             let id = self.ok(args).trim().to_owned();
             let returned = started.elapsed();
@@ -141,7 +141,7 @@ impl Env {
                     checked = Instant::now();
                     let state = self.inspect(name);
                     if state["status"] != "running" {
-                        if state["exit_code"] == HOST_SEGV && attempt < 3 {
+                        if state["exit_code"] == HOST_SEGV && attempt < 5 {
                             println!("attempt {attempt}: the main process died of SIGSEGV at start (host quirk); running it again");
                             self.ok(&["rm", "-f", name]);
                             break;
@@ -159,7 +159,7 @@ impl Env {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        unreachable!("the third run returns or panics")
+        unreachable!("the fifth run returns or panics")
     }
 
     /// Runs a command that must fail with `message` on stderr.
