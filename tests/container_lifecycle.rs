@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::jails::assert_jail_gone;
 use container_env::*;
 
 #[test]

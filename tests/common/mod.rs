@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod containerd;
+pub mod jails;
 pub mod oci;
 pub mod procs;
 

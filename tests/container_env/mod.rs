@@ -387,28 +387,3 @@ pub fn assert_jailed(state: &serde_json::Value) -> serde_json::Value {
     );
     jail
 }
-
-/// Checks that nothing of `jail` is left: no directory, no mount, no cgroup.
-pub fn assert_jail_gone(jail: &serde_json::Value) {
-    let root = PathBuf::from(jail["root"].as_str().unwrap());
-    let top = root.parent().unwrap();
-    assert!(!top.exists(), "{} is left", top.display());
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mounts.contains(top.to_str().unwrap()),
-        "a mount is left: {mounts}"
-    );
-    let cgroup = jail["cgroup"].as_str().unwrap();
-    for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let left = entry.path().join(cgroup);
-        assert!(!left.exists(), "{} is left", left.display());
-    }
-    assert!(!Path::new("/sys/fs/cgroup").join(cgroup).exists());
-    let uid = jail["uid"].as_u64().unwrap();
-    assert!(
-        !Path::new("/run/flint/jail-uids")
-            .join(uid.to_string())
-            .exists(),
-        "uid {uid} still taken"
-    );
-}
