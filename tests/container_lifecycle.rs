@@ -29,7 +29,7 @@ fn a_detached_httpd_container_goes_through_docker_s_lifecycle() {
         return common::cannot_run(&reason);
     }
     let _one = BOOTS.lock().unwrap_or_else(|p| p.into_inner());
-    watchdog(Duration::from_secs(1200));
+    watchdog(Duration::from_secs(1800));
     let env = Env::new();
     env.load_image();
     env.fails(&["exec", "nosuch", "true"], "no such container: nosuch");
@@ -37,6 +37,12 @@ fn a_detached_httpd_container_goes_through_docker_s_lifecycle() {
         &["run", "-d", "missing:latest"],
         "image missing:latest not found",
     );
+    env.retry_on_host_segv("web", || web_lifecycle(&env));
+}
+
+/// The web container's run: `run -d -p`, execs, logs, ps, inspect, stop,
+/// wait, rm.
+fn web_lifecycle(env: &Env) {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
     env.fails(
@@ -197,7 +203,7 @@ fn a_killed_flint_shows_the_container_exited_with_the_reason() {
         return common::cannot_run(&reason);
     }
     let _one = BOOTS.lock().unwrap_or_else(|p| p.into_inner());
-    watchdog(Duration::from_secs(1200));
+    watchdog(Duration::from_secs(1800));
     let env = Env::new();
     env.load_image();
     // A descriptor the caller leaves inheritable (as `flock CMD` does with
@@ -270,49 +276,51 @@ fn a_shared_directory_is_served_live() {
         return common::cannot_run(&reason);
     }
     let _one = BOOTS.lock().unwrap_or_else(|p| p.into_inner());
-    watchdog(Duration::from_secs(1200));
+    watchdog(Duration::from_secs(1800));
     let env = Env::new();
     env.load_image();
     let www = env.dir.path().join("www");
     std::fs::create_dir(&www).unwrap();
-    std::fs::write(www.join("index.html"), "first\n").unwrap();
     let port = free_port();
     let volume = format!("{}:/www:ro", www.display());
     let publish = format!("127.0.0.1:{port}:80");
-    let page = env
-        .run_detached(
-            "web",
-            &[
-                "run", "-d", "--name", "web", "-p", &publish, "-v", &volume, "web:1",
-            ],
-            |_| get(port, "/index.html"),
-        )
-        .result;
-    assert!(page.ends_with("first\n"), "{page}");
-    // Memory of an idle container with a volume: its VMM plus the
-    // virtiofsd processes its supervisor started.
-    let state = env.inspect("web");
-    let supervisor = state["supervisor"]["pid"].as_i64().unwrap();
-    let daemons = descendants(supervisor, "virtiofsd");
-    assert!(!daemons.is_empty(), "no virtiofsd under the supervisor");
-    let daemons_kib: u64 = daemons.iter().map(|&p| rss_kib(p)).sum();
-    println!(
-        "FIGURE RSS of an idle container with one volume: flint {} KiB + virtiofsd {} KiB ({} processes)",
-        rss_kib(state["flint"]["pid"].as_i64().unwrap()),
-        daemons_kib,
-        daemons.len()
-    );
-    std::fs::write(www.join("index.html"), "second\n").unwrap();
-    let page = get(port, "/index.html").unwrap();
-    assert!(page.ends_with("second\n"), "{page}");
-    let out = env.exec_retrying(&["exec", "web", "sh", "-c", "echo x > /www/new"], |_| true);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !matches!(out.status.code(), Some(0) | Some(HOST_SEGV)),
-        ":ro is enforced: {err}"
-    );
-    assert!(err.contains("Read-only file system"), "{err}");
-    assert!(!www.join("new").exists());
+    env.retry_on_host_segv("web", || {
+        std::fs::write(www.join("index.html"), "first\n").unwrap();
+        let page = env
+            .run_detached(
+                "web",
+                &[
+                    "run", "-d", "--name", "web", "-p", &publish, "-v", &volume, "web:1",
+                ],
+                |_| get(port, "/index.html"),
+            )
+            .result;
+        assert!(page.ends_with("first\n"), "{page}");
+        // Memory of an idle container with a volume: its VMM plus the
+        // virtiofsd processes its supervisor started.
+        let state = env.inspect("web");
+        let supervisor = state["supervisor"]["pid"].as_i64().unwrap();
+        let daemons = descendants(supervisor, "virtiofsd");
+        assert!(!daemons.is_empty(), "no virtiofsd under the supervisor");
+        let daemons_kib: u64 = daemons.iter().map(|&p| rss_kib(p)).sum();
+        println!(
+            "FIGURE RSS of an idle container with one volume: flint {} KiB + virtiofsd {} KiB ({} processes)",
+            rss_kib(state["flint"]["pid"].as_i64().unwrap()),
+            daemons_kib,
+            daemons.len()
+        );
+        std::fs::write(www.join("index.html"), "second\n").unwrap();
+        let page = get(port, "/index.html").unwrap();
+        assert!(page.ends_with("second\n"), "{page}");
+        let out = env.exec_retrying(&["exec", "web", "sh", "-c", "echo x > /www/new"], |_| true);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !matches!(out.status.code(), Some(0) | Some(HOST_SEGV)),
+            ":ro is enforced: {err}"
+        );
+        assert!(err.contains("Read-only file system"), "{err}");
+        assert!(!www.join("new").exists());
+    });
     env.ok(&["rm", "-f", "web"]);
 }
 

@@ -162,6 +162,29 @@ impl Env {
         unreachable!("the fifth run returns or panics")
     }
 
+    /// Runs `scenario`, which uses container `name`, again (three runs at
+    /// most, each said) when it failed because the container's main process
+    /// died of the host's SIGSEGV quirk after its start, not only at it
+    /// (its state then says exit [`HOST_SEGV`]): the container is removed
+    /// and the whole scenario starts over. Any other failure stands.
+    pub fn retry_on_host_segv(&self, name: &str, scenario: impl Fn()) {
+        for attempt in 1..=3 {
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&scenario));
+            let Err(failure) = run else { return };
+            let out = self.flint(&["inspect", name]);
+            let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let state = &state[0];
+            if attempt == 3 || state["status"] != "exited" || state["exit_code"] != HOST_SEGV {
+                std::panic::resume_unwind(failure);
+            }
+            println!(
+                "attempt {attempt}: container {name}'s main process died of SIGSEGV after \
+                 its start (host quirk): {state}; running the scenario again"
+            );
+            self.ok(&["rm", "-f", name]);
+        }
+    }
+
     /// Runs a command that must fail with `message` on stderr.
     pub fn fails(&self, args: &[&str], message: &str) {
         let out = self.flint(args);
