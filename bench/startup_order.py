@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
 """Regenerates resources/startup-text-order.txt: the functions flint runs
-from process start to an idle, answering API, which build.rs has the linker
-(rust-lld, --symbol-ordering-file) pack together so that few pages of the
-binary's text become resident (see the README's performance section).
+from process start to an idle, answering API, then while it boots a guest
+and runs it, which build.rs has the linker (rust-lld,
+--symbol-ordering-file) pack together in that order, so that few pages of
+the binary's text become resident (see the README's performance section):
+the first part bounds idle RSS, the whole list the VMM's overhead while a
+guest runs.
 
 Runs the release binary under `valgrind --tool=callgrind` (apt-get install
 valgrind), with --no-seccomp (valgrind cannot run seccomp(2)); the seccomp
-filter code is added by name. Sends the requests a client makes before
-InstanceStart, dumps the profile and keeps the function names that are text
-symbols of the binary, in first-seen order.
+filter code is added by name. Phase 1 sends the requests a client makes
+before InstanceStart and dumps the profile; phase 2 (skipped with
+--no-boot) boots the test guest (bench/compare.py's configuration, under
+the shared boot lock) to GUEST-READY, pauses, resumes and snapshots it, and
+dumps again. The function names that are text symbols of the binary are
+kept in first-seen order, phase by phase.
 
-Usage: bench/startup_order.py [--flint target/release/flint]
+Usage: bench/startup_order.py [--flint target/release/flint] [--no-boot]
 """
 import argparse
 import glob
@@ -19,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,9 +41,61 @@ def text_symbols(binary):
             if len(p) == 3 and p[1] in "tT"}
 
 
+class Console:
+    """The guest's serial output (flint's stdout), read on a thread."""
+
+    def __init__(self, proc):
+        self.ready = threading.Event()
+        self.lines = []
+        threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
+
+    def _pump(self, proc):
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
+            if "GUEST-READY" in line:
+                self.ready.set()
+
+
+def dump(proc, out, count):
+    """Has callgrind write its profile so far (and reset its counts);
+    waits until the `count`th dump file is there."""
+    subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
+                   capture_output=True)
+    deadline = time.time() + 60
+    while len(glob.glob(out + ".*")) < count:
+        if time.time() > deadline:
+            sys.exit(f"callgrind wrote no dump {count}")
+        time.sleep(0.2)
+    time.sleep(1)
+
+
+def boot_phase(sock, work, console):
+    """What a running guest makes flint do: InstanceStart, the boot to
+    GUEST-READY, some seconds of idle guest, pause/resume, a snapshot."""
+    gdir = compare.guest_dir()
+    compare.configure(sock_holder(sock), os.path.join(gdir, "vmlinux"),
+                      os.path.join(gdir, "initramfs.cpio"))
+    compare.call(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
+    if not console.ready.wait(900):
+        sys.exit("no GUEST-READY under valgrind:\n" + "".join(console.lines[-20:]))
+    time.sleep(5)
+    for state in ("Paused", "Resumed", "Paused"):
+        compare.call(sock, "PATCH", "/vm", {"state": state})
+    compare.call(sock, "PUT", "/snapshot/create", {
+        "snapshot_type": "Full", "snapshot_path": os.path.join(work, "vmstate"),
+        "mem_file_path": os.path.join(work, "mem")})
+
+
+def sock_holder(sock):
+    """compare.configure takes a VMM; it only needs its socket."""
+    return type("Sock", (), {"sock": sock})()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--flint", default=os.path.join(REPO, "target", "release", "flint"))
+    ap.add_argument("--no-boot", action="store_true", help="only the start-up phase")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="flint-order-") as work:
         sock = os.path.join(work, "api.sock")
@@ -44,7 +103,8 @@ def main():
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--demangle=no",
                                  f"--callgrind-out-file={out}", args.flint,
                                  "--api-sock", sock, "--id", "order", "--no-seccomp"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        console = Console(proc)
         try:
             deadline = time.time() + 120
             while not os.path.exists(sock):
@@ -57,30 +117,35 @@ def main():
             compare.call(sock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 256})
             compare.call(sock, "GET", "/machine-config")
             compare.call(sock, "GET", "/vm/config")
-            subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True,
-                           capture_output=True)
-            time.sleep(2)
+            dump(proc, out, 1)
+            if not args.no_boot:
+                with compare.boot_lock():
+                    boot_phase(sock, work, console)
+                dump(proc, out, 2)
         finally:
             proc.kill()
             proc.wait()
-        names = []
-        for path in sorted(glob.glob(out + "*")):
+        phases = []
+        for path in sorted(glob.glob(out + ".*"), key=lambda p: int(p.rsplit(".", 1)[1])):
             with open(path) as f:
-                for line in f:
-                    m = re.match(r"c?fn=\(\d+\) (\S+)", line)
-                    if m:
-                        names.append(m.group(1))
+                phases.append([m.group(1) for m in
+                               (re.match(r"c?fn=\(\d+\) (\S+)", line) for line in f) if m])
     text = text_symbols(args.flint)
+    # Start-up, the seccomp filter code (start-up, but not seen without
+    # seccomp), then the running guest's.
+    names = phases[0] + sorted(s for s in text if "seccomp" in s)
+    for phase in phases[1:]:
+        names += phase
     seen = set()
     order = []
-    for name in names + sorted(s for s in text if "seccomp" in s):
+    for name in names:
         if name in text and name not in seen:
             seen.add(name)
             order.append(name)
     dest = os.path.join(REPO, "resources", "startup-text-order.txt")
     with open(dest, "w") as f:
         f.write("\n".join(order) + "\n")
-    print(f"{len(order)} functions -> {dest}")
+    print(f"{len(order)} functions ({len(set(phases[0]) & text)} at start-up) -> {dest}")
     return 0
 
 
