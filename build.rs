@@ -1,7 +1,8 @@
 //! Release builds of `flint` put the functions that run from process start
-//! to an idle, answering API (listed in `resources/startup-text-order.txt`,
-//! taken from a callgrind run; `bench/startup_order.py` regenerates it) next
-//! to each other in the text segment. The kernel maps a binary's text in
+//! to an idle, answering API, followed by those a booting and running guest
+//! makes it run (listed in `resources/startup-text-order.txt`, taken from a
+//! callgrind run; `bench/startup_order.py` regenerates it) next to each
+//! other in the text segment. The kernel maps a binary's text in
 //! 64 KiB "fault-around" windows, so with those functions spread over the
 //! whole 3.4 MB segment nearly all of it became resident at start; packed, a
 //! fraction does. The linker is the LLVM lld that ships with the Rust
