@@ -453,29 +453,11 @@ fn start_container(cri: &mut Cri, c: &Containerd, pod_id: &str, name: &str) -> S
 
 #[test]
 fn a_cri_pod_runs_its_containers_in_one_flint_vm() {
-    if !common::is_root() {
-        return common::cannot_run("the shim mounts rootfs snapshots: needs root");
-    }
+    let bin_dir = match common::containerd::prerequisites() {
+        Ok(dir) => dir,
+        Err(why) => return common::cannot_run(&why),
+    };
     let busybox = Path::new("/bin/busybox");
-    if Command::new("containerd")
-        .arg("--version")
-        .output()
-        .is_err()
-        || !busybox.is_file()
-    {
-        return common::cannot_run(
-            "containerd or busybox-static missing (scripts/test installs them)",
-        );
-    }
-    let flint = PathBuf::from(env!("CARGO_BIN_EXE_flint"));
-    let bin_dir = flint.parent().unwrap().to_owned();
-    // The shim is another package's binary: build it (a no-op when fresh).
-    let built = Command::new(env!("CARGO"))
-        .args(["build", "-p", "shim", "--bin", "containerd-shim-flint-v2"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(built.success());
     let _boot = common::BOOT_LOCK.write().unwrap_or_else(|p| p.into_inner());
 
     let c = Containerd::start(&bin_dir);

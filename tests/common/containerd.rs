@@ -2,9 +2,34 @@
 //! socket and log in a temp dir, with flint's binaries (the shim, flint)
 //! first on its PATH.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// What the containerd tests need, or why they cannot run: root (the shim
+/// mounts rootfs snapshots), containerd and busybox-static. Builds the shim
+/// and the jailer (other packages' binaries; a no-op when fresh) and
+/// returns the directory that holds them and flint.
+pub fn prerequisites() -> Result<PathBuf, String> {
+    if !super::is_root() {
+        return Err("the shim mounts rootfs snapshots: needs root".into());
+    }
+    let have_containerd = Command::new("containerd").arg("--version").output().is_ok();
+    if !have_containerd || !Path::new("/bin/busybox").is_file() {
+        return Err("containerd or busybox-static missing (scripts/test installs them)".into());
+    }
+    let flint = PathBuf::from(env!("CARGO_BIN_EXE_flint"));
+    let bin_dir = flint.parent().unwrap().to_owned();
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "-p", "shim", "--bin", "containerd-shim-flint-v2"])
+        .args(["-p", "jailer", "--bin", "flint-jailer"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(built.success(), "building the shim and the jailer");
+    assert!(bin_dir.join("containerd-shim-flint-v2").is_file());
+    Ok(bin_dir)
+}
 
 /// Writes `config` to `dir/config.toml` and starts containerd with it,
 /// logging to `dir/containerd.log`; returns once `ctr` gets an answer on
