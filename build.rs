@@ -1,8 +1,10 @@
 //! Release builds of `flint` put the functions that run from process start
 //! to an idle, answering API, followed by those a booting and running guest
-//! makes it run (listed in `resources/startup-text-order.txt`, taken from a
-//! callgrind run; `bench/startup_order.py` regenerates it) next to each
-//! other in the text segment. The kernel maps a binary's text in
+//! makes it run (listed in `resources/text-order/`, taken from a callgrind
+//! run; `bench/startup_order.py` regenerates it) next to each other in the
+//! text segment. Symbol hashes differ between the static-pie build
+//! (`scripts/build-release`, `+crt-static`) and the dynamically linked one,
+//! so each has its own list: `static.txt` and `dynamic.txt`. The kernel maps a binary's text in
 //! 64 KiB "fault-around" windows, so with those functions spread over the
 //! whole 3.4 MB segment nearly all of it became resident at start; packed, a
 //! fraction does. The linker is the LLVM lld that ships with the Rust
@@ -15,10 +17,17 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    const ORDER: &str = "resources/startup-text-order.txt";
-    println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed={ORDER}");
     let env = |name| std::env::var(name).unwrap_or_default();
+    let static_crt = env("CARGO_CFG_TARGET_FEATURE")
+        .split(',')
+        .any(|f| f == "crt-static");
+    let order = if static_crt {
+        "resources/text-order/static.txt"
+    } else {
+        "resources/text-order/dynamic.txt"
+    };
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={order}");
     if env("PROFILE") != "release" || env("CARGO_CFG_TARGET_OS") != "linux" {
         return;
     }
@@ -41,7 +50,7 @@ fn main() {
     for arg in [
         format!("-B{}", gcc_ld.display()),
         "-fuse-ld=lld".to_owned(),
-        format!("-Wl,--symbol-ordering-file={dir}/{ORDER}"),
+        format!("-Wl,--symbol-ordering-file={dir}/{order}"),
         "-Wl,--no-warn-symbol-ordering".to_owned(),
     ] {
         println!("cargo:rustc-link-arg-bin=flint={arg}");

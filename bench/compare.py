@@ -89,6 +89,21 @@ FIGURES = [
 ]
 
 
+def order_list(binary):
+    """The text-ordering list build.rs links `binary` with: one per link
+    mode, since symbol hashes differ between them."""
+    out = subprocess.run(["readelf", "-lW", binary], capture_output=True, text=True).stdout
+    mode = "dynamic" if "INTERP" in out else "static"
+    return os.path.join(REPO, "resources", "text-order", f"{mode}.txt")
+
+
+def release_flint():
+    """The release binary as shipped (scripts/build-release: static-pie),
+    built when missing or stale (a no-op otherwise)."""
+    return subprocess.run([os.path.join(REPO, "scripts", "build-release")], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
 def guest_dir():
     return subprocess.run([os.path.join(REPO, "scripts", "guest-dir")], check=True,
                           capture_output=True, text=True).stdout.strip()
@@ -359,11 +374,12 @@ def summary(values):
 
 
 def order_list_coverage(binary):
-    """(names of resources/startup-text-order.txt that are text symbols of
-    `binary`, names listed): the packing behind idle RSS only works for names
-    that still exist, and Rust's symbol hashes change as crates change (after
-    the merges of 2026-11-30 only 130 of 429 were left: idle RSS +1 MiB)."""
-    order = os.path.join(REPO, "resources", "startup-text-order.txt")
+    """(names of `binary`'s text-ordering list that are text symbols of it,
+    names listed, the list): the packing behind idle RSS and the running
+    VMM's RSS only works for names that still exist, and Rust's symbol
+    hashes change as crates change (after the merges of 2026-11-30 only 130
+    of 429 were left: idle RSS +1 MiB)."""
+    order = order_list(binary)
     try:
         with open(order) as f:
             wanted = {line.strip() for line in f if line.strip()}
@@ -373,7 +389,7 @@ def order_list_coverage(binary):
         return None
     have = {p[2] for p in (line.split() for line in out.splitlines())
             if len(p) == 3 and p[1] in "tT"}
-    return len(wanted & have), len(wanted)
+    return len(wanted & have), len(wanted), os.path.relpath(order, REPO)
 
 
 def report(results, fc, args):
@@ -404,8 +420,9 @@ def report(results, fc, args):
     coverage = order_list_coverage(args.flint)
     if coverage and coverage[0] < coverage[1] * 0.9:
         print(f"\nWARNING: only {coverage[0]} of the {coverage[1]} functions of "
-              "resources/startup-text-order.txt are in this flint binary: the list is stale "
-              "(run bench/startup_order.py) and idle RSS is measured without the packing")
+              f"{coverage[2]} are in this flint binary: the list is stale "
+              "(run bench/startup_order.py --flint BINARY) and RSS is measured without "
+              "the packing")
     if not fc:
         print("\n(set FC_BIN=/path/to/firecracker for the side-by-side figures and ratios)")
 
@@ -413,7 +430,7 @@ def report(results, fc, args):
 def main():
     global UFFD_HANDLER, SMAPS_DIR
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--flint", default=os.path.join(REPO, "target", "release", "flint"))
+    ap.add_argument("--flint", help="default: the release binary, scripts/build-release")
     ap.add_argument("--runs", type=int, default=9, help="processes per VMM, cheap figures")
     ap.add_argument("--boots", type=int, default=3, help="guest boots per VMM")
     ap.add_argument("--cycles", type=int, default=5,
@@ -427,8 +444,8 @@ def main():
     ap.add_argument("--smaps", help="keep each VMM's smaps after GUEST-READY in this directory")
     ap.add_argument("--uffd-handler", default=UFFD_HANDLER)
     args = ap.parse_args()
-    if not os.path.exists(args.flint):
-        subprocess.run(["cargo", "build", "--release", "--bin", "flint"], cwd=REPO, check=True)
+    if args.flint is None:
+        args.flint = release_flint()
     UFFD_HANDLER = args.uffd_handler
     SMAPS_DIR = args.smaps
     if SMAPS_DIR:

@@ -96,8 +96,10 @@ def boot_counting(binary, kernel, initrd, work, tag):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--flint", default=os.path.join(compare.REPO, "target", "release", "flint"))
+    ap.add_argument("--flint", help="default: the release binary, scripts/build-release")
     args = ap.parse_args()
+    if args.flint is None:
+        args.flint = compare.release_flint()
     ensure_tracefs()
     gdir = compare.guest_dir()
     kernel, initrd = os.path.join(gdir, "vmlinux"), os.path.join(gdir, "initramfs.cpio")

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerates resources/startup-text-order.txt: the functions flint runs
+"""Regenerates resources/text-order/{static,dynamic}.txt (the one for the
+binary given: static-pie or dynamically linked): the functions flint runs
 from process start to an idle, answering API, then while it boots a guest
 and runs it, which build.rs has the linker (rust-lld,
 --symbol-ordering-file) pack together in that order, so that few pages of
@@ -16,7 +17,11 @@ the shared boot lock) to GUEST-READY, pauses, resumes and snapshots it, and
 dumps again. The function names that are text symbols of the binary are
 kept in first-seen order, phase by phase.
 
-Usage: bench/startup_order.py [--flint target/release/flint] [--no-boot]
+Usage: bench/startup_order.py [--flint PATH] [--no-boot]
+
+The default binary is the release build as shipped (scripts/build-release,
+static-pie); the list must come from the binary it is meant for, since
+symbol hashes differ between the static and the dynamic build.
 """
 import argparse
 import glob
@@ -94,9 +99,11 @@ def sock_holder(sock):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--flint", default=os.path.join(REPO, "target", "release", "flint"))
+    ap.add_argument("--flint", help="default: the release binary, scripts/build-release")
     ap.add_argument("--no-boot", action="store_true", help="only the start-up phase")
     args = ap.parse_args()
+    if args.flint is None:
+        args.flint = compare.release_flint()
     with tempfile.TemporaryDirectory(prefix="flint-order-") as work:
         sock = os.path.join(work, "api.sock")
         out = os.path.join(work, "cg.out")
@@ -142,7 +149,7 @@ def main():
         if name in text and name not in seen:
             seen.add(name)
             order.append(name)
-    dest = os.path.join(REPO, "resources", "startup-text-order.txt")
+    dest = compare.order_list(args.flint)
     with open(dest, "w") as f:
         f.write("\n".join(order) + "\n")
     print(f"{len(order)} functions ({len(set(phases[0]) & text)} at start-up) -> {dest}")
