@@ -27,8 +27,10 @@ const TOUCH_MIB: u64 = 16;
 /// a host connection sends (used after the restore), forever.
 fn guest_script() -> String {
     let steps = [
-        // Up to three reads (one came back empty once on this slow host).
-        "for i in 1 2 3; do echo RNG $(busybox dd if=/dev/hwrng bs=32 count=1 2>/dev/null | busybox od -An -tx1); done",
+        // Up to ten reads, until one gives bytes: on this slow host a read
+        // came back empty once, and in one CI run three in a row did. An
+        // empty read is followed by dd's error (RNGERR) for the record.
+        "for i in 1 2 3 4 5 6 7 8 9 10; do r=$(busybox dd if=/dev/hwrng bs=32 count=1 2>/tmp/rng.err | busybox od -An -tx1); echo RNG $r; [ ${#r} -gt 0 ] && break; echo RNGERR $(cat /tmp/rng.err); done",
         "echo RNGCUR $(cat /sys/class/misc/hw_random/rng_current)",
         "echo hello-from-guest | vsock-io connect 2 6000",
         "echo G2H-RC $?",
@@ -281,10 +283,10 @@ fn vsock_entropy_balloon_and_serial_file_work_and_survive_a_snapshot() {
         reads.iter().filter(|r| r.len() == 32).count(),
         reads.len()
     );
-    let bytes = reads
-        .iter()
-        .find(|r| r.len() == 32)
-        .unwrap_or_else(|| panic!("no 32-byte read from /dev/hwrng: {reads:?}"));
+    let bytes = reads.iter().find(|r| r.len() == 32).unwrap_or_else(|| {
+        let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("RNGERR")).collect();
+        panic!("no 32-byte read from /dev/hwrng: {reads:?}, dd said: {errors:?}")
+    });
     assert!(bytes
         .iter()
         .all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok()));
@@ -365,12 +367,13 @@ fn vsock_entropy_balloon_and_serial_file_work_and_survive_a_snapshot() {
     // The guest's old connections were reset; new ones work.
     let mut c = vsock_connect(&uds, 5000);
     echo(&mut c, b"after the restore");
-    // Up to three reads, as before the snapshot: on this host a guest
-    // pipeline sometimes dies (busybox segfaults in user mode, the host's
-    // quirk), which shows as an empty line; one full read proves the device.
+    // Up to ten reads, until one gives bytes, as before the snapshot: on
+    // this host a guest pipeline sometimes dies (busybox segfaults in user
+    // mode, the host's quirk), which shows as an empty line; one full read
+    // proves the device.
     guest_run(
         &uds,
-        "for i in 1 2 3; do echo RNG-AFTER $(busybox dd if=/dev/hwrng bs=16 count=1 2>/dev/null | busybox od -An -tx1); done; echo RNG-AFTER-DONE",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do r=$(busybox dd if=/dev/hwrng bs=16 count=1 2>/dev/null | busybox od -An -tx1); echo RNG-AFTER $r; [ ${#r} -gt 0 ] && break; done; echo RNG-AFTER-DONE",
     );
     serial.wait(&vm, "RNG-AFTER-DONE");
     let after: Vec<usize> = serial
