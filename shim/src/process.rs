@@ -1,12 +1,19 @@
 //! A container's process or an exec'd one: started through the guest agent,
 //! its stdio relayed between the agent's session and the FIFOs containerd
 //! gave, its exit recorded exactly and announced.
+//!
+//! The guest agent can die and be restarted by the guest's PID 1 while the
+//! VM runs on (on the emulating CI host a guest process now and then dies of
+//! SIGSEGV, the agent included). Its processes live on, orphaned: a process
+//! whose session broke while its VM still runs is watched through the new
+//! agent until it is gone, instead of being declared dead at once, which for
+//! a pod's sandbox would take the whole pod down.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use agent_protocol::{ExecEvent, ExecInput, ExecSpec, ExitStatus};
 
@@ -21,6 +28,24 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
+/// What a process whose agent session broke needs from its VM (see the
+/// module's doc): a fresh agent, possibly a restarted one, answers.
+pub trait GuestProbe: Send + Sync {
+    /// Whether the VM still runs.
+    fn vm_running(&self) -> bool;
+    /// Whether guest process `pid` still exists (not a zombie).
+    fn pid_alive(&self, pid: u32) -> Result<bool, ShimError>;
+    /// Sends `signal` to guest process `pid`.
+    fn signal_pid(&self, pid: u32, signal: i32) -> Result<(), ShimError>;
+}
+
+/// How often an orphaned process is looked for.
+const ORPHAN_POLL: Duration = Duration::from_secs(1);
+
+/// The status reported for an orphaned process that ended by itself: its
+/// real status died with the agent that started it.
+pub const UNKNOWN_EXIT: u32 = 255;
+
 /// Where a process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -30,7 +55,6 @@ pub enum Status {
 }
 
 /// The mutable part of a process.
-#[derive(Debug)]
 pub struct State {
     pub status: Status,
     /// Its pid in the guest (0 before it starts).
@@ -41,6 +65,11 @@ pub struct State {
     /// A handle on the session's stream for input, signals and resizes.
     input: Option<UnixStream>,
     stdin_closed: bool,
+    /// Set once its session broke while the VM ran on: signals then go by
+    /// pid through a fresh agent.
+    orphan_of: Option<Arc<dyn GuestProbe>>,
+    /// The last signal sent to it while orphaned (its likely end).
+    signaled: Option<i32>,
 }
 
 /// One process of a container (the init has an empty exec id).
@@ -66,6 +95,8 @@ impl Process {
                 exit: None,
                 input: None,
                 stdin_closed: false,
+                orphan_of: None,
+                signaled: None,
             }),
             exited: Condvar::new(),
         })
@@ -83,10 +114,12 @@ impl Process {
 
     /// Starts the process through `agent` (a fresh connection): relays its
     /// stdio on threads of its own and calls `on_exit(pid, status, at)` when
-    /// it has ended. Returns the guest pid.
+    /// it has ended. `guest` is asked about it if its session breaks while
+    /// the VM runs on. Returns the guest pid.
     pub fn start(
         self: &Arc<Self>,
         agent: agent_protocol::AgentClient<UnixStream>,
+        guest: Arc<dyn GuestProbe>,
         on_exit: OnExit,
     ) -> Result<u32, ShimError> {
         if self.lock().status != Status::Created {
@@ -117,7 +150,10 @@ impl Process {
         }
         let me = self.clone();
         std::thread::spawn(move || {
-            let (code, at) = me.relay_output(&mut stream);
+            let (code, at) = match me.relay_output(&mut stream) {
+                Some(exit) => exit,
+                None => me.outlive_session(pid, guest),
+            };
             {
                 let mut s = me.lock();
                 s.status = Status::Stopped;
@@ -156,13 +192,39 @@ impl Process {
         }
     }
 
+    /// After its session broke: if the VM runs on, waits until the process
+    /// is gone from the guest (signals meanwhile go by pid); its status as
+    /// far as known. If the VM is gone, as if killed.
+    fn outlive_session(&self, pid: u32, guest: Arc<dyn GuestProbe>) -> (u32, SystemTime) {
+        let killed = ExitStatus::Signal(libc::SIGKILL).shell_code() as u32;
+        if !guest.vm_running() {
+            return (killed, SystemTime::now());
+        }
+        log::warn!("process {pid}: its agent session broke while the VM runs; watching it");
+        self.lock().orphan_of = Some(guest.clone());
+        loop {
+            if !guest.vm_running() {
+                return (killed, SystemTime::now());
+            }
+            // An error: the agent is restarting; ask again.
+            if let Ok(false) = guest.pid_alive(pid) {
+                let code = match self.lock().signaled {
+                    Some(signal) => ExitStatus::Signal(signal).shell_code() as u32,
+                    None => UNKNOWN_EXIT,
+                };
+                return (code, SystemTime::now());
+            }
+            std::thread::sleep(ORPHAN_POLL);
+        }
+    }
+
     /// Relays the session's output to the FIFOs until the exit; the exit
-    /// status as a shell reports it. The FIFOs are opened read-write, which
+    /// status as a shell reports it, or `None` if the session broke first. The FIFOs are opened read-write, which
     /// never blocks (a detached `ctr` may be gone before the process starts),
     /// and written by a thread of their own, so that output nobody reads
     /// never delays noticing the exit. The reader sees EOF once everything
     /// is written.
-    fn relay_output(&self, stream: &mut UnixStream) -> (u32, SystemTime) {
+    fn relay_output(&self, stream: &mut UnixStream) -> Option<(u32, SystemTime)> {
         let open = |path: &str| -> Option<File> {
             (!path.is_empty())
                 .then(|| OpenOptions::new().read(true).write(true).open(path).ok())
@@ -194,15 +256,11 @@ impl Process {
                     let _ = tx.send((true, bytes));
                 }
                 Ok(ExecEvent::Exited(status)) => {
-                    return (status.shell_code() as u32, SystemTime::now());
+                    return Some((status.shell_code() as u32, SystemTime::now()));
                 }
                 Err(e) => {
                     log::warn!("process session ended without an exit status: {e}");
-                    // The VM went away (or the agent died): as if killed.
-                    return (
-                        ExitStatus::Signal(libc::SIGKILL).shell_code() as u32,
-                        SystemTime::now(),
-                    );
+                    return None;
                 }
             }
         }
@@ -222,13 +280,29 @@ impl Process {
     /// Sends `signal` to the process (through its session: never to a
     /// reused pid).
     pub fn signal(&self, signal: i32) -> Result<(), ShimError> {
-        let s = self.lock();
+        let mut s = self.lock();
+        if let (Some(guest), Status::Running) = (s.orphan_of.clone(), s.status) {
+            // Orphaned (see the module's doc): by pid, through a fresh agent.
+            s.signaled = Some(signal);
+            let pid = s.pid;
+            drop(s);
+            return guest.signal_pid(pid, signal);
+        }
         match (&s.input, s.status) {
             (Some(input), Status::Running) => {
                 let mut writer = input;
                 Ok(ExecInput::new(&mut writer).signal(signal)?)
             }
             _ => Err(ShimError::NotFound("the process is not running".into())),
+        }
+    }
+
+    /// Notes a signal sent to the process's group by pid (`kill --all`): the
+    /// likely end of an orphaned process.
+    pub fn record_signal(&self, signal: i32) {
+        let mut s = self.lock();
+        if s.orphan_of.is_some() {
+            s.signaled = Some(signal);
         }
     }
 
@@ -328,7 +402,7 @@ mod tests {
             }
             write_frame(&mut agent, &Frame::Exited(ExitStatus::Signal(9))).unwrap();
         });
-        let (code, _) = p.relay_output(&mut shim);
+        let (code, _) = p.relay_output(&mut shim).unwrap();
         sender.join().unwrap();
         assert_eq!(code, 137);
     }
@@ -356,7 +430,65 @@ mod tests {
         let (mut agent, mut shim) = UnixStream::pair().unwrap();
         write_frame(&mut agent, &Frame::Stdout(b"hi\n".to_vec())).unwrap();
         write_frame(&mut agent, &Frame::Exited(ExitStatus::Code(3))).unwrap();
-        assert_eq!(p.relay_output(&mut shim).0, 3);
+        assert_eq!(p.relay_output(&mut shim).unwrap().0, 3);
         assert_eq!(reader.join().unwrap(), "hi\n");
+    }
+
+    /// A VM whose process `pid` lives until it is signalled.
+    struct FakeGuest {
+        running: bool,
+        alive: std::sync::atomic::AtomicBool,
+    }
+
+    impl GuestProbe for FakeGuest {
+        fn vm_running(&self) -> bool {
+            self.running
+        }
+        fn pid_alive(&self, _pid: u32) -> Result<bool, ShimError> {
+            Ok(self.alive.load(std::sync::atomic::Ordering::SeqCst))
+        }
+        fn signal_pid(&self, _pid: u32, _signal: i32) -> Result<(), ShimError> {
+            self.alive.store(false, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn orphan(running: bool, alive: bool) -> (Arc<Process>, Arc<FakeGuest>) {
+        let p = Process::new(ExecSpec::default(), StdioPaths::default());
+        p.lock().status = Status::Running;
+        p.lock().pid = 7;
+        let guest = Arc::new(FakeGuest {
+            running,
+            alive: alive.into(),
+        });
+        (p, guest)
+    }
+
+    #[test]
+    fn a_process_outlives_its_broken_session_while_the_vm_runs() {
+        let (p, guest) = orphan(true, true);
+        let watcher = {
+            let (p, guest) = (p.clone(), guest.clone());
+            std::thread::spawn(move || p.outlive_session(7, guest).0)
+        };
+        // Still running, signals now go by pid; the signal's end is its status.
+        while p.lock().orphan_of.is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!watcher.is_finished());
+        p.signal(libc::SIGKILL).unwrap();
+        assert_eq!(watcher.join().unwrap(), 137);
+    }
+
+    #[test]
+    fn an_orphan_that_ends_by_itself_has_an_unknown_status() {
+        let (p, guest) = orphan(true, false);
+        assert_eq!(p.outlive_session(7, guest).0, UNKNOWN_EXIT);
+    }
+
+    #[test]
+    fn a_broken_session_of_a_vm_that_is_gone_is_a_kill() {
+        let (p, guest) = orphan(false, true);
+        assert_eq!(p.outlive_session(7, guest).0, 137);
     }
 }

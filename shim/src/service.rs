@@ -153,6 +153,11 @@ impl Inner {
         let guest_root = format!("/c/{}", sanitize(&req.id));
         let result = self.place(&req.id, &role, &spec, &bundle, &root_image, &guest_root);
         if let Err(e) = result {
+            // A pod member's drive slot goes back (its mount failed, e.g.
+            // the agent died under it), so that a retry finds one.
+            if let (Role::InPod(_), Some(vm)) = (&role, lock(&self.vm).clone()) {
+                vm.detach(&req.id);
+            }
             let _ = std::fs::remove_file(&root_image);
             return Err(e);
         }
@@ -268,6 +273,13 @@ impl Inner {
         let me = self.clone_handle();
         let (cid, eid) = (id.to_owned(), exec_id.to_owned());
         let on_exit = Box::new(move |pid: u32, code: u32, at: SystemTime| {
+            // In containerd's log: how each process ended (an operator's
+            // first question when a pod goes away).
+            if eid.is_empty() {
+                log::info!("container {cid}: its main process ({pid}) exited with status {code}");
+            } else {
+                log::info!("container {cid}: exec {eid} ({pid}) exited with status {code}");
+            }
             let _order = lock(&events);
             if let Some(inner) = me.upgrade() {
                 inner.publish(
@@ -287,7 +299,7 @@ impl Inner {
                 );
             }
         });
-        let pid = p.start(vm.agent()?, on_exit)?;
+        let pid = p.start(vm.agent()?, vm.clone(), on_exit)?;
         if exec_id.is_empty() {
             self.publish(
                 topics::TASK_START_EVENT_TOPIC,
@@ -310,6 +322,15 @@ impl Inner {
         }
         drop(order);
         Ok(pid)
+    }
+
+    /// `e`, with why the VM is gone if its flint has exited (a failed
+    /// request is often the first sign).
+    fn explain(&self, e: ShimError) -> ShimError {
+        match lock(&self.vm).as_ref().and_then(|vm| vm.exit_report()) {
+            Some(report) => ShimError::Vm(format!("{e}; {report}")),
+            None => e,
+        }
     }
 
     fn clone_handle(&self) -> std::sync::Weak<Inner> {
@@ -388,6 +409,7 @@ impl Inner {
             PStatus::Running if req.all => {
                 // The process leads its own session and process group.
                 let _ = self.vm()?.agent()?.signal(-(pid as i32), signal);
+                p.record_signal(signal);
                 Ok(())
             }
             PStatus::Running => p.signal(signal),
@@ -666,7 +688,7 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        let pid = ok(self.inner.create(&req))?;
+        let pid = ok(self.inner.create(&req).map_err(|e| self.inner.explain(e)))?;
         Ok(api::CreateTaskResponse {
             pid,
             ..Default::default()
@@ -678,7 +700,10 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        let pid = ok(self.inner.start(&req.id, &req.exec_id))?;
+        let pid = ok(self
+            .inner
+            .start(&req.id, &req.exec_id)
+            .map_err(|e| self.inner.explain(e)))?;
         Ok(api::StartResponse {
             pid,
             ..Default::default()
@@ -694,7 +719,7 @@ impl containerd_shim::Task for Service {
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        ok(self.inner.exec(&req))?;
+        ok(self.inner.exec(&req).map_err(|e| self.inner.explain(e)))?;
         Ok(api::Empty::default())
     }
 

@@ -202,6 +202,30 @@ impl Vm {
         Ok(AgentClient::handshake(stream)?)
     }
 
+    /// If flint has exited: its status and the end of its console log (the
+    /// guest kernel's last words, flint's own error), for the error a
+    /// request that needed the VM reports.
+    pub fn exit_report(&self) -> Option<String> {
+        let status = self
+            .vmm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .child
+            .try_wait()
+            .ok()??;
+        let log =
+            std::fs::read_to_string(self.state_dir.join("flint-console.log")).unwrap_or_default();
+        let tail: String = log
+            .chars()
+            .rev()
+            .take(2000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Some(format!("flint exited ({status}): {tail}"))
+    }
+
     /// Waits until the guest agent answers (or flint died, or
     /// [`BOOT_TIMEOUT`]).
     pub fn wait_ready(&self) -> Result<(), ShimError> {
@@ -212,25 +236,9 @@ impl Vm {
                     return Ok(());
                 }
             }
-            if let Ok(Some(status)) = self
-                .vmm
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .child
-                .try_wait()
-            {
-                let log = std::fs::read_to_string(self.state_dir.join("flint-console.log"))
-                    .unwrap_or_default();
-                let tail: String = log
-                    .chars()
-                    .rev()
-                    .take(2000)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
+            if let Some(report) = self.exit_report() {
                 return Err(ShimError::Vm(format!(
-                    "flint exited ({status}) before the guest agent answered: {tail}"
+                    "{report}, before the guest agent answered"
                 )));
             }
             if start.elapsed() > BOOT_TIMEOUT {
@@ -442,6 +450,21 @@ pub fn cleanup_bundle(bundle: &Path) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
+    }
+}
+
+impl crate::process::GuestProbe for Vm {
+    fn vm_running(&self) -> bool {
+        self.exit_report().is_none()
+    }
+
+    fn pid_alive(&self, pid: u32) -> Result<bool, ShimError> {
+        let all = self.agent()?.list_processes()?;
+        Ok(all.iter().any(|p| p.pid as u32 == pid && p.state != 'Z'))
+    }
+
+    fn signal_pid(&self, pid: u32, signal: i32) -> Result<(), ShimError> {
+        Ok(self.agent()?.signal(pid as i32, signal)?)
     }
 }
 

@@ -280,7 +280,10 @@ impl Vm {
     }
 
     /// The main process's session broke (the agent died, or the VM): asks
-    /// a new agent connection for its status.
+    /// a new agent connection for its status. An agent the guest's PID 1
+    /// restarted does not know it, but the process lives on, orphaned: the
+    /// container runs until it is gone from the guest (or the VM ends), and
+    /// then ends with an unknown status.
     pub fn lost(&mut self, pid: u32, error: ClientError) -> Result<ExitStatus, String> {
         for _ in 0..50 {
             if let Some(why) = self.vm_ended() {
@@ -291,9 +294,21 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        Err(format!(
-            "lost the main process: its agent session ended ({error}) and the agent no longer knows it"
-        ))
+        loop {
+            if let Some(why) = self.vm_ended() {
+                return Err(why);
+            }
+            // An error: the agent is (re)starting; ask again.
+            if let Ok(all) = agent(&self.dir).and_then(|a| a.list_processes()) {
+                if !all.iter().any(|p| p.pid == pid as i32 && p.state != 'Z') {
+                    return Err(format!(
+                        "the main process ended after its agent session broke ({error}); \
+                         the restarted agent does not know its exit status"
+                    ));
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
 
     /// Records how the container ended, powers the VM off and waits for it
