@@ -353,7 +353,11 @@ def _guest_run(binary, kernel, initrd, work, tag, cycles):
         finally:
             vmm.stop()
         for name, restore in RESTORES.items():
-            fig[name] = [restore(binary, work, snap, mem, f"{tag}-r{i}") for i in range(cycles)]
+            # A socket name of its own per restore: Firecracker leaves its
+            # socket behind at exit, and refuses to start on an existing one.
+            kind = "uffd" if "Uffd" in name else "file"
+            fig[name] = [restore(binary, work, snap, mem, f"{tag}-{kind}{i}")
+                         for i in range(cycles)]
     finally:
         for path in (snap, mem):
             if os.path.exists(path):
