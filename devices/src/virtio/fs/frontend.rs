@@ -72,7 +72,7 @@ impl Backend {
         thread_init: Option<fn()>,
     ) -> Result<Self, FsError> {
         let io = |e| FsError::Connect(socket.display().to_string(), e);
-        let stream = UnixStream::connect(socket).map_err(io)?;
+        let stream = connect_when_listening(socket, timeout).map_err(io)?;
         stream.set_write_timeout(Some(timeout)).map_err(io)?;
         let watchdog =
             Watchdog::start(stream.try_clone().map_err(io)?, timeout, thread_init).map_err(io)?;
@@ -236,4 +236,22 @@ pub fn memory_table(mem: &GuestMemory) -> Result<Vec<VhostUserMemoryRegionInfo>,
             })
         })
         .collect()
+}
+
+/// Connects to the backend's socket. A daemon just started has its socket
+/// file from `bind` on but may not `listen` yet, which refuses connections:
+/// that is retried (every 10 ms, `timeout` at most); any other error is not.
+fn connect_when_listening(socket: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    let started = std::time::Instant::now();
+    loop {
+        match UnixStream::connect(socket) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && started.elapsed() < timeout =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
