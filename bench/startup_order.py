@@ -139,8 +139,14 @@ def main():
                                (re.match(r"c?fn=\(\d+\) (\S+)", line) for line in f) if m])
     text = text_symbols(args.flint)
     # Start-up, the seccomp filter code (start-up, but not seen without
-    # seccomp), then the running guest's.
+    # seccomp), libc's string and memory routines (static build: glibc picks
+    # one variant per CPU at start, and valgrind's CPU is not the real one,
+    # so all of them; AVX-512/AVX2 ones first), then the running guest's.
     names = phases[0] + sorted(s for s in text if "seccomp" in s)
+    variant = re.compile(r"^__(mem|str|stp|wmem|wcs|raw)\w*_(avx|evex|sse|erms)")
+    names += sorted((s for s in text if variant.match(s)),
+                    key=lambda s: (0 if "evex" in s or "avx512" in s else
+                                   1 if "avx" in s else 2, s))
     for phase in phases[1:]:
         names += phase
     seen = set()
