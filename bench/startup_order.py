@@ -17,7 +17,18 @@ the shared boot lock) to GUEST-READY, pauses, resumes and snapshots it, and
 dumps again. The function names that are text symbols of the binary are
 kept in first-seen order, phase by phase.
 
-Usage: bench/startup_order.py [--flint PATH] [--no-boot]
+Callgrind does not see everything a native run executes (libc's start-up
+in the static binary, ifunc resolvers, code that only runs with seccomp),
+so then come --fault-passes (default 4) native passes on the release
+binary: perf samples every page fault of a run (start-up to an answered
+GET /, then a boot unless --no-boot), the functions whose code pages
+faulted and are not listed yet are added (start-up ones first in the
+list, the running guest's last), the binary is rebuilt, and again until
+no fault is in an unlisted function. --skip-callgrind starts from the
+current list. (perf: apt-get install linux-perf.)
+
+Usage: bench/startup_order.py [--flint PATH] [--no-boot] [--fault-passes N]
+                              [--skip-callgrind]
 
 The default binary is the release build as shipped (scripts/build-release,
 static-pie); the list must come from the binary it is meant for, since
@@ -27,6 +38,7 @@ import argparse
 import glob
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,13 +109,104 @@ def sock_holder(sock):
     return type("Sock", (), {"sock": sock})()
 
 
+def fault_pass(binary, boot, work):
+    """The functions (mangled names, first fault first) whose code pages a
+    native run of `binary` faulted in: start-up to an answered GET /, and
+    with `boot` a boot to GUEST-READY, a pause and a resume."""
+    sock = os.path.join(work, "pf.sock")
+    data = os.path.join(work, "pf.data")
+    for path in (sock, data):
+        if os.path.exists(path):
+            os.unlink(path)
+    rec = subprocess.Popen(["perf", "record", "-q", "-e", "page-faults", "-c", "1", "-d",
+                            "-o", data, "--", binary, "--api-sock", sock, "--id", "faults"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                compare.get_root_raw(sock)
+                break
+            except OSError:
+                if time.time() > deadline or rec.poll() is not None:
+                    sys.exit("flint under perf never answered")
+                time.sleep(0.01)
+        if boot:
+            console = Console(rec)
+            with compare.boot_lock():
+                gdir = compare.guest_dir()
+                compare.configure(sock_holder(sock), os.path.join(gdir, "vmlinux"),
+                                  os.path.join(gdir, "initramfs.cpio"))
+                compare.call(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
+                if not console.ready.wait(600):
+                    sys.exit("no GUEST-READY under perf")
+                time.sleep(2)
+                compare.call(sock, "PATCH", "/vm", {"state": "Paused"})
+                compare.call(sock, "PATCH", "/vm", {"state": "Resumed"})
+        time.sleep(0.3)
+    finally:
+        # perf stops the recording when its child ends.
+        children = subprocess.run(["pgrep", "-P", str(rec.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        for pid in children:
+            os.kill(int(pid), signal.SIGINT)
+        rec.wait()
+    out = subprocess.run(["perf", "script", "--no-demangle", "-i", data, "-F", "addr,ip,sym"],
+                         capture_output=True, text=True, check=True).stdout
+    names = []
+    for line in out.splitlines():
+        f = line.split()
+        # addr, its symbol, ip, its symbol: a fault on the code being run.
+        if len(f) >= 4 and f[0] == f[2] and f[3] != "[unknown]":
+            names.append(f[3])
+    return list(dict.fromkeys(names))
+
+
+def fault_passes(binary, dest, passes, boot):
+    """Adds what native runs fault in to the list at `dest` (see the
+    module's doc), rebuilding `binary` with scripts/build-release."""
+    with tempfile.TemporaryDirectory(prefix="flint-faults-") as work:
+        for n in range(passes):
+            with open(dest) as f:
+                order = [line.strip() for line in f if line.strip()]
+            listed = set(order)
+            start = [s for s in fault_pass(binary, False, work) if s not in listed]
+            running = []
+            if boot:
+                running = [s for s in fault_pass(binary, True, work)
+                           if s not in listed and s not in start]
+            print(f"fault pass {n + 1}: {len(start)} start-up and {len(running)} run-time "
+                  "functions not listed", flush=True)
+            if not start and not running:
+                return
+            with open(dest, "w") as f:
+                f.write("\n".join(start + order + running) + "\n")
+            compare.release_flint()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--flint", help="default: the release binary, scripts/build-release")
     ap.add_argument("--no-boot", action="store_true", help="only the start-up phase")
+    ap.add_argument("--fault-passes", type=int, default=4,
+                    help="native page-fault passes (release binary only)")
+    ap.add_argument("--skip-callgrind", action="store_true",
+                    help="start the fault passes from the current list")
     args = ap.parse_args()
-    if args.flint is None:
+    release = args.flint is None
+    if release:
         args.flint = compare.release_flint()
+    if not args.skip_callgrind:
+        callgrind_list(args)
+    if release and args.fault_passes:
+        compare.release_flint()
+        fault_passes(args.flint, compare.order_list(args.flint), args.fault_passes,
+                     not args.no_boot)
+    return 0
+
+
+def callgrind_list(args):
+    """The list from callgrind runs (start-up, then a running guest)."""
     with tempfile.TemporaryDirectory(prefix="flint-order-") as work:
         sock = os.path.join(work, "api.sock")
         out = os.path.join(work, "cg.out")
@@ -159,7 +262,6 @@ def main():
     with open(dest, "w") as f:
         f.write("\n".join(order) + "\n")
     print(f"{len(order)} functions ({len(set(phases[0]) & text)} at start-up) -> {dest}")
-    return 0
 
 
 if __name__ == "__main__":
