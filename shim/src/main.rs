@@ -13,6 +13,7 @@ mod image;
 mod process;
 mod service;
 mod settings;
+mod task_api;
 mod vm;
 
 pub use error::ShimError;

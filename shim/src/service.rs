@@ -19,9 +19,7 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::topics;
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{
-    Config, Context, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
-};
+use containerd_shim::{Config, Context, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcResult};
 
 use crate::bundle::{sanitize, Resources, Role, Spec};
 use crate::image::{self, RootMount};
@@ -62,10 +60,10 @@ pub struct Inner {
 /// The shim (and its task service: the same object, cloned).
 #[derive(Clone)]
 pub struct Service {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-fn timestamp(at: SystemTime) -> Timestamp {
+pub(crate) fn timestamp(at: SystemTime) -> Timestamp {
     Timestamp::from(at)
 }
 
@@ -78,7 +76,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
-    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+    pub(crate) fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         if let Some(publisher) = lock(&self.publisher).as_ref() {
             if let Err(e) = publisher.publish(Context::default(), topic, &self.namespace, event) {
                 log::warn!("publishing {topic}: {e}");
@@ -86,14 +84,14 @@ impl Inner {
         }
     }
 
-    fn container(&self, id: &str) -> Result<Arc<Container>, ShimError> {
+    pub(crate) fn container(&self, id: &str) -> Result<Arc<Container>, ShimError> {
         lock(&self.containers)
             .get(id)
             .cloned()
             .ok_or_else(|| ShimError::NotFound(format!("container {id}")))
     }
 
-    fn process(
+    pub(crate) fn process(
         &self,
         id: &str,
         exec_id: &str,
@@ -110,7 +108,7 @@ impl Inner {
         Ok((c, p))
     }
 
-    fn vm(&self) -> Result<Arc<Vm>, ShimError> {
+    pub(crate) fn vm(&self) -> Result<Arc<Vm>, ShimError> {
         lock(&self.vm)
             .clone()
             .ok_or_else(|| ShimError::State("this shim has no VM (its sandbox is gone)".into()))
@@ -118,7 +116,7 @@ impl Inner {
 
     /// Create: rootfs → ext4 image → (new VM | stub drive) → mounted in
     /// the guest.
-    fn create(&self, req: &api::CreateTaskRequest) -> Result<u32, ShimError> {
+    pub(crate) fn create(&self, req: &api::CreateTaskRequest) -> Result<u32, ShimError> {
         if !req.checkpoint.is_empty() {
             return Err(ShimError::Usage(
                 "checkpoint/restore is not supported".into(),
@@ -203,7 +201,7 @@ impl Inner {
     }
 
     /// Puts the container's image into a VM and mounts it there.
-    fn place(
+    pub(crate) fn place(
         &self,
         id: &str,
         role: &Role,
@@ -264,7 +262,7 @@ impl Inner {
         Ok(())
     }
 
-    fn start(&self, id: &str, exec_id: &str) -> Result<u32, ShimError> {
+    pub(crate) fn start(&self, id: &str, exec_id: &str) -> Result<u32, ShimError> {
         let (c, p) = self.process(id, exec_id)?;
         let vm = self.vm()?;
         let events = c.events.clone();
@@ -324,21 +322,37 @@ impl Inner {
         Ok(pid)
     }
 
+    /// The VM's flint pid (0 without a VM), for `Connect`.
+    pub(crate) fn vmm_pid(&self) -> u32 {
+        lock(&self.vm).as_ref().map(|vm| vm.pid()).unwrap_or(0)
+    }
+
+    /// `Shutdown`: a pod's shim serves all its containers, and ends (its VM
+    /// with it) after the last.
+    pub(crate) fn shutdown(&self) {
+        if lock(&self.containers).is_empty() {
+            if let Some(vm) = lock(&self.vm).take() {
+                vm.stop();
+            }
+            self.exit.signal();
+        }
+    }
+
     /// `e`, with why the VM is gone if its flint has exited (a failed
     /// request is often the first sign).
-    fn explain(&self, e: ShimError) -> ShimError {
+    pub(crate) fn explain(&self, e: ShimError) -> ShimError {
         match lock(&self.vm).as_ref().and_then(|vm| vm.exit_report()) {
             Some(report) => ShimError::Vm(format!("{e}; {report}")),
             None => e,
         }
     }
 
-    fn clone_handle(&self) -> std::sync::Weak<Inner> {
+    pub(crate) fn clone_handle(&self) -> std::sync::Weak<Inner> {
         // Set by Service (the only owner of Inner) before any request.
         lock(&SELF).clone()
     }
 
-    fn delete(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse, ShimError> {
+    pub(crate) fn delete(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse, ShimError> {
         let (c, p) = self.process(id, exec_id)?;
         let (status, pid, exit) = p.snapshot();
         if status == PStatus::Running {
@@ -396,7 +410,7 @@ impl Inner {
         Ok(response)
     }
 
-    fn kill(&self, req: &api::KillRequest) -> Result<(), ShimError> {
+    pub(crate) fn kill(&self, req: &api::KillRequest) -> Result<(), ShimError> {
         let (_, p) = self.process(&req.id, &req.exec_id)?;
         let signal = req.signal as i32;
         let (status, pid, _) = p.snapshot();
@@ -416,7 +430,7 @@ impl Inner {
         }
     }
 
-    fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse, ShimError> {
+    pub(crate) fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse, ShimError> {
         let (c, p) = self.process(id, exec_id)?;
         let (status, pid, exit) = p.snapshot();
         let status = match status {
@@ -441,7 +455,7 @@ impl Inner {
         })
     }
 
-    fn exec(&self, req: &api::ExecProcessRequest) -> Result<(), ShimError> {
+    pub(crate) fn exec(&self, req: &api::ExecProcessRequest) -> Result<(), ShimError> {
         let c = self.container(&req.id)?;
         let process: crate::bundle::Process = serde_json::from_slice(&req.spec.value)
             .map_err(|e| ShimError::Spec(format!("exec process: {e}")))?;
@@ -473,7 +487,7 @@ impl Inner {
         Ok(())
     }
 
-    fn pids(
+    pub(crate) fn pids(
         &self,
         id: &str,
     ) -> Result<Vec<containerd_shim::protos::types::task::ProcessInfo>, ShimError> {
@@ -506,7 +520,7 @@ impl Inner {
             .collect())
     }
 
-    fn set_paused(&self, id: &str, paused: bool) -> Result<(), ShimError> {
+    pub(crate) fn set_paused(&self, id: &str, paused: bool) -> Result<(), ShimError> {
         self.container(id)?;
         self.vm()?.set_paused(paused)?;
         self.paused.store(paused, Ordering::SeqCst);
@@ -535,7 +549,7 @@ impl Inner {
     /// its size); a limit beyond the VM is refused, as flint does not grow
     /// a running VM. Nothing in the guest enforces them per container yet
     /// (no cgroups per container in the guest).
-    fn update(&self, req: &api::UpdateTaskRequest) -> Result<(), ShimError> {
+    pub(crate) fn update(&self, req: &api::UpdateTaskRequest) -> Result<(), ShimError> {
         let c = self.container(&req.id)?;
         let json = req.resources.as_ref().map_or(&[][..], |a| &a.value[..]);
         let resources = Resources::parse_update(if json.is_empty() { b"{}" } else { json })?;
@@ -545,7 +559,7 @@ impl Inner {
         Ok(())
     }
 
-    fn stats(&self, id: &str) -> Result<api::StatsResponse, ShimError> {
+    pub(crate) fn stats(&self, id: &str) -> Result<api::StatsResponse, ShimError> {
         use containerd_shim::protos::cgroups::metrics::{MemoryEntry, MemoryStat, Metrics};
         use containerd_shim::protos::protobuf::well_known_types::any::Any;
         let c = self.container(id)?;
@@ -615,7 +629,7 @@ impl std::ops::Deref for Service {
     }
 }
 
-fn ok<T>(r: Result<T, ShimError>) -> TtrpcResult<T> {
+pub(crate) fn ok<T>(r: Result<T, ShimError>) -> TtrpcResult<T> {
     r.map_err(|e| {
         log::warn!("{e}");
         e.into()
@@ -679,145 +693,5 @@ impl containerd_shim::Shim for Service {
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         *lock(&self.publisher) = Some(publisher);
         self.clone()
-    }
-}
-
-impl containerd_shim::Task for Service {
-    fn create(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::CreateTaskRequest,
-    ) -> TtrpcResult<api::CreateTaskResponse> {
-        let pid = ok(self.inner.create(&req).map_err(|e| self.inner.explain(e)))?;
-        Ok(api::CreateTaskResponse {
-            pid,
-            ..Default::default()
-        })
-    }
-
-    fn start(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::StartRequest,
-    ) -> TtrpcResult<api::StartResponse> {
-        let pid = ok(self
-            .inner
-            .start(&req.id, &req.exec_id)
-            .map_err(|e| self.inner.explain(e)))?;
-        Ok(api::StartResponse {
-            pid,
-            ..Default::default()
-        })
-    }
-
-    fn state(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::StateRequest,
-    ) -> TtrpcResult<api::StateResponse> {
-        ok(self.inner.state(&req.id, &req.exec_id))
-    }
-
-    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        ok(self.inner.exec(&req).map_err(|e| self.inner.explain(e)))?;
-        Ok(api::Empty::default())
-    }
-
-    fn resize_pty(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::ResizePtyRequest,
-    ) -> TtrpcResult<api::Empty> {
-        let (_, p) = ok(self.inner.process(&req.id, &req.exec_id))?;
-        let clamp = |v: u32| v.min(u16::MAX as u32) as u16;
-        ok(p.resize(clamp(req.height), clamp(req.width)))?;
-        Ok(api::Empty::default())
-    }
-
-    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        let (_, p) = ok(self.inner.process(&req.id, &req.exec_id))?;
-        if req.stdin {
-            ok(p.close_stdin())?;
-        }
-        Ok(api::Empty::default())
-    }
-
-    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        ok(self.inner.kill(&req))?;
-        Ok(api::Empty::default())
-    }
-
-    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        let (_, p) = ok(self.inner.process(&req.id, &req.exec_id))?;
-        let (code, at) = p.wait();
-        Ok(api::WaitResponse {
-            exit_status: code,
-            exited_at: Some(timestamp(at)).into(),
-            ..Default::default()
-        })
-    }
-
-    fn delete(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::DeleteRequest,
-    ) -> TtrpcResult<api::DeleteResponse> {
-        ok(self.inner.delete(&req.id, &req.exec_id))
-    }
-
-    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        let processes = ok(self.inner.pids(&req.id))?;
-        Ok(api::PidsResponse {
-            processes,
-            ..Default::default()
-        })
-    }
-
-    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        ok(self.inner.set_paused(&req.id, true))?;
-        Ok(api::Empty::default())
-    }
-
-    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        ok(self.inner.set_paused(&req.id, false))?;
-        Ok(api::Empty::default())
-    }
-
-    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
-        ok(self.inner.update(&req))?;
-        Ok(api::Empty::default())
-    }
-
-    fn stats(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::StatsRequest,
-    ) -> TtrpcResult<api::StatsResponse> {
-        ok(self.inner.stats(&req.id))
-    }
-
-    fn connect(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: api::ConnectRequest,
-    ) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = lock(&self.vm).as_ref().map(|vm| vm.pid()).unwrap_or(0);
-        Ok(api::ConnectResponse {
-            shim_pid: std::process::id(),
-            task_pid,
-            version: format!("flint shim {}", env!("CARGO_PKG_VERSION")),
-            ..Default::default()
-        })
-    }
-
-    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        // A pod's shim serves all its containers: it ends with the last.
-        if lock(&self.containers).is_empty() {
-            if let Some(vm) = lock(&self.vm).take() {
-                vm.stop();
-            }
-            self.exit.signal();
-        }
-        Ok(api::Empty::default())
     }
 }
