@@ -30,11 +30,12 @@
 mod client;
 mod common;
 
+use common::containerd::{mounts_under, Containerd};
 use common::oci::busybox_image;
 use common::procs::{children_named, pids_with, rss_kib};
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use client::*;
@@ -58,33 +59,21 @@ const NOFILE: (u64, u64) = (1111, 2222);
 /// host a guest busybox now and then dies so, shim or not.
 const EMULATION_SEGV: i32 = 139;
 
-/// A private containerd with the CRI plugin, killed (with what it left)
-/// on drop.
-struct Containerd {
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
+/// The private containerd of this test: with the CRI plugin and the
+/// `flint` runtime handler (see `Containerd::start`).
 impl Containerd {
-    fn sock(&self) -> PathBuf {
-        self.dir.path().join("c.sock")
-    }
-
     fn start(bin_dir: &Path) -> Containerd {
-        let dir = tempfile::Builder::new()
-            .prefix("flint-cri-test")
-            .tempdir()
-            .unwrap();
-        let d = dir.path().display();
-        // The runtime entry a node adds for flint (README "Kubernetes /
-        // containerd"), plus what this host needs: the test's pause image,
-        // empty CNI directories (host-network pods need none), no AppArmor
-        // profile (the spec's is not used inside a VM anyway). The default
-        // runtime must name a configured one (the CRI plugin refuses to
-        // load otherwise: this config's `runtimes` replaces containerd's
-        // default `runc` entry); the pod still picks `flint` by handler.
-        let config = format!(
-            r#"version = 2
+        Containerd::launch("flint-cri-test", NS, bin_dir, |dir| {
+            let d = dir.display();
+            // The runtime entry a node adds for flint (README "Kubernetes /
+            // containerd"), plus what this host needs: the test's pause image,
+            // empty CNI directories (host-network pods need none), no AppArmor
+            // profile (the spec's is not used inside a VM anyway). The default
+            // runtime must name a configured one (the CRI plugin refuses to
+            // load otherwise: this config's `runtimes` replaces containerd's
+            // default `runc` entry); the pod still picks `flint` by handler.
+            let config = format!(
+                r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
 [grpc]
@@ -104,74 +93,24 @@ state = "{d}/state"
     runtime_type = "io.containerd.flint.v2"
     base_runtime_spec = "{d}/base-spec.json"
 "#
-        );
-        // Kubernetes has no rlimits field: a node gives a runtime's pods
-        // rlimits through its base spec, which CRI starts each spec from.
-        let mut base: serde_json::Value =
-            serde_json::from_str(&common::run(Command::new("ctr").args(["oci", "spec"]))).unwrap();
-        base["process"]["rlimits"] = serde_json::json!([
-            {"type": "RLIMIT_NOFILE", "soft": NOFILE.0, "hard": NOFILE.1}
-        ]);
-        std::fs::write(dir.path().join("base-spec.json"), base.to_string()).unwrap();
-        let child = common::containerd::start(dir.path(), bin_dir, &config);
-        Containerd { dir, child }
-    }
-
-    fn log(&self) -> String {
-        common::containerd::log_of(self.dir.path())
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
-            .arg("-a")
-            .arg(self.sock())
-            .args(["-n", NS])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running ctr")
-    }
-
-    /// A task's bundle (the shim's state directory for it).
-    fn bundle(&self, id: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("state/io.containerd.runtime.v2.task")
-            .join(NS)
-            .join(id)
+            );
+            // Kubernetes has no rlimits field: a node gives a runtime's pods
+            // rlimits through its base spec, which CRI starts each spec from.
+            let mut base: serde_json::Value =
+                serde_json::from_str(&common::run(Command::new("ctr").args(["oci", "spec"])))
+                    .unwrap();
+            base["process"]["rlimits"] = serde_json::json!([
+                {"type": "RLIMIT_NOFILE", "soft": NOFILE.0, "hard": NOFILE.1}
+            ]);
+            std::fs::write(dir.join("base-spec.json"), base.to_string()).unwrap();
+            config
+        })
     }
 
     /// The containerd log's last lines, for failure messages.
     fn tail(&self) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(40)..].join("\n")
+        self.log_tail(40)
     }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Whatever a failed test left running (the shims and their flints
-        // name the temp dir on their command lines) or mounted under it.
-        let prefix = self.dir.path().display().to_string();
-        common::procs::kill_with_their_vms(&prefix);
-        for point in mounts_under(&prefix).into_iter().rev() {
-            let _ = Command::new("umount").args(["-l", &point]).status();
-        }
-    }
-}
-
-/// Mount points under `prefix`, in mount order.
-fn mounts_under(prefix: &str) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|m| m.split_whitespace().nth(4))
-        .filter(|point| point.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The pod's containers by index: their names and current ids. On this

@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::containerd::Containerd;
 use common::jails::assert_jail_gone;
 use common::oci::busybox_image;
 use common::procs::{children_named, pids_with, rss_kib};
@@ -15,7 +16,7 @@ use common::procs::{children_named, pids_with, rss_kib};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const IMAGE: &str = "docker.io/library/flintbox:latest";
@@ -27,47 +28,18 @@ const NS: &str = "default";
 /// pod's task STOPPED, twice; not yet understood.)
 const KEEP_RUNNING: &str = "while :; do sleep 5; done";
 
-/// A private containerd, killed (with what it left) on drop.
-struct Containerd {
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
+/// The private containerd of this test: no CRI plugin; `ctr` sets the pod
+/// annotations by hand.
 impl Containerd {
-    fn sock(&self) -> PathBuf {
-        self.dir.path().join("c.sock")
-    }
-
     fn start(bin_dir: &Path) -> Containerd {
-        let dir = tempfile::Builder::new()
-            .prefix("flint-shim-test")
-            .tempdir()
-            .unwrap();
-        let d = dir.path().display();
-        let config = format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n"
-        );
-        let child = common::containerd::start(dir.path(), bin_dir, &config);
-        Containerd { dir, child }
-    }
-
-    fn log(&self) -> String {
-        common::containerd::log_of(self.dir.path())
-    }
-
-    fn ctr_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
-        cmd.arg("-a")
-            .arg(self.sock())
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        self.ctr_cmd(args).output().expect("running ctr")
+        Containerd::launch("flint-shim-test", NS, bin_dir, |dir| {
+            let d = dir.display();
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n"
+            )
+        })
     }
 
     /// Runs ctr, which must succeed; its stdout.
@@ -78,17 +50,9 @@ impl Containerd {
             "ctr {args:?}: {}\n{}\ncontainerd log tail:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
-            tail(&self.log(), 30)
+            self.log_tail(30)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn bundle(&self, id: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("state/io.containerd.runtime.v2.task")
-            .join(NS)
-            .join(id)
     }
 
     /// The status column of `ctr task ls` for `id`.
@@ -170,30 +134,6 @@ impl Containerd {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Whatever a failed test left running (the shims and their flints
-        // name the temp dir on their command lines) or mounted under it.
-        let prefix = self.dir.path().display().to_string();
-        common::procs::kill_with_their_vms(&prefix);
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in mounts.lines().rev() {
-            if let Some(point) = m.split_whitespace().nth(4) {
-                if point.starts_with(&prefix) {
-                    let _ = Command::new("umount").args(["-l", point]).status();
-                }
-            }
-        }
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// `GET /` on a flint API socket: the instance state.
@@ -456,7 +396,7 @@ fn containerd_runs_execs_pauses_kills_and_deletes_containers_and_pods_in_flint_v
             break (first, status, err, to_output);
         }
     };
-    assert_eq!(first.trim(), "hi", "stderr: {err}\n{}", tail(&c.log(), 30));
+    assert_eq!(first.trim(), "hi", "stderr: {err}\n{}", c.log_tail(30));
     assert_eq!(status.code(), Some(3), "stderr: {err}");
     println!(
         "figure: ctr run to first output: {:.1} s",
@@ -484,7 +424,7 @@ fn containerd_runs_execs_pauses_kills_and_deletes_containers_and_pods_in_flint_v
                 assert!(
                     codes.contains(&EMULATION_SEGV) && attempt < 3,
                     "{why}; exit codes {codes:?}\n{}",
-                    tail(&c.log(), 30)
+                    c.log_tail(30)
                 );
                 println!(
                     "pod attempt {attempt}: {why} (exit codes {codes:?}: the host's SIGSEGV quirk); running the pod again"

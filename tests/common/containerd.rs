@@ -3,8 +3,102 @@
 //! first on its PATH.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// A private containerd, killed (with what it left) on drop. The tests add
+/// their own methods (`impl Containerd` in the test file).
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    pub child: Child,
+    /// The containerd namespace its `ctr` calls and bundles are in.
+    pub namespace: &'static str,
+}
+
+impl Containerd {
+    /// Starts one in a new temp dir named `prefix...` with the config
+    /// `config(dir)` returns (`dir`: the temp dir, for its paths; the
+    /// config must put the gRPC socket at `dir/c.sock`).
+    pub fn launch(
+        prefix: &str,
+        namespace: &'static str,
+        bin_dir: &Path,
+        config: impl FnOnce(&Path) -> String,
+    ) -> Containerd {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        let config = config(dir.path());
+        let child = start(dir.path(), bin_dir, &config);
+        Containerd {
+            dir,
+            child,
+            namespace,
+        }
+    }
+
+    pub fn sock(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
+    pub fn log(&self) -> String {
+        log_of(self.dir.path())
+    }
+
+    /// The log's last `lines` lines, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// `ctr` on this containerd, in its namespace.
+    pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a")
+            .arg(self.sock())
+            .args(["-n", self.namespace])
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_cmd(args).output().expect("running ctr")
+    }
+
+    /// A task's bundle (the shim's state directory for it).
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(self.namespace)
+            .join(id)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Whatever a failed test left running (the shims and their flints
+        // name the temp dir on their command lines) or mounted under it.
+        let prefix = self.dir.path().display().to_string();
+        super::procs::kill_with_their_vms(&prefix);
+        for point in mounts_under(&prefix).into_iter().rev() {
+            let _ = Command::new("umount").args(["-l", &point]).status();
+        }
+    }
+}
+
+/// Mount points under `prefix`, in mount order.
+pub fn mounts_under(prefix: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|m| m.split_whitespace().nth(4))
+        .filter(|point| point.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
 
 /// What the containerd tests need, or why they cannot run: root (the shim
 /// mounts rootfs snapshots), containerd and busybox-static. Builds the shim
