@@ -412,14 +412,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("stdout");
         mkfifo(&out);
-        let reader = {
-            let out = out.clone();
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                File::open(out).unwrap().read_to_string(&mut text).unwrap();
-                text
-            })
-        };
+        // The read end is opened first (non-blocking, so without a writer)
+        // and read once the relay has opened its write end: a reader whose
+        // blocking open came after the relay's writer had already closed
+        // would wait for a writer forever.
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let mut read_end = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&out)
+            .unwrap();
         let p = Process::new(
             ExecSpec::default(),
             StdioPaths {
@@ -431,7 +434,18 @@ mod tests {
         write_frame(&mut agent, &Frame::Stdout(b"hi\n".to_vec())).unwrap();
         write_frame(&mut agent, &Frame::Exited(ExitStatus::Code(3))).unwrap();
         assert_eq!(p.relay_output(&mut shim).unwrap().0, 3);
-        assert_eq!(reader.join().unwrap(), "hi\n");
+        // SAFETY: fcntl on a descriptor this test owns.
+        unsafe {
+            let flags = libc::fcntl(read_end.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(
+                read_end.as_raw_fd(),
+                libc::F_SETFL,
+                flags & !libc::O_NONBLOCK,
+            );
+        }
+        let mut text = String::new();
+        read_end.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "hi\n");
     }
 
     /// A VM whose process `pid` lives until it is signalled.
