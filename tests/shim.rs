@@ -9,7 +9,7 @@
 mod common;
 
 use common::containerd::Containerd;
-use common::jails::assert_jail_gone;
+use common::jails::{assert_jail_gone, memory_cgroup_limit};
 use common::oci::busybox_image;
 use common::procs::{children_named, pids_with, rss_kib};
 
@@ -176,16 +176,7 @@ fn assert_jailed(pid: u32, jail: &serde_json::Value) {
     assert_eq!(field("Uid:"), vec![uid.to_string(); 4]);
     assert_eq!(field("Seccomp:"), ["2"], "seccomp-filtered");
     let cgroup = jail["cgroup"].as_str().unwrap();
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let memory = cgroups
-        .lines()
-        .find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
-            (ctl.split(',').any(|c| c == "memory") || ctl.is_empty()).then(|| path.to_owned())
-        })
-        .expect("no memory cgroup");
-    assert_eq!(memory, format!("/{cgroup}"), "{cgroups}");
+    let limit = memory_cgroup_limit(pid, cgroup);
     let want = jail["cgroup_settings"]
         .as_array()
         .unwrap()
@@ -193,16 +184,7 @@ fn assert_jailed(pid: u32, jail: &serde_json::Value) {
         .find_map(|s| s.as_str()?.strip_prefix("memory.max="))
         .unwrap()
         .to_owned();
-    let limit = std::fs::read_to_string(
-        Path::new("/sys/fs/cgroup/memory")
-            .join(cgroup)
-            .join("memory.limit_in_bytes"),
-    )
-    .or_else(|_| {
-        std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(cgroup).join("memory.max"))
-    })
-    .unwrap();
-    assert_eq!(limit.trim(), want, "memory limit");
+    assert_eq!(limit, want, "memory limit");
 }
 
 /// A process killed by SIGSEGV, as ctr reports it: on this emulating host

@@ -27,3 +27,26 @@ pub fn assert_jail_gone(jail: &serde_json::Value) {
         "uid {uid} still taken"
     );
 }
+
+/// Checks that process `pid` is in `cgroup`'s memory hierarchy (v1 here,
+/// v2 where mounted) and returns that cgroup's memory limit as written.
+pub fn memory_cgroup_limit(pid: u32, cgroup: &str) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memory = cgroups
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            (ctl.split(',').any(|c| c == "memory") || ctl.is_empty()).then(|| path.to_owned())
+        })
+        .expect("no memory cgroup");
+    assert_eq!(memory, format!("/{cgroup}"), "{cgroups}");
+    let v1 = Path::new("/sys/fs/cgroup/memory").join(cgroup);
+    std::fs::read_to_string(v1.join("memory.limit_in_bytes"))
+        .or_else(|_| {
+            std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(cgroup).join("memory.max"))
+        })
+        .unwrap()
+        .trim()
+        .to_owned()
+}

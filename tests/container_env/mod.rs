@@ -385,28 +385,9 @@ pub fn assert_jailed(state: &serde_json::Value) -> serde_json::Value {
     assert_eq!(field("Seccomp:"), ["2"], "seccomp-filtered");
     // In the jail's cgroup (v1 memory hierarchy here, v2 where mounted),
     // with the guest's memory plus the VMM's headroom as its limit.
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let cgroup = jail["cgroup"].as_str().unwrap();
-    let memory = cgroups
-        .lines()
-        .find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
-            (ctl.split(',').any(|c| c == "memory") || ctl.is_empty()).then(|| path.to_owned())
-        })
-        .expect("no memory cgroup");
-    assert_eq!(memory, format!("/{cgroup}"), "{cgroups}");
-    let v1 = Path::new("/sys/fs/cgroup/memory").join(cgroup);
-    let limit = std::fs::read_to_string(v1.join("memory.limit_in_bytes"))
-        .or_else(|_| {
-            std::fs::read_to_string(Path::new("/sys/fs/cgroup").join(cgroup).join("memory.max"))
-        })
-        .unwrap();
+    let limit = crate::common::jails::memory_cgroup_limit(pid as u32, cgroup);
     let mib = state["memory_mib"].as_u64().unwrap();
-    assert_eq!(
-        limit.trim(),
-        ((mib + 256) << 20).to_string(),
-        "memory limit"
-    );
+    assert_eq!(limit, ((mib + 256) << 20).to_string(), "memory limit");
     jail
 }
